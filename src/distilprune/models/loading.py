@@ -1,0 +1,82 @@
+"""Load tokenizers and sequence classifiers for any BERT-class architecture."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from distilprune.errors import UserError
+from distilprune.models.registry import resolve_model
+
+SUPPORTED_ARCHITECTURES = ("bert", "roberta", "distilbert", "xlnet", "mpnet")
+
+transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+logging.getLogger("transformers").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
+
+
+def _load(what: str, name: str | Path, loader, **kwargs):
+    path = resolve_model(name)
+    try:
+        return loader(path, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load {what} from {name}: {first_line}") from exc
+
+
+def load_tokenizer(name: str | Path) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of an alias, directory or hub ID."""
+    return _load("tokenizer", name, AutoTokenizer.from_pretrained)
+
+
+def load_config(name: str | Path) -> transformers.PretrainedConfig:
+    """Load a model config, checking that its architecture is one we handle."""
+    config = _load("config", name, AutoConfig.from_pretrained)
+    if config.model_type not in SUPPORTED_ARCHITECTURES:
+        raise UserError(
+            f"unsupported architecture {config.model_type!r}; "
+            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    return config
+
+
+def load_classifier(
+    name: str | Path,
+    num_labels: int = 2,
+    label_names: list[str] | None = None,
+) -> PreTrainedModel:
+    """Load a sequence classifier; a fresh head is added when the checkpoint has none."""
+    config = load_config(name)
+    config.num_labels = num_labels
+    if label_names:
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {n: i for i, n in enumerate(label_names)}
+    model = _load(
+        "model", name, AutoModelForSequenceClassification.from_pretrained, config=config
+    )
+    return model.float()
+
+
+def model_input_names(model: torch.nn.Module) -> set[str]:
+    """The keyword arguments the model's ``forward`` accepts."""
+    return set(inspect.signature(model.forward).parameters)
+
+
+def count_parameters(model: torch.nn.Module, nonzero: bool = False) -> int:
+    """Number of parameters (or of non-zero parameters) of ``model``."""
+    if nonzero:
+        return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny random models of every architecture, real data paths, thread limits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
+
+ARCHITECTURES = ("bert", "roberta", "distilbert", "xlnet", "mpnet")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+SAMPLE_TEXTS = [
+    "Forest fire near La Ronge Sask. Canada",
+    "All residents asked to 'shelter in place' are being notified by officers.",
+    "13,000 people receive #wildfires evacuation orders in California",
+    "I love fruits and the summer is lovely",
+    "What a wonderful day to go to the beach",
+    "My car is so fast it is on fire lol",
+    "Earthquake hits the city, buildings collapsed and people injured",
+    "this movie was the bomb, totally explosive fun",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    """``make(arch, num_layers=4)`` -> directory of a saved tiny random classifier (cached)."""
+    from distilprune.models.tiny import build_tiny_model
+
+    cache: dict[tuple[str, int], Path] = {}
+
+    def make(arch: str, num_layers: int = 4) -> Path:
+        key = (arch, num_layers)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"tiny-{arch}-{num_layers}")
+            cache[key] = build_tiny_model(arch, out / "model", SAMPLE_TEXTS, num_layers=num_layers)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only data folder beside the repo (skips when absent)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not available")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_csv(tmp_path) -> Path:
+    """A small labelled CSV in the Kaggle disaster format."""
+    import csv
+
+    path = tmp_path / "tiny.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "keyword", "location", "text", "target"])
+        for i in range(40):
+            text = SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]
+            label = int(any(w in text.lower() for w in ("fire", "earthquake", "evacuation", "shelter")))
+            writer.writerow([i, "fire" if label else "", "", f"{text} #{i}", label])
+    return path
