@@ -71,7 +71,9 @@ def load_classifier(
 
 
 def model_input_names(model: torch.nn.Module) -> set[str]:
-    """The keyword arguments the model's ``forward`` accepts."""
+    """The keyword arguments the model's ``forward`` accepts (DDP/accelerate wrappers unwrapped)."""
+    while hasattr(model, "module"):
+        model = model.module
     return set(inspect.signature(model.forward).parameters)
 
 

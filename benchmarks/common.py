@@ -1,0 +1,52 @@
+"""Helpers shared by the benchmark scripts (paths, result files, markdown tables)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "benchmarks" / "work"
+DATA = ROOT.parent / "shared" / "data"
+DISASTER_TRAIN = DATA / "disaster_tweets" / "train.csv"
+DISASTER_TEST = DATA / "disaster_tweets" / "test.csv"
+
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def require_data() -> None:
+    if not DISASTER_TRAIN.is_file():
+        raise SystemExit(f"benchmark data missing: {DISASTER_TRAIN}")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A GitHub markdown table of ``rows`` restricted to ``columns``."""
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, payload: dict[str, Any], markdown: str) -> None:
+    """Write ``results/<name>.json`` and ``results/<name>.md``."""
+    from distilprune.io import atomic_file, write_json
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / f"{name}.json", payload)
+    with atomic_file(RESULTS / f"{name}.md") as handle:
+        handle.write(markdown)
+
+
+def load_summary(model_dir: Path) -> dict[str, Any] | None:
+    """The saved ``distilprune.json`` of a finished run (benchmarks resume by skipping it)."""
+    meta = model_dir / "distilprune.json"
+    return json.loads(meta.read_text()) if meta.is_file() else None

@@ -1,0 +1,147 @@
+"""Read labelled (or unlabelled) text tables: CSV, TSV, JSONL and JSON arrays.
+
+The Kaggle disaster-tweet format (``id,keyword,location,text,target``) and GLUE SST-2 TSV
+(``sentence<TAB>label``) are recognised without flags.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from distilprune.errors import UserError, require
+
+TEXT_COLUMNS = ("text", "sentence", "review", "content", "t")
+LABEL_COLUMNS = ("target", "label", "labels", "sentiment", "s")
+ID_COLUMNS = ("id",)
+EXTRA_COLUMNS = ("keyword", "location")
+
+
+@dataclass
+class TextTable:
+    """Texts with optional integer labels, ids and extra per-record fields (keyword, location)."""
+
+    texts: list[str]
+    labels: list[int] | None
+    ids: list[str]
+    extras: list[dict[str, str]] = field(default_factory=list)
+    label_names: list[str] = field(default_factory=list)
+    source: str = ""
+    sha256: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: list[int]) -> TextTable:
+        """The rows at ``indices`` (order kept)."""
+        return TextTable(
+            texts=[self.texts[i] for i in indices],
+            labels=None if self.labels is None else [self.labels[i] for i in indices],
+            ids=[self.ids[i] for i in indices],
+            extras=[self.extras[i] for i in indices] if self.extras else [],
+            label_names=self.label_names,
+            source=self.source,
+            sha256=self.sha256,
+        )
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    kwargs = {"dtype": str, "keep_default_na": False}
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, **kwargs)
+        if suffix == ".tsv":
+            return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, **kwargs)
+        if suffix in (".jsonl", ".ndjson"):
+            return pd.read_json(path, lines=True, dtype=False)
+        if suffix == ".json":
+            return pd.read_json(path, dtype=False)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start}): re-encode it as UTF-8") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise UserError(f"{path} is empty") from exc
+    except (pd.errors.ParserError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise UserError(f"cannot parse {path}: {reason}") from exc
+    raise UserError(f"unsupported file type {suffix!r} for {path}: use .csv, .tsv, .jsonl or .json")
+
+
+def _pick_column(frame: pd.DataFrame, wanted: str | None, candidates: tuple[str, ...], what: str,
+                 path: Path, required: bool) -> str | None:
+    columns = [str(c) for c in frame.columns]
+    if wanted is not None:
+        require(wanted in columns, f"{what} column {wanted!r} not in {path} (columns: {', '.join(columns)})")
+        return wanted
+    lowered = {c.lower(): c for c in columns}
+    for candidate in candidates:
+        if candidate in lowered:
+            return lowered[candidate]
+    require(not required, f"no {what} column in {path} (columns: {', '.join(columns)}); "
+                          f"pass --{what}-column")
+    return None
+
+
+def encode_labels(values: list[str], path: Path, num_labels: int | None) -> tuple[list[int], list[str]]:
+    """Map raw label values to 0..K-1; integers keep their value, strings are sorted."""
+    raw = [str(v).strip() for v in values]
+    require(all(raw), f"{path} has rows with an empty label")
+    distinct = sorted(set(raw))
+    if all(v.lstrip("-").isdigit() for v in distinct):
+        ints = [int(v) for v in raw]
+        k = num_labels or max(ints) + 1
+        bad = sorted({v for v in ints if not 0 <= v < k})
+        require(not bad, f"{path}: labels must be integers in 0..{k - 1}, found {bad[:5]}"
+                         + (" (binary labels expected)" if k == 2 else ""))
+        return ints, [str(i) for i in range(k)]
+    k = num_labels or len(distinct)
+    require(len(distinct) <= k, f"{path}: expected {k} label values, found {len(distinct)}: "
+                                f"{', '.join(distinct[:6])}")
+    index = {name: i for i, name in enumerate(distinct)}
+    return [index[v] for v in raw], distinct
+
+
+def load_table(
+    path: str | Path,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    require_labels: bool = True,
+    num_labels: int | None = 2,
+) -> TextTable:
+    """Load a text table; raise :class:`UserError` with a one-line reason on any bad input."""
+    path = Path(path)
+    require(path.is_file(), f"data file not found: {path}")
+    require(path.stat().st_size > 0, f"{path} is empty")
+    frame = _read_frame(path)
+    require(len(frame) > 0, f"{path} has no data rows")
+    text_col = _pick_column(frame, text_column, TEXT_COLUMNS, "text", path, required=True)
+    label_col = _pick_column(frame, label_column, LABEL_COLUMNS, "label", path, required=require_labels)
+    texts = [str(t) for t in frame[text_col].tolist()]
+    require(any(t.strip() for t in texts), f"{path}: the text column {text_col!r} is empty")
+    labels, names = None, []
+    if label_col is not None:
+        labels, names = encode_labels(frame[label_col].tolist(), path, num_labels)
+    id_col = _pick_column(frame, None, ID_COLUMNS, "id", path, required=False)
+    ids = [str(v) for v in frame[id_col].tolist()] if id_col else [str(i) for i in range(len(frame))]
+    extra_cols = [c for c in EXTRA_COLUMNS if c in frame.columns]
+    extras = [{c: str(frame[c].iat[i]) for c in extra_cols} for i in range(len(frame))] if extra_cols else []
+    return TextTable(texts, labels, ids, extras, names, str(path), file_sha256(path))
+
+
+def class_balance(labels: list[int], label_names: list[str]) -> dict[str, float]:
+    """Share of each class, keyed by label name."""
+    total = len(labels)
+    return {name: labels.count(i) / total for i, name in enumerate(label_names)}

@@ -1,0 +1,120 @@
+"""Objectives for the training loop: plain classification, task distillation, MLM distillation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distilprune.distill.losses import hidden_cosine_loss, mask_tokens, mlm_loss, soft_target_kl
+from distilprune.evaluate import model_inputs
+
+Batch = dict[str, torch.Tensor]
+
+
+class ClassificationObjective:
+    """Cross-entropy on the labels, optionally class-weighted."""
+
+    def __init__(self, class_weights: torch.Tensor | None = None):
+        self.class_weights = class_weights
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model(**model_inputs(model, batch)).logits
+        loss = F.cross_entropy(logits, batch["labels"], weight=self.class_weights)
+        return loss, {"loss": loss.item()}
+
+
+class TaskDistillationObjective:
+    """``alpha_soft·KL(student‖teacher/T)·T² + alpha_hard·CE(labels)`` with cached teacher logits.
+
+    ``teacher_logits[i]`` are the teacher's logits for dataset item ``i`` (the batch carries the
+    item indices), so the teacher runs once, not once per epoch. With ``alpha_cos > 0`` a teacher
+    model is run on the fly to add the hidden-state cosine term (hidden sizes must match).
+    """
+
+    def __init__(self, teacher_logits: torch.Tensor, temperature: float = 2.0,
+                 alpha_soft: float = 0.5, alpha_hard: float = 0.5, alpha_cos: float = 0.0,
+                 teacher: nn.Module | None = None, class_weights: torch.Tensor | None = None):
+        self.teacher_logits = teacher_logits
+        self.temperature = temperature
+        self.alpha_soft, self.alpha_hard, self.alpha_cos = alpha_soft, alpha_hard, alpha_cos
+        self.teacher = teacher
+        self.class_weights = class_weights
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        want_hidden = self.alpha_cos > 0
+        out = model(**model_inputs(model, batch), output_hidden_states=want_hidden)
+        teacher_logits = self.teacher_logits[batch["index"]]
+        soft = soft_target_kl(out.logits, teacher_logits, self.temperature)
+        hard = F.cross_entropy(out.logits, batch["labels"], weight=self.class_weights)
+        loss = self.alpha_soft * soft + self.alpha_hard * hard
+        logs = {"loss": loss.item(), "kd": soft.item(), "ce": hard.item()}
+        if want_hidden:
+            with torch.no_grad():
+                t_out = self.teacher(**model_inputs(self.teacher, batch), output_hidden_states=True)
+            cos = hidden_cosine_loss(out.hidden_states[-1], t_out.hidden_states[-1], batch["attention_mask"])
+            loss = loss + self.alpha_cos * cos
+            logs.update(loss=loss.item(), cos=cos.item())
+        return loss, logs
+
+
+class MLMDistillationObjective:
+    """DistilBERT's triple loss on dynamically masked text (no NSP).
+
+    ``L = alpha_ce·KL(student‖teacher at T)·T² + alpha_mlm·MLM + alpha_cos·(1 − cos(h_s, h_t))``.
+    The soft-target term covers every non-padding token (``restrict_ce_to_mask=False``, as
+    DistilBERT's default) or only the masked ones.
+    """
+
+    def __init__(self, teacher: nn.Module, special_ids: list[int], mask_id: int, vocab_size: int,
+                 alpha_ce: float = 5.0, alpha_mlm: float = 2.0, alpha_cos: float = 1.0,
+                 temperature: float = 2.0, mlm_probability: float = 0.15,
+                 restrict_ce_to_mask: bool = False, seed: int = 0):
+        self.teacher = teacher.eval()
+        self.special_ids, self.mask_id, self.vocab_size = special_ids, mask_id, vocab_size
+        self.alpha_ce, self.alpha_mlm, self.alpha_cos = alpha_ce, alpha_mlm, alpha_cos
+        self.temperature = temperature
+        self.mlm_probability = mlm_probability
+        self.restrict_ce_to_mask = restrict_ce_to_mask
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        input_ids, labels = mask_tokens(
+            batch["input_ids"], self.special_ids, self.mask_id, self.vocab_size,
+            mlm_probability=self.mlm_probability, generator=self.generator,
+        )
+        attention_mask = batch["attention_mask"]
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        student = model(**inputs, output_hidden_states=self.alpha_cos > 0)
+        with torch.no_grad():
+            teacher = self.teacher(**inputs, output_hidden_states=self.alpha_cos > 0)
+        positions = labels != -100 if self.restrict_ce_to_mask else attention_mask.bool()
+        terms = {
+            "ce": soft_target_kl(student.logits, teacher.logits, self.temperature, positions),
+            "mlm": mlm_loss(student.logits, labels),
+        }
+        if self.alpha_cos > 0:
+            terms["cos"] = hidden_cosine_loss(
+                student.hidden_states[-1], teacher.hidden_states[-1], attention_mask)
+        weights = {"ce": self.alpha_ce, "mlm": self.alpha_mlm, "cos": self.alpha_cos}
+        loss = sum(weights[k] * v for k, v in terms.items())
+        return loss, {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
+
+
+class MLMObjective:
+    """Plain masked-LM loss (fitting an MLM head, continued pre-training)."""
+
+    def __init__(self, special_ids: list[int], mask_id: int, vocab_size: int,
+                 mlm_probability: float = 0.15, seed: int = 0):
+        self.special_ids, self.mask_id, self.vocab_size = special_ids, mask_id, vocab_size
+        self.mlm_probability = mlm_probability
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        input_ids, labels = mask_tokens(
+            batch["input_ids"], self.special_ids, self.mask_id, self.vocab_size,
+            mlm_probability=self.mlm_probability, generator=self.generator,
+        )
+        out = model(input_ids=input_ids, attention_mask=batch["attention_mask"])
+        loss = mlm_loss(out.logits, labels)
+        return loss, {"loss": loss.item()}

@@ -1,0 +1,122 @@
+"""Pieces shared by the jobs: dataset preparation, run metadata and model saving."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distilprune import __version__
+from distilprune.data.batching import EncodedDataset, encode
+from distilprune.data.loading import TextTable, class_balance, load_table
+from distilprune.data.preprocess import build_preprocessor
+from distilprune.data.split import stratified_split
+from distilprune.errors import UserError, require
+from distilprune.io import write_json
+
+METADATA_FILE = "distilprune.json"
+
+
+@dataclass
+class DataConfig:
+    """Where the labelled data is and how it is read, split and preprocessed."""
+
+    train: str = ""
+    validation: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    val_fraction: float = 0.15
+    split_seed: int = 42
+    preprocess: list[str] = field(default_factory=list)
+    max_length: int = 128
+    num_labels: int = 2
+    imbalance: str = "none"
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.imbalance in ("none", "class_weights", "oversample"),
+                f"imbalance must be none, class_weights or oversample, got {self.imbalance!r}")
+        require(self.max_length >= 8, f"max_length must be >= 8, got {self.max_length}")
+
+
+@dataclass
+class PreparedData:
+    """Train/validation tables after splitting and preprocessing."""
+
+    train: TextTable
+    val: TextTable
+    split: dict[str, Any]
+
+
+def preprocess_table(table: TextTable, steps: list[str]) -> TextTable:
+    """Apply the named preprocessing steps to every text (records carry keyword/location)."""
+    if not steps:
+        return table
+    fn = build_preprocessor(steps)
+    records = table.extras or [{} for _ in table.texts]
+    table.texts = [fn(text, record) for text, record in zip(table.texts, records, strict=True)]
+    return table
+
+
+def prepare_data(cfg: DataConfig) -> PreparedData:
+    """Load, split (stratified, seeded) and preprocess the training data."""
+    full = load_table(cfg.train, cfg.text_column, cfg.label_column, num_labels=cfg.num_labels)
+    if cfg.validation:
+        train = full
+        val = load_table(cfg.validation, cfg.text_column, cfg.label_column, num_labels=cfg.num_labels)
+        split = {"mode": "file", "validation": cfg.validation, "validation_sha256": val.sha256}
+    else:
+        train_idx, val_idx = stratified_split(full.labels, cfg.val_fraction, cfg.split_seed)
+        train, val = full.subset(train_idx), full.subset(val_idx)
+        split = {"mode": "stratified", "val_fraction": cfg.val_fraction, "seed": cfg.split_seed,
+                 "val_ids": val.ids}
+    if cfg.limit:
+        train = train.subset(list(range(min(cfg.limit, len(train)))))
+    require(len(train) > 0 and len(val) > 0, "not enough data to train and validate")
+    split.update(train_sha256=full.sha256, n_train=len(train), n_val=len(val),
+                 class_balance_train=class_balance(train.labels, train.label_names),
+                 class_balance_val=class_balance(val.labels, val.label_names))
+    return PreparedData(preprocess_table(train, cfg.preprocess), preprocess_table(val, cfg.preprocess), split)
+
+
+def encode_table(tokenizer: PreTrainedTokenizerBase, table: TextTable, max_length: int) -> EncodedDataset:
+    """Tokenise a table into an :class:`EncodedDataset` (labels kept when present)."""
+    return EncodedDataset(encode(tokenizer, table.texts, max_length), table.labels)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts recorded with every run."""
+    return {
+        "distilprune": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def save_model_dir(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                   metadata: dict[str, Any]) -> None:
+    """``save_pretrained`` (safetensors) + tokenizer + ``distilprune.json`` into ``out``."""
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    write_json(out / METADATA_FILE, {**metadata, "environment": environment()})
+
+
+def read_metadata(model_dir: str | Path) -> dict[str, Any]:
+    """The ``distilprune.json`` of a model directory, or ``{}`` for foreign models."""
+    path = Path(model_dir) / METADATA_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is corrupt: {exc.msg}") from exc

@@ -1,0 +1,118 @@
+"""Fine-tune a classifier (optionally mask-locked, distilled or pruned) and save it with metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch.nn.utils import parametrize
+
+from distilprune.config import to_dict
+from distilprune.data.batching import EncodedDataset, class_weights, make_loader, oversample_indices
+from distilprune.data.loading import TextTable
+from distilprune.distill.objectives import ClassificationObjective
+from distilprune.errors import UserError
+from distilprune.evaluate import (
+    classification_metrics,
+    plot_confusion_matrix,
+    plot_pr_curve,
+    predict_logits,
+)
+from distilprune.io import atomic_dir, write_json
+from distilprune.jobs.common import DataConfig, encode_table, prepare_data, save_model_dir
+from distilprune.models.loading import count_parameters, load_classifier, load_tokenizer
+from distilprune.train import Hook, Objective, TrainConfig, save_losses_plot, train
+
+
+@dataclass
+class FinetuneConfig:
+    """A fine-tuning run: model, data, optimisation and compression switches."""
+
+    model: str = ""
+    out: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lock_sparsity: bool = False
+    eval_batch_size: int = 64
+    overwrite: bool = False
+
+
+ObjectiveFactory = Callable[[EncodedDataset, TextTable], Objective]
+
+
+def check_output_dir(out: str | Path, overwrite: bool) -> Path:
+    """Fail early (before any training) when ``out`` exists and may not be replaced."""
+    out = Path(out)
+    if not str(out):
+        raise UserError("an output directory is required (--out)")
+    if out.exists() and not overwrite:
+        raise UserError(f"output directory {out} already exists (pass --overwrite to replace it)")
+    return out
+
+
+def _compression_hooks(cfg: FinetuneConfig) -> list[Hook]:
+    if not cfg.lock_sparsity:
+        return []
+    from distilprune.prune import LockSparsityHook
+
+    return [LockSparsityHook()]
+
+
+def _finalize_compression(model) -> None:
+    """Bake any mask parametrizations into plain weights (a no-op for dense runs)."""
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        from distilprune.prune import finalize
+
+        finalize(model)
+
+
+def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None,
+             hooks: Sequence[Hook] = (), metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data``; save model, metrics, split and plots to ``cfg.out``."""
+    out = check_output_dir(cfg.out, cfg.overwrite)
+    data = prepare_data(cfg.data)
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_classifier(cfg.model, cfg.data.num_labels, data.train.label_names)
+    train_ds = encode_table(tokenizer, data.train, cfg.data.max_length)
+    val_ds = encode_table(tokenizer, data.val, cfg.data.max_length)
+    indices = oversample_indices(data.train.labels, cfg.train.seed) if cfg.data.imbalance == "oversample" else None
+    loader = make_loader(train_ds, tokenizer, cfg.train.batch_size, cfg.train.seed, indices=indices)
+    weights = class_weights(data.train.labels, cfg.data.num_labels) if cfg.data.imbalance == "class_weights" else None
+    objective = make_objective(train_ds, data.train) if make_objective else ClassificationObjective(weights)
+
+    def validate(m) -> dict[str, float]:
+        metrics = classification_metrics(data.val.labels, predict_logits(m, val_ds, tokenizer, cfg.eval_batch_size))
+        return {k: metrics[k] for k in ("accuracy", "f1", "f1_macro")}
+
+    result = train(model, loader, objective, cfg.train, [*_compression_hooks(cfg), *hooks],
+                   validate, description=f"finetune {Path(cfg.model).name}")
+    _finalize_compression(model)
+    logits = predict_logits(model, val_ds, tokenizer, cfg.eval_batch_size)
+    metrics = classification_metrics(data.val.labels, logits)
+    summary = {
+        "kind": "classifier",
+        "base_model": cfg.model,
+        "config": to_dict(cfg),
+        "preprocess": cfg.data.preprocess,
+        "max_length": cfg.data.max_length,
+        "label_names": data.train.label_names,
+        "data": {k: v for k, v in data.split.items() if k != "val_ids"},
+        "metrics": metrics,
+        "parameters": count_parameters(model),
+        "nonzero_parameters": count_parameters(model, nonzero=True),
+        "train": {"steps": result.steps, "seconds": round(result.seconds, 1), "best": result.best},
+        **(metadata or {}),
+    }
+    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+        save_model_dir(tmp, model, tokenizer, summary)
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "split.json", data.split)
+        write_json(tmp / "train_log.json", {"history": result.history, "losses": result.losses})
+        plot_confusion_matrix(metrics, data.train.label_names, tmp / "confusion_matrix.png")
+        if cfg.data.num_labels == 2:
+            plot_pr_curve(data.val.labels, logits, tmp / "pr_curve.png")
+        if result.losses:
+            save_losses_plot(result, tmp / "loss.png")
+    return summary

@@ -1,0 +1,104 @@
+"""Evaluate a saved classifier on labelled data, or predict labels for new texts."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distilprune.data.loading import load_table
+from distilprune.errors import UserError, require
+from distilprune.evaluate import (
+    classification_metrics,
+    plot_confusion_matrix,
+    plot_pr_curve,
+    predict_texts,
+    softmax,
+)
+from distilprune.io import atomic_dir, atomic_file, write_json
+from distilprune.jobs.common import preprocess_table, read_metadata
+from distilprune.models.loading import load_classifier, load_tokenizer
+
+
+class SavedClassifier:
+    """A fine-tuned model directory with the preprocessing it was trained with."""
+
+    def __init__(self, model_dir: str | Path):
+        path = Path(model_dir)
+        require(path.is_dir(), f"model directory not found: {path}")
+        self.path = path
+        self.meta = read_metadata(path)
+        self.tokenizer = load_tokenizer(path)
+        self.model = load_classifier(path, num_labels=self._num_labels())
+        self.model.eval()
+        self.preprocess: list[str] = self.meta.get("preprocess", [])
+        self.max_length: int = int(self.meta.get("max_length", 128))
+        self.label_names: list[str] = self.meta.get("label_names") or [
+            str(i) for i in range(self.model.config.num_labels)]
+
+    def _num_labels(self) -> int:
+        names = self.meta.get("label_names")
+        if names:
+            return len(names)
+        from distilprune.models.loading import load_config
+
+        return int(load_config(self.path).num_labels)
+
+    def logits(self, texts: Sequence[str], records: Sequence[dict] | None = None) -> np.ndarray:
+        """Logits for raw texts (the model's own preprocessing is applied)."""
+        if self.preprocess:
+            from distilprune.data.preprocess import build_preprocessor
+
+            fn = build_preprocessor(self.preprocess)
+            records = records or [{} for _ in texts]
+            texts = [fn(t, r) for t, r in zip(texts, records, strict=True)]
+        return predict_texts(self.model, self.tokenizer, texts, self.max_length)
+
+
+def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path | None = None,
+                   text_column: str | None = None, label_column: str | None = None,
+                   overwrite: bool = True) -> dict[str, Any]:
+    """Metrics (JSON) and plots (confusion matrix, PR curve) of a saved model on labelled data."""
+    clf = SavedClassifier(model_dir)
+    table = load_table(data, text_column, label_column, num_labels=len(clf.label_names))
+    logits = clf.logits(table.texts, table.extras or None)
+    metrics = classification_metrics(table.labels, logits)
+    metrics["data"] = str(data)
+    out = Path(out) if out else Path(model_dir) / f"eval_{Path(data).stem}"
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_json(tmp / "metrics.json", metrics)
+        plot_confusion_matrix(metrics, clf.label_names, tmp / "confusion_matrix.png")
+        if logits.shape[-1] == 2:
+            plot_pr_curve(table.labels, logits, tmp / "pr_curve.png")
+    metrics["out"] = str(out)
+    return metrics
+
+
+def predict_file(model_dir: str | Path, data: str | Path, out: str | Path,
+                 text_column: str | None = None, overwrite: bool = False) -> int:
+    """Write ``id,target`` predictions (Kaggle style) for every row of ``data``; returns the count."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+    clf = SavedClassifier(model_dir)
+    table = load_table(data, text_column, require_labels=False, num_labels=len(clf.label_names))
+    predictions = clf.logits(table.texts, table.extras or None).argmax(axis=-1)
+    with atomic_file(out, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "target"])
+        writer.writerows(zip(table.ids, predictions.tolist(), strict=True))
+    return len(table)
+
+
+def predict_text(model_dir: str | Path, texts: Sequence[str]) -> list[dict[str, Any]]:
+    """Label and class probabilities for each text."""
+    require(all(t.strip() for t in texts), "empty text given to --text")
+    clf = SavedClassifier(model_dir)
+    probs = softmax(clf.logits(list(texts)))
+    return [
+        {"text": t, "label": clf.label_names[int(p.argmax())], "probabilities": p.round(4).tolist()}
+        for t, p in zip(texts, probs, strict=True)
+    ]
