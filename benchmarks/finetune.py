@@ -32,15 +32,16 @@ from distilprune.jobs.finetune import FinetuneConfig, finetune
 from distilprune.jobs.inference import predict_file
 from distilprune.train import TrainConfig
 
+PREPROCESS = ["keyword", *DEFAULT_TWEET_STEPS]
 RUNS = {
-    "minilm-l6": TrainConfig(epochs=4, lr=8e-5, batch_size=32, patience=1, seed=42),
+    "minilm-l6": TrainConfig(epochs=3, lr=8e-5, batch_size=32, patience=1, seed=42),
     "mpnet-base": TrainConfig(epochs=2, lr=3e-5, batch_size=32, patience=1, seed=42),
 }
 
 
 def data_config(preprocess: bool) -> DataConfig:
     return DataConfig(train=str(DISASTER_TRAIN), val_fraction=0.15, split_seed=42, max_length=96,
-                      preprocess=list(DEFAULT_TWEET_STEPS) if preprocess else [])
+                      preprocess=PREPROCESS if preprocess else [])
 
 
 def tfidf_baseline(preprocess: bool) -> dict:
@@ -100,7 +101,7 @@ def main() -> None:
         "benchmark": "finetune",
         "data": "disaster_tweets/train.csv, stratified 15% validation split (seed 42)",
         "threads": args.threads,
-        "preprocess_steps": list(DEFAULT_TWEET_STEPS),
+        "preprocess_steps": PREPROCESS,
         "train_configs": {k: vars(v) for k, v in RUNS.items()},
         "rows": rows,
         "command": "python benchmarks/finetune.py",

@@ -82,3 +82,27 @@ def count_parameters(model: torch.nn.Module, nonzero: bool = False) -> int:
     if nonzero:
         return sum(int(torch.count_nonzero(p)) for p in model.parameters())
     return sum(p.numel() for p in model.parameters())
+
+
+def load_masked_lm(name: str | Path) -> tuple[PreTrainedModel, bool]:
+    """Load a masked-LM model; returns ``(model, head_is_pretrained)``.
+
+    Sentence-transformer checkpoints (our packaged teachers) have no MLM head: it is created
+    (dense + LayerNorm, decoder tied to the word embeddings) and must be fitted before use.
+    """
+    from transformers import AutoModelForMaskedLM
+
+    config = load_config(name)
+    model, info = _load("masked-LM model", name, AutoModelForMaskedLM.from_pretrained,
+                        config=config, output_loading_info=True)
+    head_missing = any(not k.startswith(("bert.", "roberta.", "mpnet.", "distilbert.", "transformer."))
+                       or "pooler" in k for k in info.get("missing_keys", []))
+    return model.float(), not head_missing
+
+
+def load_for_student(name: str | Path) -> PreTrainedModel:
+    """Load a teacher with the head it was saved with (masked-LM or sequence classifier)."""
+    config = load_config(name)
+    if any("MaskedLM" in a or "LMHead" in a for a in (config.architectures or [])):
+        return load_masked_lm(name)[0]
+    return load_classifier(name, num_labels=config.num_labels)

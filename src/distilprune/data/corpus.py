@@ -1,0 +1,47 @@
+"""Unlabelled text corpora for masked-LM distillation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from distilprune.data.loading import load_table
+from distilprune.errors import UserError, require
+
+
+def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
+    """Texts of a .txt file (one per non-empty line) or of a table's text column."""
+    path = Path(path)
+    require(path.is_file(), f"corpus file not found: {path}")
+    if path.suffix.lower() == ".txt":
+        try:
+            return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
+    return load_table(path, text_column, require_labels=False, num_labels=None).texts
+
+
+def default_corpus(shared_data: Path) -> list[Path]:
+    """Tweets (train + test) and SST-2 sentences from ``../shared/data`` (those present)."""
+    candidates = [
+        shared_data / "disaster_tweets" / "train.csv",
+        shared_data / "disaster_tweets" / "test.csv",
+        shared_data / "sst2" / "train.tsv",
+    ]
+    return [p for p in candidates if p.is_file()]
+
+
+def load_corpus(paths: Sequence[str | Path], min_words: int = 4, limit: int | None = None,
+                text_column: str | None = None) -> list[str]:
+    """De-duplicated texts with at least ``min_words`` words from every file, in file order."""
+    require(len(paths) > 0, "no corpus files given")
+    seen: set[str] = set()
+    texts: list[str] = []
+    for path in paths:
+        for text in read_texts(path, text_column):
+            key = text.strip().lower()
+            if len(key.split()) >= min_words and key not in seen:
+                seen.add(key)
+                texts.append(text.strip())
+    require(len(texts) > 0, f"the corpus ({', '.join(map(str, paths))}) has no usable text")
+    return texts[:limit] if limit else texts

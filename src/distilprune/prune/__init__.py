@@ -1,0 +1,53 @@
+"""Pruning: Prune Once for All (Zafrir et al. 2021) gradual magnitude pruning, mask-locked
+fine-tuning and sparsity reports."""
+
+from distilprune.prune.hook import LockSparsityHook, PruneConfig, PruningHook
+from distilprune.prune.masks import (
+    block_magnitude_mask,
+    compute_mask,
+    detect_block_pattern,
+    magnitude_mask,
+)
+from distilprune.prune.parametrize import (
+    WeightMask,
+    attach_masks,
+    current_masks,
+    finalize,
+    has_masks,
+    lock_sparsity,
+    masked_parameters,
+    prunable_parameters,
+    update_masks,
+)
+from distilprune.prune.report import (
+    plot_sparsity_heatmap,
+    sparsity_report,
+    sparsity_table,
+    write_sparsity_json,
+)
+from distilprune.prune.schedules import cubic_sparsity, is_update_step
+
+__all__ = [
+    "LockSparsityHook",
+    "PruneConfig",
+    "PruningHook",
+    "WeightMask",
+    "attach_masks",
+    "block_magnitude_mask",
+    "compute_mask",
+    "cubic_sparsity",
+    "current_masks",
+    "detect_block_pattern",
+    "finalize",
+    "has_masks",
+    "is_update_step",
+    "lock_sparsity",
+    "magnitude_mask",
+    "masked_parameters",
+    "plot_sparsity_heatmap",
+    "prunable_parameters",
+    "sparsity_report",
+    "sparsity_table",
+    "update_masks",
+    "write_sparsity_json",
+]
