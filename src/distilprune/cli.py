@@ -25,6 +25,18 @@ out_console = Console()
 
 Opt = typer.Option
 
+PruneMethod = Annotated[str | None, Opt("--prune", help="prune while training: unstructured | block")]
+FinalSparsity = Annotated[float | None, Opt(help="final sparsity of the pruned weights")]
+BlockSize = Annotated[int | None, Opt(help="block size for --prune block (1xN along the input)")]
+PruneEnd = Annotated[float | None, Opt(help="fraction of steps at which final sparsity is reached")]
+PruneEvery = Annotated[int | None, Opt(help="update masks every N steps")]
+
+
+def _prune_overrides(method, final_sparsity, block_size, prune_end, prune_every) -> dict | None:
+    values = {"method": method, "final_sparsity": final_sparsity, "block_size": block_size,
+              "end_fraction": prune_end, "frequency": prune_every}
+    return values if method else None
+
 
 def _recipe(path: Path | None, section: str | None = None) -> dict[str, Any]:
     if path is None:
@@ -108,12 +120,23 @@ def finetune(
     seed: Annotated[int | None, Opt()] = None,
     patience: Annotated[int | None, Opt(help="early-stopping patience in evaluations")] = None,
     lock_sparsity: Annotated[bool, Opt(help="keep every zero weight exactly zero")] = False,
+    prune: PruneMethod = None,
+    final_sparsity: FinalSparsity = None,
+    block_size: BlockSize = None,
+    prune_end: PruneEnd = None,
+    prune_every: PruneEvery = None,
+    teacher: Annotated[str | None, Opt(help="task distillation: fine-tuned teacher directory")] = None,
+    temperature: Annotated[float | None, Opt(help="task distillation temperature")] = None,
+    alpha_soft: Annotated[float | None, Opt(help="task distillation soft-target weight")] = None,
+    alpha_hard: Annotated[float | None, Opt(help="task distillation hard-label weight")] = None,
     overwrite: Annotated[bool, Opt(help="replace an existing output directory")] = False,
 ) -> None:
-    """Fine-tune a classifier; saves model, tokenizer, metrics, split and plots."""
+    """Fine-tune a classifier (optionally pruned, mask-locked or distilled from --teacher)."""
+    from distilprune.jobs.distill import TaskDistillConfig, distill_task
     from distilprune.jobs.finetune import FinetuneConfig, finetune as run
 
     overrides = {
+        "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every),
         "model": model, "out": str(out) if out else None, "overwrite": overwrite or None,
         "lock_sparsity": lock_sparsity or None,
         "data": _data_overrides(data, validation, text_column, label_column, preprocess,
@@ -124,8 +147,132 @@ def finetune(
     cfg = from_dict(FinetuneConfig, merge(_recipe(recipe, "finetune"), overrides), "finetune")
     if not cfg.model or not cfg.data.train:
         raise UserError("finetune needs --model and --data (or a recipe that sets them)")
-    summary = run(cfg)
+    if teacher:
+        loss = {"temperature": temperature, "alpha_soft": alpha_soft, "alpha_hard": alpha_hard}
+        task = from_dict(TaskDistillConfig, merge({"teacher": teacher}, {"loss": loss}), "distill")
+        task.finetune = cfg
+        summary = distill_task(task)
+    else:
+        summary = run(cfg)
     _print_metrics(f"validation ({summary['data']['n_val']} rows) -> {cfg.out}", summary["metrics"])
+
+
+# ----------------------------------------------------------------------------- distillation
+@app.command()
+def student(
+    teacher: Annotated[str, Opt(help="teacher alias, directory or hub ID")],
+    out: Annotated[Path, Opt(help="output directory")],
+    layers: Annotated[int | None, Opt(help="student layers (default: half the teacher's)")] = None,
+    layer_map: Annotated[str | None, Opt(help="teacher layers to copy, e.g. 0,2,4,7,9,11")] = None,
+    overwrite: Annotated[bool, Opt()] = False,
+) -> None:
+    """Initialise a student from every other teacher layer (DistilBERT)."""
+    from distilprune.jobs.distill import make_student
+    from distilprune.models.student import parse_layer_map
+
+    mapping = parse_layer_map(layer_map) if layer_map else None
+    summary = make_student(teacher, str(out), layers, mapping, overwrite)
+    out_console.print(
+        f"student {summary['student_layers']}L from {summary['teacher_layers']}L: "
+        f"{summary['parameters']:,} parameters ({summary['parameter_ratio']:.1%} of the teacher's) -> {out}")
+
+
+def _corpus(corpus: list[Path] | None, limit: int | None, max_length: int | None) -> dict:
+    return {"files": [str(c) for c in corpus] if corpus else None, "limit": limit, "max_length": max_length}
+
+
+CorpusFiles = Annotated[list[Path] | None, Opt("--corpus", help="text/CSV/TSV files (default: ../shared/data texts)")]
+
+
+@app.command("fit-mlm-head")
+def fit_mlm_head(
+    teacher: Annotated[str, Opt(help="encoder without an MLM head (alias or directory)")],
+    out: Annotated[Path, Opt(help="output masked-LM directory")],
+    corpus: CorpusFiles = None,
+    corpus_limit: Annotated[int | None, Opt(help="use at most N texts")] = None,
+    max_length: Annotated[int | None, Opt()] = None,
+    steps: Annotated[int | None, Opt(help="optimizer steps (default one epoch)")] = None,
+    batch_size: Annotated[int | None, Opt()] = None,
+    lr: Annotated[float | None, Opt()] = None,
+    recipe: Annotated[Path | None, Opt()] = None,
+    overwrite: Annotated[bool, Opt()] = False,
+) -> None:
+    """Fit an MLM head (dense + LayerNorm, decoder tied to embeddings) on a frozen teacher."""
+    from distilprune.jobs.distill import MLMHeadConfig, fit_mlm_head as run
+
+    overrides = {"teacher": teacher, "out": str(out), "overwrite": overwrite or None,
+                 "corpus": _corpus(corpus, corpus_limit, max_length),
+                 "train": {"max_steps": steps, "batch_size": batch_size, "lr": lr}}
+    cfg = from_dict(MLMHeadConfig, merge(_recipe(recipe, "fit_mlm_head"), overrides), "fit_mlm_head")
+    summary = run(cfg)
+    out_console.print(f"masked-token accuracy on held-out text: {summary['masked_accuracy_before']:.4f} "
+                      f"-> {summary['masked_accuracy']:.4f} ({out})")
+
+
+@app.command("distill-mlm")
+def distill_mlm(
+    teacher: Annotated[str | None, Opt(help="masked-LM teacher directory (see fit-mlm-head)")] = None,
+    out: Annotated[Path | None, Opt(help="output student directory")] = None,
+    student_dir: Annotated[str | None, Opt("--student", help="existing student (default: build one)")] = None,
+    layers: Annotated[int | None, Opt(help="student layers (default: half)")] = None,
+    layer_map: Annotated[str | None, Opt(help="teacher layers to copy, e.g. 0,2,4,7,9,11")] = None,
+    corpus: CorpusFiles = None,
+    corpus_limit: Annotated[int | None, Opt()] = None,
+    max_length: Annotated[int | None, Opt()] = None,
+    alpha_ce: Annotated[float | None, Opt(help="soft-target KL weight (α)")] = None,
+    alpha_mlm: Annotated[float | None, Opt(help="masked-LM weight (β)")] = None,
+    alpha_cos: Annotated[float | None, Opt(help="hidden-state cosine weight (γ)")] = None,
+    temperature: Annotated[float | None, Opt()] = None,
+    steps: Annotated[int | None, Opt()] = None,
+    epochs: Annotated[float | None, Opt()] = None,
+    batch_size: Annotated[int | None, Opt()] = None,
+    grad_accum: Annotated[int | None, Opt()] = None,
+    lr: Annotated[float | None, Opt()] = None,
+    prune: PruneMethod = None,
+    final_sparsity: FinalSparsity = None,
+    block_size: BlockSize = None,
+    prune_end: PruneEnd = None,
+    prune_every: PruneEvery = None,
+    recipe: Annotated[Path | None, Opt()] = None,
+    overwrite: Annotated[bool, Opt()] = False,
+) -> None:
+    """General (masked-LM) distillation with the triple loss; Prune OFA with --prune."""
+    from distilprune.jobs.distill import GeneralDistillConfig, general_distill
+    from distilprune.models.student import parse_layer_map
+
+    overrides = {
+        "teacher": teacher, "out": str(out) if out else None, "student": student_dir,
+        "student_layers": layers, "layer_map": parse_layer_map(layer_map) if layer_map else None,
+        "overwrite": overwrite or None, "corpus": _corpus(corpus, corpus_limit, max_length),
+        "loss": {"alpha_ce": alpha_ce, "alpha_mlm": alpha_mlm, "alpha_cos": alpha_cos,
+                 "temperature": temperature},
+        "train": {"max_steps": steps, "epochs": epochs, "batch_size": batch_size,
+                  "grad_accum": grad_accum, "lr": lr},
+        "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every),
+    }
+    cfg = from_dict(GeneralDistillConfig, merge(_recipe(recipe, "distill_mlm"), overrides), "distill_mlm")
+    if not cfg.teacher or not cfg.out:
+        raise UserError("distill-mlm needs --teacher and --out (or a recipe that sets them)")
+    summary = general_distill(cfg)
+    out_console.print(
+        f"student: {summary['parameters']:,} parameters, sparsity {summary['sparsity']:.1%}, "
+        f"masked accuracy {summary['masked_accuracy']:.4f} (teacher {summary['teacher_masked_accuracy']:.4f})")
+
+
+@app.command()
+def sparsity(
+    model: Annotated[Path, typer.Argument(help="model directory")],
+    out: Annotated[Path | None, Opt(help="write sparsity.json + sparsity.png here")] = None,
+) -> None:
+    """Per-layer and global sparsity report (table; JSON + heatmap PNG with --out)."""
+    from distilprune.jobs.finetune import load_any_model
+    from distilprune.prune import plot_sparsity_heatmap, sparsity_report, sparsity_table, write_sparsity_json
+
+    report = sparsity_report(load_any_model(model))
+    out_console.print(sparsity_table(report))
+    if out:
+        write_sparsity_json(report, out / "sparsity.json")
+        plot_sparsity_heatmap(report, out / "sparsity.png")
 
 
 # ----------------------------------------------------------------------------- evaluate / predict

@@ -23,6 +23,7 @@ from distilprune.evaluate import (
 from distilprune.io import atomic_dir, write_json
 from distilprune.jobs.common import DataConfig, encode_table, prepare_data, save_model_dir
 from distilprune.models.loading import count_parameters, load_classifier, load_tokenizer
+from distilprune.prune import LockSparsityHook, PruneConfig, PruningHook, finalize, sparsity_report
 from distilprune.train import Hook, Objective, TrainConfig, save_losses_plot, train
 
 
@@ -35,6 +36,7 @@ class FinetuneConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lock_sparsity: bool = False
+    prune: PruneConfig | None = None
     eval_batch_size: int = 64
     overwrite: bool = False
 
@@ -53,18 +55,16 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
 
 
 def _compression_hooks(cfg: FinetuneConfig) -> list[Hook]:
-    if not cfg.lock_sparsity:
-        return []
-    from distilprune.prune import LockSparsityHook
-
-    return [LockSparsityHook()]
+    """Mask locking (sparse transfer) and/or gradual pruning on the downstream task."""
+    hooks: list[Hook] = [LockSparsityHook()] if cfg.lock_sparsity else []
+    if cfg.prune:
+        hooks.append(PruningHook(cfg.prune))
+    return hooks
 
 
 def _finalize_compression(model) -> None:
     """Bake any mask parametrizations into plain weights (a no-op for dense runs)."""
     if any(parametrize.is_parametrized(m) for m in model.modules()):
-        from distilprune.prune import finalize
-
         finalize(model)
 
 
@@ -102,6 +102,7 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
         "metrics": metrics,
         "parameters": count_parameters(model),
         "nonzero_parameters": count_parameters(model, nonzero=True),
+        "sparsity": sparsity_report(model)["prunable"]["sparsity"],
         "train": {"steps": result.steps, "seconds": round(result.seconds, 1), "best": result.best},
         **(metadata or {}),
     }
@@ -116,3 +117,10 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
         if result.losses:
             save_losses_plot(result, tmp / "loss.png")
     return summary
+
+
+def load_any_model(model_dir: str | Path):
+    """Load a saved directory with its own head (classifier or masked-LM) for inspection."""
+    from distilprune.models.loading import load_for_student
+
+    return load_for_student(str(model_dir))

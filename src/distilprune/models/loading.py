@@ -90,13 +90,15 @@ def load_masked_lm(name: str | Path) -> tuple[PreTrainedModel, bool]:
     Sentence-transformer checkpoints (our packaged teachers) have no MLM head: it is created
     (dense + LayerNorm, decoder tied to the word embeddings) and must be fitted before use.
     """
-    from transformers import AutoModelForMaskedLM
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     config = load_config(name)
-    model, info = _load("masked-LM model", name, AutoModelForMaskedLM.from_pretrained,
+    # XLNet has no masked-LM class; its LM head model predicts every position the same way.
+    auto = AutoModelForCausalLM if config.model_type == "xlnet" else AutoModelForMaskedLM
+    model, info = _load("masked-LM model", name, auto.from_pretrained,
                         config=config, output_loading_info=True)
-    head_missing = any(not k.startswith(("bert.", "roberta.", "mpnet.", "distilbert.", "transformer."))
-                       or "pooler" in k for k in info.get("missing_keys", []))
+    base = model.base_model_prefix + "."
+    head_missing = any(not k.startswith(base) for k in info.get("missing_keys", []))
     return model.float(), not head_missing
 
 

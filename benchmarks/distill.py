@@ -1,0 +1,190 @@
+"""Distillation benchmark on the disaster tweets (issue: DistilBERT-style distillation).
+
+Teacher: ``mpnet-base`` (12L/768H) fine-tuned by ``benchmarks/finetune.py`` (its best variant).
+Students (6L/768H, every other teacher layer), all fine-tuned on the same split and budget:
+(a) fine-tuned directly from the every-other-layer init, (b) general-distilled (triple loss on
+tweets + SST-2 text) then fine-tuned, (c) general-distilled then task-distilled from the
+teacher's cached logits. Plus a triple-loss ablation (drop one term at a time) on a small
+budget, measured by held-out masked-token accuracy, and CPU latency teacher vs student.
+Every stage is saved under ``benchmarks/work/distill`` and skipped when already finished.
+
+    python benchmarks/distill.py [--threads 2] [--gd-steps 150] [--ablation-steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from common import RESULTS, WORK, load_summary, markdown_table, require_data, write_results
+from finetune import RUNS, data_config
+
+from distilprune.jobs.distill import (
+    CorpusConfig,
+    DistillLoss,
+    GeneralDistillConfig,
+    MLMHeadConfig,
+    TaskDistillConfig,
+    TaskLoss,
+    fit_mlm_head,
+    general_distill,
+    make_student,
+)
+from distilprune.jobs.finetune import FinetuneConfig, finetune
+from distilprune.train import TrainConfig
+
+OUT = WORK / "distill"
+STUDENT_TRAIN = TrainConfig(epochs=1, lr=8e-5, batch_size=32, patience=None, seed=42)
+
+
+def staged(out: Path, run) -> dict:
+    """Run ``run()`` unless ``out`` already holds a finished model (resumable benchmark)."""
+    summary = load_summary(out)
+    if summary is None:
+        start = time.perf_counter()
+        summary = run()
+        print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
+    return summary
+
+
+def pick_teacher() -> tuple[Path, bool]:
+    """The better of the fine-tuned mpnet-base variants (raw / preprocessed)."""
+    options = []
+    for preprocess in (False, True):
+        path = WORK / "finetune" / f"mpnet-base-{'pre' if preprocess else 'raw'}"
+        summary = load_summary(path)
+        if summary:
+            options.append((summary["metrics"]["accuracy"], path, preprocess))
+    if not options:
+        raise SystemExit("run benchmarks/finetune.py --only mpnet-base first (the teacher)")
+    _, path, preprocess = max(options)
+    return path, preprocess
+
+
+def student_finetune(name: str, model: Path, preprocess: bool, teacher: Path | None = None) -> dict:
+    cfg = FinetuneConfig(model=str(model), out=str(OUT / name), data=data_config(preprocess),
+                         train=STUDENT_TRAIN, overwrite=True)
+    if teacher is None:
+        return staged(OUT / name, lambda: finetune(cfg))
+    task = TaskDistillConfig(teacher=str(teacher), finetune=cfg,
+                             loss=TaskLoss(temperature=2.0, alpha_soft=0.5, alpha_hard=0.5))
+    from distilprune.jobs.distill import distill_task
+
+    return staged(OUT / name, lambda: distill_task(task))
+
+
+def general(name: str, mlm: Path, steps: int, loss: DistillLoss, corpus: CorpusConfig) -> dict:
+    cfg = GeneralDistillConfig(
+        teacher=str(mlm), out=str(OUT / name), student_layers=6, corpus=corpus, loss=loss,
+        train=TrainConfig(max_steps=steps, lr=1e-4, batch_size=32, patience=None, warmup_ratio=0.05,
+                          seed=42, log_every=5),
+        overwrite=True)
+    return staged(OUT / name, lambda: general_distill(cfg))
+
+
+def latency(model_dir: Path, batch: int, seq: int = 128, repeats: int = 10) -> float:
+    """Median ms per forward pass of a classifier at ``batch`` x ``seq`` tokens."""
+    from distilprune.models.loading import load_classifier
+
+    model = load_classifier(model_dir).eval()
+    ids = torch.randint(1000, 20000, (batch, seq))
+    mask = torch.ones_like(ids)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            start = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            if i >= 2:
+                times.append((time.perf_counter() - start) * 1000)
+    return float(sorted(times)[len(times) // 2])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gd-steps", type=int, default=150)
+    parser.add_argument("--head-steps", type=int, default=100)
+    parser.add_argument("--ablation-steps", type=int, default=40)
+    parser.add_argument("--stage", choices=["pretrain", "all"], default="all",
+                        help="pretrain: only MLM head + general distillation (no teacher needed)")
+    args = parser.parse_args()
+    require_data()
+    torch.set_num_threads(args.threads)
+    corpus = CorpusConfig(max_length=64, heldout=500, seed=0)
+
+    mlm = OUT / "mpnet-mlm"
+    head = staged(mlm, lambda: fit_mlm_head(MLMHeadConfig(
+        teacher="mpnet-base", out=str(mlm), corpus=corpus, overwrite=True,
+        train=TrainConfig(max_steps=args.head_steps, lr=2e-3, batch_size=32, patience=None, seed=0))))
+    gd = general("student-gd", mlm, args.gd_steps, DistillLoss(), corpus)
+    ablation = [{"variant": "full (α=5, β=2, γ=1)", "steps": args.ablation_steps,
+                 **_mlm_row(general("ablate-full", mlm, args.ablation_steps, DistillLoss(), corpus))}]
+    for term in ("alpha_ce", "alpha_mlm", "alpha_cos"):
+        loss = DistillLoss(**{term: 0.0})
+        ablation.append({"variant": f"without {term}", "steps": args.ablation_steps,
+                         **_mlm_row(general(f"ablate-no-{term}", mlm, args.ablation_steps, loss, corpus))})
+    if args.stage == "pretrain":
+        return
+    teacher, preprocess = pick_teacher()
+    init = OUT / "student-init"
+    staged(init, lambda: make_student("mpnet-base", str(init), layers=6, overwrite=True))
+    rows = [_row("teacher mpnet-base 12L (fine-tuned)", load_summary(teacher), teacher)]
+    rows.append(_row("(a) 6L every-other-layer init -> fine-tune",
+                     student_finetune("student-a-direct", init, preprocess), OUT / "student-a-direct"))
+    rows.append(_row("(b) 6L general distillation -> fine-tune",
+                     student_finetune("student-b-gd-ft", OUT / "student-gd", preprocess), OUT / "student-b-gd-ft"))
+    rows.append(_row("(c) 6L general + task distillation",
+                     student_finetune("student-c-gd-td", OUT / "student-gd", preprocess, teacher),
+                     OUT / "student-c-gd-td"))
+    _report(rows, ablation, head, gd, teacher, preprocess, args)
+
+
+def _mlm_row(summary: dict) -> dict:
+    return {"masked_accuracy": summary["masked_accuracy"],
+            "teacher_masked_accuracy": summary["teacher_masked_accuracy"],
+            "seconds": summary["train"]["seconds"]}
+
+
+def _row(name: str, summary: dict, path: Path) -> dict:
+    return {"model": name, "accuracy": summary["metrics"]["accuracy"], "f1": summary["metrics"]["f1"],
+            "parameters": summary["parameters"], "train_seconds": summary["train"]["seconds"],
+            "latency_b1_ms": latency(path, 1), "latency_b8_ms": latency(path, 8), "path": path.name}
+
+
+def _report(rows, ablation, head, gd, teacher, preprocess, args) -> None:
+    base = rows[0]
+    for row in rows:
+        row["accuracy_retention"] = row["accuracy"] / base["accuracy"]
+        row["parameter_ratio"] = row["parameters"] / base["parameters"]
+        row["speedup_b1"] = base["latency_b1_ms"] / row["latency_b1_ms"]
+        row["speedup_b8"] = base["latency_b8_ms"] / row["latency_b8_ms"]
+    shutil.copy(OUT / "student-gd" / "loss.png", RESULTS / "distill_loss.png")
+    payload = {
+        "benchmark": "distill", "threads": args.threads, "teacher": teacher.name,
+        "preprocess": preprocess, "student_train": vars(STUDENT_TRAIN),
+        "mlm_head": {k: head[k] for k in ("masked_accuracy_before", "masked_accuracy")},
+        "general_distillation": {"steps": args.gd_steps, "batch_size": 32, "max_length": 64,
+                                 "masked_accuracy": gd["masked_accuracy"],
+                                 "teacher_masked_accuracy": gd["teacher_masked_accuracy"],
+                                 "seconds": gd["train"]["seconds"]},
+        "rows": rows, "ablation": ablation,
+        "command": "python benchmarks/distill.py",
+    }
+    cols = ["model", "accuracy", "f1", "accuracy_retention", "parameters", "parameter_ratio",
+            "latency_b1_ms", "latency_b8_ms", "speedup_b1", "speedup_b8"]
+    md = ("# Distillation: mpnet-base 12L teacher -> 6L students (disaster tweets validation)\n\n"
+          + markdown_table(rows, cols)
+          + f"\nLatency: seq 128, {args.threads} threads, median of 10. MLM head fitted for "
+          f"{args.head_steps} steps (masked acc {head['masked_accuracy']:.3f}); general distillation "
+          f"{args.gd_steps} steps x 32 texts.\n\n## Triple-loss ablation ({args.ablation_steps} steps each)\n\n"
+          + markdown_table(ablation, ["variant", "steps", "masked_accuracy", "teacher_masked_accuracy", "seconds"])
+          + "\nLoss curve: `distill_loss.png`. Command: `python benchmarks/distill.py`.\n")
+    write_results("distill", payload, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""DistilBERT-style distillation jobs: student init, MLM-head fitting, general and task distillation.
+
+General distillation (optionally with Prune OFA gradual pruning) trains a masked-LM student on
+unlabelled text with the triple loss; task distillation fine-tunes a classifier student on
+labelled data against a fine-tuned teacher's cached logits. Both run the one training loop.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from distilprune.config import to_dict
+from distilprune.data.batching import EncodedDataset, encode, make_loader
+from distilprune.data.corpus import default_corpus, load_corpus
+from distilprune.data.loading import TextTable, file_sha256
+from distilprune.distill.losses import mask_tokens
+from distilprune.distill.objectives import (
+    MLMDistillationObjective,
+    MLMObjective,
+    TaskDistillationObjective,
+)
+from distilprune.errors import UserError, require
+from distilprune.evaluate import model_inputs, predict_texts
+from distilprune.io import atomic_dir, atomic_file, stable_hash, write_json
+from distilprune.jobs.common import save_model_dir
+from distilprune.jobs.finetune import FinetuneConfig, check_output_dir, finetune
+from distilprune.models.loading import (
+    count_parameters,
+    load_classifier,
+    load_for_student,
+    load_masked_lm,
+    load_tokenizer,
+)
+from distilprune.models.registry import cache_dir, resolve_model
+from distilprune.models.student import build_student, num_layers_of
+from distilprune.prune import PruneConfig, PruningHook, finalize, has_masks, sparsity_report
+from distilprune.prune import plot_sparsity_heatmap, write_sparsity_json
+from distilprune.train import TrainConfig, TrainResult, save_losses_plot, train
+
+SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
+# ----------------------------------------------------------------------------- student
+def make_student(teacher: str, out: str, layers: int | None = None, layer_map: list[int] | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Save a half-depth (or ``layer_map``) student initialised from the teacher's layers."""
+    check_output_dir(out, overwrite)
+    model = load_for_student(teacher)
+    student = build_student(model, layer_map, layers)
+    tokenizer = load_tokenizer(teacher)
+    summary = {
+        "kind": "student", "teacher": teacher,
+        "teacher_layers": num_layers_of(model), "student_layers": num_layers_of(student),
+        "layer_map": layer_map or "every other",
+        "teacher_parameters": count_parameters(model), "parameters": count_parameters(student),
+    }
+    summary["parameter_ratio"] = summary["parameters"] / summary["teacher_parameters"]
+    with atomic_dir(out, overwrite) as tmp:
+        save_model_dir(tmp, student, tokenizer, summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- corpus
+@dataclass
+class CorpusConfig:
+    """Unlabelled text for masked-LM training (empty ``files`` = the default corpus)."""
+
+    files: list[str] = field(default_factory=list)
+    text_column: str | None = None
+    min_words: int = 4
+    limit: int | None = None
+    max_length: int = 128
+    heldout: int = 500
+    seed: int = 0
+
+
+def corpus_texts(cfg: CorpusConfig) -> tuple[list[str], list[str]]:
+    """``(train_texts, heldout_texts)``: shuffled with a seed, held-out rows split off."""
+    files = cfg.files or [str(p) for p in default_corpus(SHARED_DATA)]
+    require(len(files) > 0, "no corpus files: pass --corpus (../shared/data is absent)")
+    texts = load_corpus(files, cfg.min_words, None, cfg.text_column)
+    random.Random(cfg.seed).shuffle(texts)
+    heldout = min(cfg.heldout, len(texts) // 10)
+    train_texts = texts[heldout:]
+    return (train_texts[: cfg.limit] if cfg.limit else train_texts), texts[:heldout]
+
+
+def _special_ids(tokenizer) -> list[int]:
+    ids = list(tokenizer.all_special_ids)
+    return ids + ([tokenizer.pad_token_id] if tokenizer.pad_token_id is not None else [])
+
+
+@torch.inference_mode()
+def masked_accuracy(model, tokenizer, texts: list[str], max_length: int, seed: int = 1234,
+                    batch_size: int = 32) -> float:
+    """Share of masked tokens the masked-LM model predicts exactly (fixed masking seed)."""
+    model.eval()
+    dataset = EncodedDataset(encode(tokenizer, texts, max_length))
+    loader = make_loader(dataset, tokenizer, batch_size, shuffle=False)
+    generator = torch.Generator().manual_seed(seed)
+    hits = total = 0
+    for batch in loader:
+        ids, labels = mask_tokens(batch["input_ids"], _special_ids(tokenizer), tokenizer.mask_token_id,
+                                  len(tokenizer), generator=generator)
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+        chosen = labels != -100
+        hits += int((logits.argmax(-1)[chosen] == labels[chosen]).sum())
+        total += int(chosen.sum())
+    return hits / max(total, 1)
+
+
+# ----------------------------------------------------------------------------- MLM head
+@dataclass
+class MLMHeadConfig:
+    """Fit a masked-LM head on a frozen encoder (our packaged teachers ship without one)."""
+
+    teacher: str = ""
+    out: str = ""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=1e-3, patience=None))
+    overwrite: bool = False
+
+
+def fit_mlm_head(cfg: MLMHeadConfig) -> dict[str, Any]:
+    """Train only the MLM head (dense + LayerNorm + bias; decoder tied to embeddings)."""
+    check_output_dir(cfg.out, cfg.overwrite)
+    tokenizer = load_tokenizer(cfg.teacher)
+    model, pretrained_head = load_masked_lm(cfg.teacher)
+    train_texts, heldout = corpus_texts(cfg.corpus)
+    before = masked_accuracy(model, tokenizer, heldout, cfg.corpus.max_length)
+    base = model.base_model
+    for param in base.parameters():
+        param.requires_grad_(False)
+    dataset = EncodedDataset(encode(tokenizer, train_texts, cfg.corpus.max_length))
+    loader = make_loader(dataset, tokenizer, cfg.train.batch_size, cfg.train.seed)
+    objective = MLMObjective(_special_ids(tokenizer), tokenizer.mask_token_id, len(tokenizer), seed=cfg.train.seed)
+    result = train(model, loader, objective, cfg.train, description="fit-mlm-head")
+    for param in base.parameters():
+        param.requires_grad_(True)
+    after = masked_accuracy(model, tokenizer, heldout, cfg.corpus.max_length)
+    summary = {"kind": "masked-lm", "base_model": cfg.teacher, "head_was_pretrained": pretrained_head,
+               "masked_accuracy_before": before, "masked_accuracy": after,
+               "corpus_texts": len(train_texts), "heldout_texts": len(heldout),
+               "config": to_dict(cfg), "train": {"steps": result.steps, "seconds": round(result.seconds, 1)}}
+    with atomic_dir(cfg.out, cfg.overwrite) as tmp:
+        save_model_dir(tmp, model, tokenizer, summary)
+        save_losses_plot(result, tmp / "loss.png", "MLM head fitting")
+    return summary
+
+
+# ----------------------------------------------------------------------------- general distillation
+@dataclass
+class DistillLoss:
+    """DistilBERT's triple loss weights (α·CE, β·MLM, γ·cosine) and temperature."""
+
+    alpha_ce: float = 5.0
+    alpha_mlm: float = 2.0
+    alpha_cos: float = 1.0
+    temperature: float = 2.0
+    mlm_probability: float = 0.15
+    restrict_ce_to_mask: bool = False
+
+
+@dataclass
+class GeneralDistillConfig:
+    """Masked-LM distillation of a student (half the teacher's layers by default)."""
+
+    teacher: str = ""
+    out: str = ""
+    student: str | None = None
+    student_layers: int | None = None
+    layer_map: list[int] | None = None
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    loss: DistillLoss = field(default_factory=DistillLoss)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=2e-4, patience=None))
+    prune: PruneConfig | None = None
+    overwrite: bool = False
+
+
+def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
+    """Distil the masked-LM teacher into a student; prune during it when ``cfg.prune`` is set."""
+    check_output_dir(cfg.out, cfg.overwrite)
+    tokenizer = load_tokenizer(cfg.teacher)
+    teacher, pretrained_head = load_masked_lm(cfg.teacher)
+    require(pretrained_head, f"{cfg.teacher} has no fitted MLM head: run `distilprune fit-mlm-head` first")
+    student = (load_masked_lm(cfg.student)[0] if cfg.student
+               else build_student(teacher, cfg.layer_map, cfg.student_layers))
+    train_texts, heldout = corpus_texts(cfg.corpus)
+    dataset = EncodedDataset(encode(tokenizer, train_texts, cfg.corpus.max_length))
+    loader = make_loader(dataset, tokenizer, cfg.train.batch_size, cfg.train.seed)
+    objective = MLMDistillationObjective(
+        teacher, _special_ids(tokenizer), tokenizer.mask_token_id, len(tokenizer),
+        alpha_ce=cfg.loss.alpha_ce, alpha_mlm=cfg.loss.alpha_mlm, alpha_cos=cfg.loss.alpha_cos,
+        temperature=cfg.loss.temperature, mlm_probability=cfg.loss.mlm_probability,
+        restrict_ce_to_mask=cfg.loss.restrict_ce_to_mask, seed=cfg.train.seed,
+    )
+    hooks = [PruningHook(cfg.prune)] if cfg.prune else []
+    result = train(student, loader, objective, cfg.train, hooks, description="distill")
+    if has_masks(student):
+        finalize(student)
+    return _save_general(cfg, student, teacher, tokenizer, heldout, result, len(train_texts))
+
+
+def _save_general(cfg: GeneralDistillConfig, student, teacher, tokenizer, heldout: list[str],
+                  result: TrainResult, n_texts: int) -> dict[str, Any]:
+    report = sparsity_report(student)
+    summary = {
+        "kind": "masked-lm", "teacher": cfg.teacher, "config": to_dict(cfg),
+        "parameters": count_parameters(student), "teacher_parameters": count_parameters(teacher),
+        "nonzero_parameters": count_parameters(student, nonzero=True),
+        "sparsity": report["prunable"]["sparsity"], "corpus_texts": n_texts,
+        "masked_accuracy": masked_accuracy(student, tokenizer, heldout, cfg.corpus.max_length),
+        "teacher_masked_accuracy": masked_accuracy(teacher, tokenizer, heldout, cfg.corpus.max_length),
+        "train": {"steps": result.steps, "seconds": round(result.seconds, 1)},
+    }
+    with atomic_dir(cfg.out, cfg.overwrite) as tmp:
+        save_model_dir(tmp, student, tokenizer, summary)
+        write_json(tmp / "train_log.json", {"losses": result.losses})
+        save_losses_plot(result, tmp / "loss.png", "general distillation")
+        if cfg.prune:
+            write_sparsity_json(report, tmp / "sparsity.json")
+            plot_sparsity_heatmap(report, tmp / "sparsity.png")
+    return summary
+
+
+# ----------------------------------------------------------------------------- task distillation
+@dataclass
+class TaskLoss:
+    """Task distillation weights: soft targets at temperature T, hard labels, hidden cosine."""
+
+    temperature: float = 2.0
+    alpha_soft: float = 0.5
+    alpha_hard: float = 0.5
+    alpha_cos: float = 0.0
+
+
+@dataclass
+class TaskDistillConfig:
+    """Fine-tune a student against a fine-tuned teacher's (cached) logits."""
+
+    teacher: str = ""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    loss: TaskLoss = field(default_factory=TaskLoss)
+
+
+def teacher_logits(teacher_dir: str, texts: list[str], max_length: int) -> torch.Tensor:
+    """The teacher's logits for ``texts``, cached on disk (safetensors) by weights + data hash."""
+    weights = sorted(Path(resolve_model(teacher_dir)).glob("*.safetensors"))
+    require(weights, f"teacher {teacher_dir} has no safetensors weights")
+    key = stable_hash({"weights": [file_sha256(w) for w in weights], "texts": texts, "max_length": max_length})
+    path = cache_dir() / "teacher_logits" / f"{key}.safetensors"
+    if path.is_file():
+        return load_file(path)["logits"]
+    tokenizer = load_tokenizer(teacher_dir)
+    model = load_classifier(teacher_dir, num_labels=_num_labels(teacher_dir))
+    logits = torch.from_numpy(predict_texts(model, tokenizer, texts, max_length))
+    with atomic_file(path, "wb") as handle:
+        handle.write(_safetensors_bytes({"logits": logits.contiguous()}))
+    return logits
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors)
+
+
+def _num_labels(model_dir: str) -> int:
+    from distilprune.models.loading import load_config
+
+    return int(load_config(model_dir).num_labels)
+
+
+def distill_task(cfg: TaskDistillConfig) -> dict[str, Any]:
+    """Task distillation = the fine-tuning job with a distillation objective."""
+    require(cfg.teacher, "task distillation needs --teacher (a fine-tuned classifier directory)")
+    teacher_model = None
+    if cfg.loss.alpha_cos > 0:
+        teacher_model = load_classifier(cfg.teacher, num_labels=_num_labels(cfg.teacher)).eval()
+
+    def objective(train_ds: EncodedDataset, table: TextTable) -> TaskDistillationObjective:
+        logits = teacher_logits(cfg.teacher, table.texts, cfg.finetune.data.max_length)
+        if len(logits) != len(train_ds):
+            raise UserError("cached teacher logits do not match the training set")
+        return TaskDistillationObjective(logits, cfg.loss.temperature, cfg.loss.alpha_soft,
+                                         cfg.loss.alpha_hard, cfg.loss.alpha_cos, teacher_model)
+
+    return finetune(cfg.finetune, make_objective=objective,
+                    metadata={"distillation": {"teacher": cfg.teacher, **to_dict(cfg.loss)}})
+
+
+__all__ = [
+    "CorpusConfig", "DistillLoss", "GeneralDistillConfig", "MLMHeadConfig", "TaskDistillConfig",
+    "TaskLoss", "distill_task", "fit_mlm_head", "general_distill", "make_student", "masked_accuracy",
+    "model_inputs", "save_file", "teacher_logits",
+]
