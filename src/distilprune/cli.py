@@ -120,6 +120,7 @@ def finetune(
     seed: Annotated[int | None, Opt()] = None,
     patience: Annotated[int | None, Opt(help="early-stopping patience in evaluations")] = None,
     lock_sparsity: Annotated[bool, Opt(help="keep every zero weight exactly zero")] = False,
+    qat: Annotated[bool, Opt(help="quantization-aware training (int8 weights + activations)")] = False,
     prune: PruneMethod = None,
     final_sparsity: FinalSparsity = None,
     block_size: BlockSize = None,
@@ -133,10 +134,12 @@ def finetune(
 ) -> None:
     """Fine-tune a classifier (optionally pruned, mask-locked or distilled from --teacher)."""
     from distilprune.jobs.distill import TaskDistillConfig, distill_task
-    from distilprune.jobs.finetune import FinetuneConfig, finetune as run
+    from distilprune.jobs.finetune import FinetuneConfig
+    from distilprune.jobs.finetune import finetune as run
 
     overrides = {
         "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every),
+        "qat": {} if qat else None,
         "model": model, "out": str(out) if out else None, "overwrite": overwrite or None,
         "lock_sparsity": lock_sparsity or None,
         "data": _data_overrides(data, validation, text_column, label_column, preprocess,
@@ -198,7 +201,8 @@ def fit_mlm_head(
     overwrite: Annotated[bool, Opt()] = False,
 ) -> None:
     """Fit an MLM head (dense + LayerNorm, decoder tied to embeddings) on a frozen teacher."""
-    from distilprune.jobs.distill import MLMHeadConfig, fit_mlm_head as run
+    from distilprune.jobs.distill import MLMHeadConfig
+    from distilprune.jobs.distill import fit_mlm_head as run
 
     overrides = {"teacher": teacher, "out": str(out), "overwrite": overwrite or None,
                  "corpus": _corpus(corpus, corpus_limit, max_length),
@@ -266,7 +270,12 @@ def sparsity(
 ) -> None:
     """Per-layer and global sparsity report (table; JSON + heatmap PNG with --out)."""
     from distilprune.jobs.finetune import load_any_model
-    from distilprune.prune import plot_sparsity_heatmap, sparsity_report, sparsity_table, write_sparsity_json
+    from distilprune.prune import (
+        plot_sparsity_heatmap,
+        sparsity_report,
+        sparsity_table,
+        write_sparsity_json,
+    )
 
     report = sparsity_report(load_any_model(model))
     out_console.print(sparsity_table(report))

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from distilprune import __version__
 from distilprune.data.batching import EncodedDataset, encode
 from distilprune.data.loading import TextTable, class_balance, load_table
-from distilprune.data.preprocess import build_preprocessor
+from distilprune.data.preprocess import build_preprocessor, parse_steps
 from distilprune.data.split import stratified_split
 from distilprune.errors import UserError, require
 from distilprune.io import write_json
@@ -44,6 +44,7 @@ class DataConfig:
         require(self.imbalance in ("none", "class_weights", "oversample"),
                 f"imbalance must be none, class_weights or oversample, got {self.imbalance!r}")
         require(self.max_length >= 8, f"max_length must be >= 8, got {self.max_length}")
+        self.preprocess = parse_steps(self.preprocess)
 
 
 @dataclass

@@ -39,8 +39,15 @@ from distilprune.models.loading import (
 )
 from distilprune.models.registry import cache_dir, resolve_model
 from distilprune.models.student import build_student, num_layers_of
-from distilprune.prune import PruneConfig, PruningHook, finalize, has_masks, sparsity_report
-from distilprune.prune import plot_sparsity_heatmap, write_sparsity_json
+from distilprune.prune import (
+    PruneConfig,
+    PruningHook,
+    finalize,
+    has_masks,
+    plot_sparsity_heatmap,
+    sparsity_report,
+    write_sparsity_json,
+)
 from distilprune.train import TrainConfig, TrainResult, save_losses_plot, train
 
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"

@@ -24,6 +24,7 @@ from distilprune.io import atomic_dir, write_json
 from distilprune.jobs.common import DataConfig, encode_table, prepare_data, save_model_dir
 from distilprune.models.loading import count_parameters, load_classifier, load_tokenizer
 from distilprune.prune import LockSparsityHook, PruneConfig, PruningHook, finalize, sparsity_report
+from distilprune.quantize import QATConfig, QATHook
 from distilprune.train import Hook, Objective, TrainConfig, save_losses_plot, train
 
 
@@ -37,6 +38,7 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     lock_sparsity: bool = False
     prune: PruneConfig | None = None
+    qat: QATConfig | None = None
     eval_batch_size: int = 64
     overwrite: bool = False
 
@@ -55,10 +57,12 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
 
 
 def _compression_hooks(cfg: FinetuneConfig) -> list[Hook]:
-    """Mask locking (sparse transfer) and/or gradual pruning on the downstream task."""
+    """Mask locking (sparse transfer), gradual pruning and/or int8 QAT (applied last)."""
     hooks: list[Hook] = [LockSparsityHook()] if cfg.lock_sparsity else []
     if cfg.prune:
         hooks.append(PruningHook(cfg.prune))
+    if cfg.qat:
+        hooks.append(QATHook(cfg.qat))
     return hooks
 
 

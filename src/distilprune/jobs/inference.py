@@ -19,7 +19,7 @@ from distilprune.evaluate import (
     softmax,
 )
 from distilprune.io import atomic_dir, atomic_file, write_json
-from distilprune.jobs.common import preprocess_table, read_metadata
+from distilprune.jobs.common import read_metadata
 from distilprune.models.loading import load_classifier, load_tokenizer
 
 

@@ -1,0 +1,391 @@
+"""CPU latency, throughput, memory, size and accuracy of classifiers (PyTorch dirs or ONNX exports).
+
+Each model of :func:`benchmark_models` runs in a fresh ``python -m distilprune.benchmark``
+process so its peak RSS (``ru_maxrss``) is its own. Latency is model time only: inputs are
+tokenized beforehand, padded/truncated to exactly ``seq_len`` tokens so all models see one shape.
+This module does not import torch unless a PyTorch model is benchmarked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from distilprune.errors import UserError, require
+from distilprune.export.runtime import (
+    ONNX_FILENAME,
+    SAMPLE_TEXTS,
+    OnnxClassifier,
+    max_sequence_length,
+    read_metadata,
+    weights_size,
+)
+from distilprune.io import read_json, write_json
+
+TORCH_INT8_SUFFIX = "@int8"
+
+
+class Runner(Protocol):
+    """Anything that maps a batch of texts to logits."""
+
+    kind: str
+    path: Path
+    max_length: int
+
+    def set_threads(self, threads: int) -> None: ...
+    def encode(self, texts: Sequence[str], pad_to: int | None = None) -> Any: ...
+    def run(self, batch: Any) -> np.ndarray: ...
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray: ...
+    def info(self) -> dict[str, Any]: ...
+
+
+class OnnxRunner:
+    """ONNX Runtime runner around :class:`~distilprune.export.runtime.OnnxClassifier`."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.classifier = OnnxClassifier(path, threads=threads)
+        self.path = Path(path)
+        self.max_length = self.classifier.max_length
+        self.kind = "onnx-int8" if read_metadata(self.classifier.folder).get("int8") else "onnx"
+        self.positions = max_sequence_length(self.classifier.config)
+
+    def set_threads(self, threads: int) -> None:
+        self.classifier.set_threads(threads)
+
+    def encode(self, texts: Sequence[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
+        return self.classifier.encode(texts, pad_to)
+
+    def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return self.classifier.run(batch)
+
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        return self.classifier.predict_logits(texts, batch_size)
+
+    def info(self) -> dict[str, Any]:
+        """Size on disk and number of weight elements (initializers) of the ONNX graph."""
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(self.classifier.onnx_path))
+        params = sum(numpy_helper.to_array(t).size for t in model.graph.initializer)
+        return {"size_bytes": weights_size(self.classifier.onnx_path), "params": int(params),
+                "nonzero_params": None}
+
+
+class TorchRunner:
+    """PyTorch runner for a Hugging Face model directory, optionally with dynamic int8 Linears."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, int8: bool = False,
+                 max_length: int = 128) -> None:
+        import torch
+
+        from distilprune.models.loading import (
+            count_parameters,
+            load_classifier,
+            load_config,
+            load_tokenizer,
+        )
+
+        self.torch, self.path, self.max_length = torch, Path(path), max_length
+        if threads:
+            torch.set_num_threads(threads)
+        config = load_config(path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # reproducible random head for checkpoints without one
+            model = load_classifier(path, num_labels=config.num_labels).eval()
+        self.tokenizer = load_tokenizer(path)
+        self.positions = max_sequence_length(config.to_dict())
+        accepted = set(self.tokenizer.model_input_names)
+        self.names = [n for n in ("input_ids", "token_type_ids", "attention_mask")
+                      if n in accepted and n in _forward_args(model)]
+        self._info = {"params": count_parameters(model),
+                      "nonzero_params": count_parameters(model, nonzero=True)}
+        self.kind = "torch-int8" if int8 else "torch"
+        self.model = _quantize_dynamic(model) if int8 else model
+
+    def set_threads(self, threads: int) -> None:
+        self.torch.set_num_threads(threads)
+
+    def encode(self, texts: Sequence[str], pad_to: int | None = None) -> dict[str, Any]:
+        enc = self.tokenizer(list(texts), padding="max_length" if pad_to else True,
+                             truncation=True, max_length=pad_to or self.max_length,
+                             return_tensors="pt")
+        return {n: enc[n] for n in self.names}
+
+    def run(self, batch: dict[str, Any]) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model(**batch).logits.float().numpy()
+
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        texts = list(texts)
+        return np.concatenate([self.run(self.encode(texts[i:i + batch_size]))
+                               for i in range(0, len(texts), batch_size)])
+
+    def info(self) -> dict[str, Any]:
+        """Weights on disk (fp32) or the serialized state dict size (dynamic int8)."""
+        if self.kind == "torch":
+            return {**self._info, "size_bytes": weights_size(self.path)}
+        buffer = io.BytesIO()
+        self.torch.save(self.model.state_dict(), buffer)
+        return {**self._info, "size_bytes": buffer.tell()}
+
+
+def _forward_args(model: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _quantize_dynamic(model: Any) -> Any:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def parse_model_spec(spec: str) -> tuple[Path, bool]:
+    """``DIR`` or ``DIR@int8`` (PyTorch dynamic int8) -> ``(path, torch_int8)``."""
+    if spec.endswith(TORCH_INT8_SUFFIX):
+        return Path(spec[: -len(TORCH_INT8_SUFFIX)]), True
+    return Path(spec), False
+
+
+def load_runner(path: str | Path, threads: int | None = 2, *, torch_int8: bool = False,
+                max_length: int = 128) -> Runner:
+    """Pick a runner by content: export dir / .onnx file -> ONNX, dir with config.json -> torch.
+
+    ``path`` may carry the ``@int8`` suffix to request PyTorch dynamic int8 quantization.
+    """
+    path, suffix_int8 = parse_model_spec(str(path))
+    torch_int8 = torch_int8 or suffix_int8
+    is_onnx = (path / ONNX_FILENAME).is_file() or (path.is_file() and path.suffix == ".onnx")
+    if is_onnx:
+        require(not torch_int8, f"{path}: @int8 applies to PyTorch models; export with --int8")
+        return OnnxRunner(path, threads)
+    require(path.is_dir(), f"model not found: {path}")
+    require((path / "config.json").is_file(),
+            f"{path} holds neither model.onnx nor config.json")
+    return TorchRunner(path, threads, int8=torch_int8, max_length=max_length)
+
+
+def _batch_texts(texts: Sequence[str], size: int) -> list[str]:
+    return [texts[i % len(texts)] for i in range(size)]
+
+
+def _latency(runner: Runner, batch: Any, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        runner.run(batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runner.run(batch)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def measure(runner: Runner, texts: Sequence[str], *, batch_sizes: Sequence[int] = (1, 8),
+            seq_len: int = 128, warmup: int = 3, repeats: int = 20,
+            threads: int = 2) -> dict[str, Any]:
+    """Latency percentiles (ms) and throughput (sequences/s) per batch size at ``seq_len``."""
+    texts = list(texts) or list(SAMPLE_TEXTS)
+    require(repeats > 0 and warmup >= 0, "repeats must be positive and warmup non-negative")
+    require(batch_sizes and all(b > 0 for b in batch_sizes), "batch sizes must be positive")
+    limit = getattr(runner, "positions", None)
+    require(seq_len > 1 and (limit is None or seq_len <= limit),
+            f"sequence length must be between 2 and {limit} for {runner.path}, got {seq_len}")
+    runner.set_threads(threads)
+    latency = {}
+    for size in batch_sizes:
+        batch = runner.encode(_batch_texts(texts, size), pad_to=seq_len)
+        times = _latency(runner, batch, warmup, repeats)
+        mean = statistics.fmean(times)
+        latency[str(size)] = {
+            "p50_ms": float(np.percentile(times, 50)),
+            "p95_ms": float(np.percentile(times, 95)),
+            "mean_ms": mean,
+            "min_ms": min(times),
+            "throughput": size * 1000.0 / mean,
+        }
+    return {
+        "kind": runner.kind,
+        "seq_len": seq_len,
+        "threads": threads,
+        "warmup": warmup,
+        "repeats": repeats,
+        "latency": latency,
+        "throughput": max(v["throughput"] for v in latency.values()),
+    }
+
+
+def accuracy(runner: Runner, texts: Sequence[str], labels: Sequence[int],
+             batch_size: int = 32) -> dict[str, float]:
+    """Accuracy and F1 (binary: positive class 1; otherwise macro) on a labelled set."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    require(len(texts) == len(labels) and len(texts) > 0,
+            f"need as many labels as texts (got {len(texts)} texts, {len(labels)} labels)")
+    preds = runner.predict_logits(texts, batch_size).argmax(axis=-1)
+    average = "binary" if set(labels) | set(preds.tolist()) <= {0, 1} else "macro"
+    return {"accuracy": float(accuracy_score(labels, preds)),
+            "f1": float(f1_score(labels, preds, average=average, zero_division=0)),
+            "n": len(texts)}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB.
+
+    Linux: ``VmHWM`` of the current address space. ``ru_maxrss`` is not used there because a
+    child started with vfork/exec inherits its parent's peak, which would hide the model's own.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024.0 if sys.platform != "darwin" else rss / 2**20
+
+
+def benchmark_one(spec: str, texts: Sequence[str], labels: Sequence[int] | None = None, *,
+                  threads: int = 2, batch_sizes: Sequence[int] = (1, 8), seq_len: int = 128,
+                  warmup: int = 3, repeats: int = 20) -> dict[str, Any]:
+    """Load, time and (optionally) score one model in this process (call in a fresh one)."""
+    start = time.perf_counter()
+    runner = load_runner(spec, threads, max_length=seq_len)
+    load_s = time.perf_counter() - start
+    result = measure(runner, texts, batch_sizes=batch_sizes, seq_len=seq_len, warmup=warmup,
+                     repeats=repeats, threads=threads)
+    result.update(peak_rss_mb=peak_rss_mb(), load_s=load_s, spec=spec,
+                  path=str(parse_model_spec(spec)[0]))
+    result.update(runner.info())  # after RSS: reading the ONNX graph is not serving memory
+    result["size_mb"] = result["size_bytes"] / 1e6
+    if labels is not None:
+        result.update(accuracy(runner, texts, labels))
+    return result
+
+
+def benchmark_models(paths: Sequence[str], texts: Sequence[str] | None = None,
+                     labels: Sequence[int] | None = None, *, threads: int = 2,
+                     batch_sizes: Sequence[int] = (1, 8), seq_len: int = 128, warmup: int = 3,
+                     repeats: int = 20, timeout: float | None = None) -> list[dict[str, Any]]:
+    """Benchmark each model spec sequentially, each in its own subprocess."""
+    require(len(paths) > 0, "give at least one model to benchmark")
+    texts = list(texts or SAMPLE_TEXTS)
+    names = model_names(paths)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="distilprune-bench-") as tmp:
+        data = Path(tmp) / "data.json"
+        write_json(data, {"texts": texts, "labels": None if labels is None else list(labels)})
+        for spec, name in zip(paths, names, strict=True):
+            _check_spec(spec)
+            settings = {"threads": threads, "batch_sizes": list(batch_sizes),
+                        "seq_len": seq_len, "warmup": warmup, "repeats": repeats}
+            result = _run_child(spec, data, Path(tmp) / "result.json", settings, timeout)
+            results.append({"name": name, **result})
+    return results
+
+
+def _check_spec(spec: str) -> None:
+    path, _ = parse_model_spec(spec)
+    require(path.exists(), f"model not found: {path}")
+
+
+def _run_child(spec: str, data: Path, out: Path, settings: dict[str, Any],
+               timeout: float | None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "distilprune.benchmark", "--model", spec, "--data", str(data),
+           "--json", str(out), "--settings", json.dumps(settings)]
+    threads = str(settings["threads"])
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise UserError(f"benchmark of {spec} timed out after {timeout} s") from exc
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise UserError(f"benchmark of {spec} failed: {lines[-1] if lines else proc.returncode}")
+    return read_json(out)
+
+
+def model_names(paths: Sequence[str]) -> list[str]:
+    """Short unique display names: folder name (or parent/name when ambiguous) + @int8."""
+    def short(spec: str, depth: int) -> str:
+        path, int8 = parse_model_spec(spec)
+        path = path.resolve()
+        depth += path.suffix == ".onnx"  # a bare model.onnx is named after its folder too
+        return "/".join(path.parts[-depth:]) + (TORCH_INT8_SUFFIX if int8 else "")
+
+    names = [short(p, 1) for p in paths]
+    for depth in (2, 3):
+        if len(set(names)) == len(names):
+            break
+        names = [short(p, depth) if names.count(n) > 1 else n
+                 for p, n in zip(paths, names, strict=True)]
+    if len(set(names)) < len(names):
+        names = [f"{n}#{i}" for i, n in enumerate(names)]
+    return names
+
+
+def run_benchmark(model_paths: list[str], data_texts: Sequence[str] | None,
+                  data_labels: Sequence[int] | None, out_prefix: str | Path, threads: int = 2,
+                  batch_sizes: Sequence[int] = (1, 8), seq_len: int = 128, repeats: int = 20,
+                  warmup: int = 3) -> dict[str, Any]:
+    """Benchmark models (the first is the baseline) and write ``<prefix>.json/.md/.png``."""
+    from distilprune.benchmark.report import write_report
+
+    results = benchmark_models(model_paths, data_texts, data_labels, threads=threads,
+                               batch_sizes=batch_sizes, seq_len=seq_len, warmup=warmup,
+                               repeats=repeats)
+    prefix = Path(out_prefix)
+    files = {ext: prefix.with_name(prefix.name + f".{ext}") for ext in ("json", "md", "png")}
+    report = write_report(results, files["json"], files["md"], files["png"])
+    return {**report, "files": {k: str(v) for k, v in files.items()}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Child-process entry point: benchmark one model and write its result as JSON."""
+    parser = argparse.ArgumentParser(prog="python -m distilprune.benchmark")
+    parser.add_argument("--model", required=True, help="model dir, export dir, .onnx, DIR@int8")
+    parser.add_argument("--data", required=True, help='JSON file {"texts": [...], "labels": ...}')
+    parser.add_argument("--json", required=True, help="where to write the result")
+    parser.add_argument("--settings", default="{}", help="JSON keyword arguments of measure()")
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+    try:
+        data = read_json(args.data)
+        result = benchmark_one(args.model, data["texts"], data.get("labels"),
+                               **json.loads(args.settings))
+        write_json(args.json, result)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = [
+    "OnnxRunner",
+    "Runner",
+    "TorchRunner",
+    "accuracy",
+    "benchmark_models",
+    "benchmark_one",
+    "load_runner",
+    "measure",
+    "model_names",
+    "run_benchmark",
+]

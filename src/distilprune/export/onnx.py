@@ -1,0 +1,320 @@
+"""Export Hugging Face sequence classifiers to ONNX (optionally int8) and check logits parity.
+
+The output is a self-contained directory: ``model.onnx`` + tokenizer files + ``config.json`` +
+``export.json`` (export settings) + ``parity.json`` (ONNX vs PyTorch logits on sample texts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+from distilprune.errors import UserError, require
+from distilprune.export.runtime import (
+    METADATA_FILENAME,
+    ONNX_FILENAME,
+    SAMPLE_TEXTS,
+    EncoderSpec,
+    OnnxClassifier,
+    TextEncoder,
+    max_sequence_length,
+    resolve_onnx,
+    weights_size,
+)
+from distilprune.io import atomic_dir, write_json
+from distilprune.models.loading import (
+    load_classifier,
+    load_config,
+    load_tokenizer,
+    model_input_names,
+)
+from distilprune.models.registry import resolve_model
+
+PARITY_FILENAME = "parity.json"
+FP32_TOLERANCE = 1e-3  # max |logit diff| (relative to max(1, |logit|)) an fp32 export may show
+
+DEFAULT_PARITY_TEXTS = SAMPLE_TEXTS
+
+
+def load_for_export(model_dir: str | Path) -> tuple[torch.nn.Module, Any]:
+    """Load ``(classifier in eval mode, tokenizer)``; a missing head is seeded reproducibly."""
+    config = load_config(model_dir)
+    labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = load_classifier(model_dir, num_labels=config.num_labels, label_names=labels)
+    return model.eval(), load_tokenizer(model_dir)
+
+
+def input_names(model: torch.nn.Module, tokenizer: Any) -> list[str]:
+    """Tokenizer outputs the model's ``forward`` accepts (e.g. no token_type_ids for MPNet)."""
+    accepted = model_input_names(model)
+    names = [n for n in tokenizer.model_input_names if n in accepted]
+    require("input_ids" in names, f"tokenizer outputs {tokenizer.model_input_names} lack input_ids")
+    return names
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Positional-input wrapper returning only the logits tensor (what the exporter traces)."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, inputs, strict=True))).logits
+
+
+def _dummy_inputs(tokenizer: Any, names: list[str], max_length: int) -> tuple[torch.Tensor, ...]:
+    """Two texts of different lengths, so the traced graph sees real padding."""
+    texts = [DEFAULT_PARITY_TEXTS[1], DEFAULT_PARITY_TEXTS[4]]
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                    return_tensors="pt")
+    return tuple(enc[n] for n in names)
+
+
+def torch_to_onnx(model: torch.nn.Module, tokenizer: Any, names: list[str], out_file: Path,
+                  max_length: int = 128, opset: int = 17) -> str:
+    """Export with dynamic batch/sequence axes; returns the exporter used.
+
+    The TorchScript-based exporter (``dynamo=False``) is tried first; the dynamo exporter is
+    the fallback.
+    """
+    wrapper = _LogitsOnly(model, names).eval()
+    dummy = _dummy_inputs(tokenizer, names, max_length)
+    errors = []
+    for exporter in ("torchscript", "dynamo"):
+        try:
+            _run_exporter(exporter, wrapper, dummy, names, out_file, opset)
+            onnx.checker.check_model(str(out_file))
+            return f"torch.onnx.export ({exporter})"
+        except Exception as exc:  # exporters raise many types; report them all together
+            errors.append(f"{exporter}: {_first_line(exc)}")
+            out_file.unlink(missing_ok=True)
+        finally:
+            model.eval()  # the exporters restore the wrapper's (train) mode recursively
+    arch = getattr(model.config, "model_type", "?")
+    raise UserError(f"cannot export this {arch} model to ONNX ({'; '.join(errors)})")
+
+
+def _run_exporter(exporter: str, wrapper: torch.nn.Module, dummy: tuple[torch.Tensor, ...],
+                  names: list[str], out_file: Path, opset: int) -> None:
+    with warnings.catch_warnings(), _quiet_loggers(), torch.inference_mode(False):
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+            torch.onnx.export(wrapper, dummy, str(out_file), input_names=names,
+                              output_names=["logits"], dynamic_axes=axes,
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
+        else:
+            batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+            shapes = tuple({0: batch, 1: seq} for _ in names)
+            program = torch.onnx.export(wrapper, dummy, input_names=names,
+                                        output_names=["logits"], dynamic_shapes=shapes,
+                                        opset_version=opset, dynamo=True, verbose=False)
+            program.save(str(out_file))
+
+
+@contextlib.contextmanager
+def _quiet_loggers():
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def quantize_int8(src: Path, dst: Path, *, per_channel: bool = True,
+                  embeddings: bool = True) -> dict[str, Any]:
+    """ONNX Runtime dynamic quantization: int8 MatMul weights (and embedding Gathers).
+
+    Per-channel weights halve the logits error of per-tensor ones at no size cost; quantizing
+    the embedding Gathers shrinks MiniLM-L6 from 59 to 23 MB with similar parity.
+    """
+    prepped = src.with_name(src.stem + "-prep.onnx")
+    try:
+        with warnings.catch_warnings(), _quiet_loggers():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
+            ops = ["MatMul", "Gather"] if embeddings else ["MatMul"]
+            quantize_dynamic(prepped, dst, op_types_to_quantize=ops, per_channel=per_channel,
+                             weight_type=QuantType.QInt8)
+    finally:
+        prepped.unlink(missing_ok=True)
+    return {"method": "onnxruntime.quantize_dynamic", "weight_type": "QInt8",
+            "op_types": ops, "per_channel": per_channel}
+
+
+def torch_logits(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], names: list[str],
+                 batch_size: int = 32, max_length: int = 128) -> np.ndarray:
+    """PyTorch reference logits with dynamic padding (as :class:`OnnxClassifier` does)."""
+    parts = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt")
+            parts.append(model(**{n: enc[n] for n in names}).logits.float().numpy())
+    return np.concatenate(parts, axis=0)
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    """Max/mean absolute logits difference and argmax agreement rate."""
+    require(reference.shape == candidate.shape,
+            f"logits shapes differ: {reference.shape} vs {candidate.shape}")
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    agree = reference.argmax(-1) == candidate.argmax(-1)
+    return {
+        "n_texts": int(reference.shape[0]),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "agreement": float(agree.mean()),
+        "max_abs_logit": float(np.abs(reference).max()),
+    }
+
+
+def _parity(model: torch.nn.Module, tokenizer: Any, classifier: OnnxClassifier,
+            texts: Sequence[str], batch_size: int) -> dict[str, Any]:
+    names = classifier.encoder.spec.input_names
+    ref = torch_logits(model, tokenizer, texts, names, batch_size, classifier.max_length)
+    return compare_logits(ref, classifier.predict_logits(texts, batch_size))
+
+
+def parity_check(model_dir: str | Path, onnx_path: str | Path,
+                 texts: Sequence[str] | None = None, batch_size: int = 32) -> dict[str, Any]:
+    """Compare ONNX and PyTorch logits on ``texts``; also written to ``parity.json``."""
+    texts = list(texts or DEFAULT_PARITY_TEXTS)
+    model, tokenizer = load_for_export(model_dir)
+    classifier = OnnxClassifier(onnx_path)
+    result = _parity(model, tokenizer, classifier, texts, batch_size)
+    write_json(classifier.folder / PARITY_FILENAME, result)
+    return result
+
+
+def _encoder_backend(tokenizer: Any, folder: Path, spec: EncoderSpec, texts: Sequence[str],
+                     max_length: int) -> str:
+    """``tokenizers`` when it reproduces the HF tokenizer exactly, else ``transformers``."""
+    if not (folder / "tokenizer.json").is_file():
+        return "transformers"
+    encoder = TextEncoder(folder, spec)
+    for pad_to in (None, max_length):
+        padding = "max_length" if pad_to else True
+        ref = tokenizer(list(texts), padding=padding, truncation=True, max_length=max_length,
+                        return_tensors="np")
+        ours = encoder(texts, max_length, pad_to)
+        if any(not np.array_equal(ref[n], ours[n]) for n in spec.input_names):
+            return "transformers"
+    return "tokenizers"
+
+
+def _check_parity(parity: dict[str, Any]) -> None:
+    limit = FP32_TOLERANCE * max(1.0, parity["max_abs_logit"])
+    if parity["max_abs_diff"] > limit or parity["agreement"] < 1.0:
+        raise UserError(
+            f"ONNX export does not match PyTorch: max |logit diff| {parity['max_abs_diff']:.2e}, "
+            f"agreement {parity['agreement']:.3f} on {parity['n_texts']} texts"
+        )
+
+
+def export_onnx(
+    model_dir: str | Path,
+    out_path: str | Path,
+    *,
+    max_length: int = 128,
+    opset: int = 17,
+    int8: bool = False,
+    parity_texts: Sequence[str] | None = None,
+    overwrite: bool = False,
+    per_channel: bool = True,
+    quantize_embeddings: bool = True,
+) -> dict[str, Any]:
+    """Export ``model_dir`` to the directory ``out_path`` (written atomically) and check parity.
+
+    ``int8`` applies ONNX Runtime dynamic quantization. An fp32 export whose logits differ
+    from PyTorch raises :class:`UserError`; int8 parity is only reported.
+    """
+    out = Path(out_path)
+    require(out.suffix != ".onnx", f"--out must be a directory (got file name {out.name})")
+    require(overwrite or not out.exists(),
+            f"output directory {out} already exists (pass --overwrite to replace it)")
+    require(opset >= 14, "ONNX opset must be at least 14")
+    model, tokenizer = load_for_export(model_dir)
+    limit = max_sequence_length(model.config.to_dict())
+    require(max_length > 1 and (limit is None or max_length <= limit),
+            f"max length must be between 2 and {limit} for this model, got {max_length}")
+    names = input_names(model, tokenizer)
+    texts = list(parity_texts or DEFAULT_PARITY_TEXTS)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        meta = _write_export(model, tokenizer, names, tmp, max_length, opset, int8,
+                             per_channel, quantize_embeddings, texts, model_dir)
+        parity = _parity(model, tokenizer, OnnxClassifier(tmp, threads=None), texts, 32)
+        write_json(tmp / PARITY_FILENAME, parity)
+        if not int8:
+            _check_parity(parity)
+    return {**meta, "path": str(out), "parity": parity}
+
+
+def _write_export(model: torch.nn.Module, tokenizer: Any, names: list[str], tmp: Path,
+                  max_length: int, opset: int, int8: bool, per_channel: bool,
+                  quantize_embeddings: bool, texts: list[str], source: str | Path
+                  ) -> dict[str, Any]:
+    onnx_file = tmp / ONNX_FILENAME
+    fp32_file = tmp / "model-fp32.onnx" if int8 else onnx_file
+    exporter = torch_to_onnx(model, tokenizer, names, fp32_file, max_length, opset)
+    quantization = None
+    if int8:
+        quantization = quantize_int8(fp32_file, onnx_file, per_channel=per_channel,
+                                     embeddings=quantize_embeddings)
+        quantization["fp32_size_bytes"] = fp32_file.stat().st_size
+        fp32_file.unlink()
+    tokenizer.save_pretrained(tmp)
+    model.config.save_pretrained(tmp)
+    spec = EncoderSpec.from_hf(tokenizer, names)
+    spec.backend = _encoder_backend(tokenizer, tmp, spec, texts, max_length)
+    meta = {
+        "format": "onnx",
+        "source": str(resolve_model(source)),
+        "architecture": model.config.model_type,
+        "exporter": exporter,
+        "torch_version": torch.__version__,
+        "opset": opset,
+        "max_length": max_length,
+        "inputs": names,
+        "outputs": ["logits"],
+        "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
+        "int8": int8,
+        "quantization": quantization,
+        "size_bytes": onnx_file.stat().st_size,
+        "source_size_bytes": weights_size(resolve_model(source)),
+        "tokenizer": spec.to_dict(),
+    }
+    write_json(tmp / METADATA_FILENAME, meta)
+    return meta
+
+
+__all__ = [
+    "DEFAULT_PARITY_TEXTS",
+    "OnnxClassifier",
+    "compare_logits",
+    "export_onnx",
+    "parity_check",
+    "quantize_int8",
+    "resolve_onnx",
+]
