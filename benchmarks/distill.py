@@ -1,6 +1,6 @@
 """Distillation benchmark on the disaster tweets (issue: DistilBERT-style distillation).
 
-Teacher: ``mpnet-base`` (12L/768H) fine-tuned by ``benchmarks/finetune.py`` (its best variant).
+Teacher: ``mpnet-base`` (12L/768H) fine-tuned with preprocessing by ``benchmarks/finetune.py``.
 Students (6L/768H, every other teacher layer), all fine-tuned on the same split and budget:
 (a) fine-tuned directly from the every-other-layer init, (b) general-distilled (triple loss on
 tweets + SST-2 text) then fine-tuned, (c) general-distilled then task-distilled from the
@@ -37,6 +37,8 @@ from distilprune.jobs.finetune import FinetuneConfig, finetune
 from distilprune.train import TrainConfig
 
 OUT = WORK / "distill"
+PREPROCESS = True  # students and teacher all use the tweet preprocessing (+ keyword)
+TEACHER = WORK / "finetune" / "mpnet-base-pre"
 STUDENT_TRAIN = TrainConfig(epochs=1, lr=8e-5, batch_size=32, patience=None, seed=42)
 
 
@@ -48,20 +50,6 @@ def staged(out: Path, run) -> dict:
         summary = run()
         print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
     return summary
-
-
-def pick_teacher() -> tuple[Path, bool]:
-    """The better of the fine-tuned mpnet-base variants (raw / preprocessed)."""
-    options = []
-    for preprocess in (False, True):
-        path = WORK / "finetune" / f"mpnet-base-{'pre' if preprocess else 'raw'}"
-        summary = load_summary(path)
-        if summary:
-            options.append((summary["metrics"]["accuracy"], path, preprocess))
-    if not options:
-        raise SystemExit("run benchmarks/finetune.py --only mpnet-base first (the teacher)")
-    _, path, preprocess = max(options)
-    return path, preprocess
 
 
 def student_finetune(name: str, model: Path, preprocess: bool, teacher: Path | None = None) -> dict:
@@ -108,8 +96,8 @@ def main() -> None:
     parser.add_argument("--gd-steps", type=int, default=150)
     parser.add_argument("--head-steps", type=int, default=100)
     parser.add_argument("--ablation-steps", type=int, default=40)
-    parser.add_argument("--stage", choices=["pretrain", "all"], default="all",
-                        help="pretrain: only MLM head + general distillation (no teacher needed)")
+    parser.add_argument("--stage", choices=["students", "all"], default="all",
+                        help="students: everything that needs no fine-tuned teacher")
     args = parser.parse_args()
     require_data()
     torch.set_num_threads(args.threads)
@@ -126,16 +114,18 @@ def main() -> None:
         loss = DistillLoss(**{term: 0.0})
         ablation.append({"variant": f"without {term}", "steps": args.ablation_steps,
                          **_mlm_row(general(f"ablate-no-{term}", mlm, args.ablation_steps, loss, corpus))})
-    if args.stage == "pretrain":
-        return
-    teacher, preprocess = pick_teacher()
     init = OUT / "student-init"
     staged(init, lambda: make_student("mpnet-base", str(init), layers=6, overwrite=True))
+    student_a = student_finetune("student-a-direct", init, PREPROCESS)
+    student_b = student_finetune("student-b-gd-ft", OUT / "student-gd", PREPROCESS)
+    if args.stage == "students":
+        return
+    teacher, preprocess = TEACHER, PREPROCESS
+    if load_summary(teacher) is None:
+        raise SystemExit(f"teacher {teacher} missing: run benchmarks/finetune.py --only mpnet-base")
     rows = [_row("teacher mpnet-base 12L (fine-tuned)", load_summary(teacher), teacher)]
-    rows.append(_row("(a) 6L every-other-layer init -> fine-tune",
-                     student_finetune("student-a-direct", init, preprocess), OUT / "student-a-direct"))
-    rows.append(_row("(b) 6L general distillation -> fine-tune",
-                     student_finetune("student-b-gd-ft", OUT / "student-gd", preprocess), OUT / "student-b-gd-ft"))
+    rows.append(_row("(a) 6L every-other-layer init -> fine-tune", student_a, OUT / "student-a-direct"))
+    rows.append(_row("(b) 6L general distillation -> fine-tune", student_b, OUT / "student-b-gd-ft"))
     rows.append(_row("(c) 6L general + task distillation",
                      student_finetune("student-c-gd-td", OUT / "student-gd", preprocess, teacher),
                      OUT / "student-c-gd-td"))

@@ -90,10 +90,15 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
 
 def _settings_line(results: Sequence[dict[str, Any]]) -> str:
     first = results[0]
+    loads = [r["load_avg_1m"] for r in results if r.get("load_avg_1m") is not None]
+    cpus = os.cpu_count() or 1
+    warning = (f"\n\n**Warning:** the 1-minute load average reached {max(loads):.1f} on {cpus} "
+               "CPUs during the run; other processes competed for the cores, so latencies are "
+               "inflated and noisy." if loads and max(loads) > cpus else "")
     return (f"Sequence length {first.get('seq_len')}, {first.get('threads')} thread(s), "
             f"{first.get('repeats')} timed runs after {first.get('warmup')} warm-up runs. "
             "Latency is model time only (inputs pre-tokenized); each model ran in its own "
-            f"process. Ratios are relative to the baseline **{first.get('name')}**.")
+            f"process. Ratios are relative to the baseline **{first.get('name')}**.{warning}")
 
 
 def _plot_batch(result: dict[str, Any]) -> str:
@@ -128,8 +133,8 @@ def plot_pareto(results: Sequence[dict[str, Any]], out_png: str | Path) -> None:
         ax.annotate(r.get("name", "?"), (x, y), textcoords="offset points", xytext=(5, 5),
                     fontsize=8)
     front = pareto_front(list(zip(xs, ys, strict=True)), maximize_y=use_acc)
-    ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="tab:red",
-            label="Pareto front", zorder=2)
+    ax.plot([xs[i] for i in front], [ys[i] for i in front], "--o", color="tab:red",
+            markerfacecolor="none", markersize=12, label="Pareto front", zorder=2)
     ax.set_xlabel(f"p50 latency, batch {batch} (ms)")
     ax.set_ylabel("accuracy" if use_acc else "size (MB)")
     ax.set_title("Accuracy vs latency" if use_acc else "Size vs latency (no labels given)")

@@ -93,22 +93,14 @@ class TorchRunner:
                  max_length: int = 128) -> None:
         import torch
 
-        from distilprune.models.loading import (
-            count_parameters,
-            load_classifier,
-            load_config,
-            load_tokenizer,
-        )
+        from distilprune.export.source import load_model_and_tokenizer
+        from distilprune.models.loading import count_parameters
 
         self.torch, self.path, self.max_length = torch, Path(path), max_length
         if threads:
             torch.set_num_threads(threads)
-        config = load_config(path)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # reproducible random head for checkpoints without one
-            model = load_classifier(path, num_labels=config.num_labels).eval()
-        self.tokenizer = load_tokenizer(path)
-        self.positions = max_sequence_length(config.to_dict())
+        model, self.tokenizer = load_model_and_tokenizer(path)
+        self.positions = max_sequence_length(model.config.to_dict())
         accepted = set(self.tokenizer.model_input_names)
         self.names = [n for n in ("input_ids", "token_type_ids", "attention_mask")
                       if n in accepted and n in _forward_args(model)]
@@ -265,12 +257,13 @@ def benchmark_one(spec: str, texts: Sequence[str], labels: Sequence[int] | None 
                   threads: int = 2, batch_sizes: Sequence[int] = (1, 8), seq_len: int = 128,
                   warmup: int = 3, repeats: int = 20) -> dict[str, Any]:
     """Load, time and (optionally) score one model in this process (call in a fresh one)."""
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     runner = load_runner(spec, threads, max_length=seq_len)
     load_s = time.perf_counter() - start
     result = measure(runner, texts, batch_sizes=batch_sizes, seq_len=seq_len, warmup=warmup,
                      repeats=repeats, threads=threads)
-    result.update(peak_rss_mb=peak_rss_mb(), load_s=load_s, spec=spec,
+    result.update(peak_rss_mb=peak_rss_mb(), load_s=load_s, spec=spec, load_avg_1m=load_avg,
                   path=str(parse_model_spec(spec)[0]))
     result.update(runner.info())  # after RSS: reading the ONNX graph is not serving memory
     result["size_mb"] = result["size_bytes"] / 1e6

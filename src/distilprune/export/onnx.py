@@ -30,13 +30,9 @@ from distilprune.export.runtime import (
     resolve_onnx,
     weights_size,
 )
+from distilprune.export.source import load_model_and_tokenizer
 from distilprune.io import atomic_dir, write_json
-from distilprune.models.loading import (
-    load_classifier,
-    load_config,
-    load_tokenizer,
-    model_input_names,
-)
+from distilprune.models.loading import model_input_names
 from distilprune.models.registry import resolve_model
 
 PARITY_FILENAME = "parity.json"
@@ -46,13 +42,8 @@ DEFAULT_PARITY_TEXTS = SAMPLE_TEXTS
 
 
 def load_for_export(model_dir: str | Path) -> tuple[torch.nn.Module, Any]:
-    """Load ``(classifier in eval mode, tokenizer)``; a missing head is seeded reproducibly."""
-    config = load_config(model_dir)
-    labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = load_classifier(model_dir, num_labels=config.num_labels, label_names=labels)
-    return model.eval(), load_tokenizer(model_dir)
+    """Load ``(classifier in eval mode, tokenizer)``: plain, shrunk, compact or headless."""
+    return load_model_and_tokenizer(model_dir)
 
 
 def input_names(model: torch.nn.Module, tokenizer: Any) -> list[str]:
@@ -117,7 +108,7 @@ def _run_exporter(exporter: str, wrapper: torch.nn.Module, dummy: tuple[torch.Te
                               opset_version=opset, do_constant_folding=True, dynamo=False)
         else:
             batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-            shapes = tuple({0: batch, 1: seq} for _ in names)
+            shapes = (tuple({0: batch, 1: seq} for _ in names),)  # forward(*inputs)
             program = torch.onnx.export(wrapper, dummy, input_names=names,
                                         output_names=["logits"], dynamic_shapes=shapes,
                                         opset_version=opset, dynamo=True, verbose=False)
