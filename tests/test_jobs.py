@@ -1,0 +1,343 @@
+"""End-to-end CLI jobs on tiny random models: finetune -> evaluate -> predict for every
+architecture; MLM head -> pruned general distillation -> sparsity report -> mask-locked and
+distilled fine-tuning; YAML recipes overridden by flags."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ARCHITECTURES, SAMPLE_TEXTS
+from safetensors.torch import load_file
+
+from distilprune import cli
+from distilprune.jobs import distill as distill_job
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TRAIN = ["--max-steps", "3", "--batch-size", "8", "--max-length", "32"]
+PRUNABLE = re.compile(r"(^|\.)layers?\.\d+\.")
+
+
+def cli_ok(monkeypatch, capsys, *args) -> str:
+    """Run ``distilprune ARGS`` in-process; it must succeed. Returns its stdout."""
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["distilprune", *map(str, args)])
+    try:
+        cli.main()
+    except SystemExit as exc:  # main() only exits on errors
+        pytest.fail(
+            f"distilprune {' '.join(map(str, args))} exited {exc.code}: "
+            f"{capsys.readouterr().err[-2000:]}"
+        )
+    return capsys.readouterr().out
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def encoder_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The prunable matrices (transformer-layer weights, no norms/biases) of a saved model."""
+    tensors = load_file(model_dir / "model.safetensors")
+    return {
+        k: v
+        for k, v in tensors.items()
+        if PRUNABLE.search(k) and v.ndim == 2 and not re.search("norm|bias|embed", k, re.IGNORECASE)
+    }
+
+
+def unlabelled_csv(path: Path, n: int = 13) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "keyword", "location", "text"])
+        for i in range(n):
+            writer.writerow([100 + i, "", "", f"{SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]} !{i}"])
+    return path
+
+
+def corpus_file(path: Path, n: int = 80) -> Path:
+    lines = [f"{SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]} line {i}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def parse_json_stream(text: str) -> list:
+    decoder, items, pos = json.JSONDecoder(), [], 0
+    text = text.strip()
+    while pos < len(text):
+        item, end = decoder.raw_decode(text, pos)
+        items.append(item)
+        pos = end
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    return items
+
+
+# ----------------------------------------------------------------------------- every architecture
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_finetune_evaluate_predict(
+    arch, tiny_model_factory, tiny_csv, tmp_path, monkeypatch, capsys
+):
+    model = tiny_model_factory(arch, 2)
+    run = tmp_path / "run"
+    cli_ok(
+        monkeypatch, capsys, "finetune", "--model", model, "--data", tiny_csv, "--out", run, *TRAIN
+    )
+
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer_config.json",
+        "distilprune.json",
+        "metrics.json",
+        "split.json",
+    ):
+        assert (run / name).is_file(), name
+    assert is_png(run / "confusion_matrix.png")
+    assert not list(tmp_path.glob(".run.tmp-*"))  # no temporary directory left behind
+    meta = read_json(run / "distilprune.json")
+    assert meta["kind"] == "classifier"
+    assert meta["label_names"] == ["0", "1"]
+    assert meta["preprocess"] == [] and meta["max_length"] == 32
+    assert meta["data"]["train_sha256"] == hashlib.sha256(tiny_csv.read_bytes()).hexdigest()
+    assert meta["train"]["steps"] == 3
+    assert 0.0 <= meta["metrics"]["accuracy"] <= 1.0
+    assert meta["metrics"] == read_json(run / "metrics.json")
+    split = read_json(run / "split.json")
+    assert split["n_train"] + split["n_val"] == 40 and split["n_val"] == meta["metrics"]["n"]
+    assert len(set(split["val_ids"])) == split["n_val"]
+
+    evaluation = tmp_path / "eval"
+    cli_ok(monkeypatch, capsys, "evaluate", "--model", run, "--data", tiny_csv, "--out", evaluation)
+    metrics = read_json(evaluation / "metrics.json")
+    assert metrics["n"] == 40 and 0.0 <= metrics["f1"] <= 1.0
+    assert sum(map(sum, metrics["confusion_matrix"])) == 40
+    assert is_png(evaluation / "confusion_matrix.png") and is_png(evaluation / "pr_curve.png")
+
+    # predictions on the labelled file agree with the confusion matrix of `evaluate`
+    preds = tmp_path / "preds.csv"
+    cli_ok(monkeypatch, capsys, "predict", "--model", run, "--data", tiny_csv, "--out", preds)
+    with preds.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["id", "target"]
+    assert [r[0] for r in rows[1:]] == [str(i) for i in range(40)]
+    predicted_positive = sum(int(r[1]) for r in rows[1:])
+    assert predicted_positive == sum(row[1] for row in metrics["confusion_matrix"])
+
+    test_file = unlabelled_csv(tmp_path / "test.csv")
+    preds_test = tmp_path / "test_preds.csv"
+    out = cli_ok(
+        monkeypatch, capsys, "predict", "--model", run, "--data", test_file, "--out", preds_test
+    )
+    assert "13" in out
+    with preds_test.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["id"] for r in rows] == [str(100 + i) for i in range(13)]
+    assert {r["target"] for r in rows} <= {"0", "1"}
+
+    texts = [f"{SAMPLE_TEXTS[0]} !0", "lovely beach day"]
+    out = cli_ok(
+        monkeypatch, capsys, "predict", "--model", run, "--text", texts[0], "--text", texts[1]
+    )
+    answers = parse_json_stream(out)
+    assert [a["text"] for a in answers] == texts
+    for answer in answers:
+        assert answer["label"] in ("0", "1")
+        assert sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-3)
+        assert answer["label"] == str(max(range(2), key=lambda i: answer["probabilities"][i]))
+    assert answers[0]["label"] == rows[0]["target"]  # same text, same answer as the file
+
+
+# ----------------------------------------------------------------------------- compression pipeline
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_mlm_distill_prune_lock_and_task_distill(
+    arch, tiny_model_factory, tiny_csv, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("DISTILPRUNE_HOME", str(tmp_path / "home"))
+    teacher = tiny_model_factory(arch, 4)
+    corpus = corpus_file(tmp_path / "corpus.txt")
+    small = ["--batch-size", "8", "--max-length", "32", "--corpus", corpus]
+
+    mlm = tmp_path / "mlm"
+    out = cli_ok(
+        monkeypatch,
+        capsys,
+        "fit-mlm-head",
+        "--teacher",
+        teacher,
+        "--out",
+        mlm,
+        "--steps",
+        "3",
+        *small,
+    )
+    assert "masked-token accuracy" in out
+    meta = read_json(mlm / "distilprune.json")
+    assert meta["kind"] == "masked-lm" and meta["train"]["steps"] == 3
+    assert any("MaskedLM" in a for a in read_json(mlm / "config.json")["architectures"])
+    # the encoder was frozen: its weights are the teacher's
+    before, after = encoder_weights(teacher), encoder_weights(mlm)
+    assert before.keys() == after.keys() and before
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    student = tmp_path / "student"
+    cli_ok(
+        monkeypatch,
+        capsys,
+        "distill-mlm",
+        "--teacher",
+        mlm,
+        "--out",
+        student,
+        "--layers",
+        "2",
+        "--prune",
+        "block",
+        "--final-sparsity",
+        "0.5",
+        "--steps",
+        "4",
+        *small,
+    )
+    config = read_json(student / "config.json")
+    assert config.get("num_hidden_layers", config.get("n_layers")) == 2
+    assert (student / "sparsity.json").is_file() and is_png(student / "sparsity.png")
+
+    report_dir = tmp_path / "report"
+    cli_ok(monkeypatch, capsys, "sparsity", student, "--out", report_dir)
+    report = read_json(report_dir / "sparsity.json")
+    assert report["prunable"]["sparsity"] == pytest.approx(0.5, abs=0.03)
+    assert all(t["block_size"] is not None and t["block_size"] >= 4 for t in report["tensors"])
+    assert is_png(report_dir / "sparsity.png")
+    pruned = encoder_weights(student)
+    zeros = sum(int((w == 0).sum()) for w in pruned.values())
+    assert zeros / sum(w.numel() for w in pruned.values()) == pytest.approx(0.5, abs=0.03)
+
+    # sparse transfer: fine-tuning with --lock-sparsity keeps every zero, and only those
+    locked = tmp_path / "locked"
+    cli_ok(
+        monkeypatch,
+        capsys,
+        "finetune",
+        "--model",
+        student,
+        "--data",
+        tiny_csv,
+        "--out",
+        locked,
+        "--lock-sparsity",
+        "--lr",
+        "1e-3",
+        *TRAIN,
+    )
+    tuned = encoder_weights(locked)
+    assert tuned.keys() == pruned.keys()
+    for key in pruned:
+        assert torch.equal(tuned[key] == 0, pruned[key] == 0), key
+    assert any(not torch.equal(tuned[k], pruned[k]) for k in pruned), "fine-tuning changed nothing"
+    assert read_json(locked / "distilprune.json")["sparsity"] == pytest.approx(0.5, abs=0.03)
+
+    # task distillation from a classifier teacher; its logits are cached under DISTILPRUNE_HOME
+    kd = tmp_path / "kd"
+    cli_ok(
+        monkeypatch,
+        capsys,
+        "finetune",
+        "--model",
+        student,
+        "--data",
+        tiny_csv,
+        "--out",
+        kd,
+        "--teacher",
+        teacher,
+        "--temperature",
+        "3",
+        *TRAIN,
+    )
+    meta = read_json(kd / "distilprune.json")
+    assert meta["distillation"]["teacher"] == str(teacher)
+    assert meta["distillation"]["temperature"] == 3.0
+    assert meta["distillation"]["alpha_soft"] == 0.5  # defaults where no flag was given
+    cache = list((tmp_path / "home" / "teacher_logits").glob("*.safetensors"))
+    assert len(cache) == 1
+    logits = load_file(cache[0])["logits"]
+    assert logits.shape == (meta["data"]["n_train"], 2) and torch.isfinite(logits).all()
+
+    def no_teacher_inference(*args, **kwargs):
+        raise AssertionError("teacher logits were recomputed instead of read from the cache")
+
+    monkeypatch.setattr(distill_job, "predict_texts", no_teacher_inference)
+    cli_ok(
+        monkeypatch,
+        capsys,
+        "finetune",
+        "--model",
+        student,
+        "--data",
+        tiny_csv,
+        "--out",
+        tmp_path / "kd2",
+        "--teacher",
+        teacher,
+        *TRAIN,
+    )
+    assert list((tmp_path / "home" / "teacher_logits").glob("*.safetensors")) == cache
+    # a different data set is a different cache entry (and needs the teacher again)
+    with pytest.raises(AssertionError, match="recomputed"):
+        distill_job.teacher_logits(str(teacher), ["another text"], 32)
+
+
+# ----------------------------------------------------------------------------- recipes
+def test_recipe_drives_finetune_and_flags_override(
+    tiny_model_factory, tiny_csv, tmp_path, monkeypatch, capsys
+):
+    model = tiny_model_factory("bert", 2)
+    out = tmp_path / "from_recipe"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "finetune:\n"
+        f"  model: {model}\n"
+        f"  out: {out}\n"
+        "  data:\n"
+        f"    train: {tiny_csv}\n"
+        "    max_length: 24\n"
+        "    val_fraction: 0.25\n"
+        "    preprocess: [keyword, lowercase]\n"
+        "  train:\n"
+        "    max_steps: 2\n"
+        "    batch_size: 8\n"
+        "    lr: 1.0e-4\n"
+        "other_section:\n"
+        "  ignored: true\n"
+    )
+    cli_ok(
+        monkeypatch,
+        capsys,
+        "finetune",
+        "--recipe",
+        recipe,
+        "--max-steps",
+        "3",
+        "--val-fraction",
+        "0.2",
+    )
+    meta = read_json(out / "distilprune.json")
+    config = meta["config"]
+    assert config["train"]["max_steps"] == 3  # flag beats recipe
+    assert meta["train"]["steps"] == 3
+    assert config["data"]["val_fraction"] == 0.2 and meta["data"]["n_val"] == 8
+    assert config["train"]["lr"] == 1e-4 and config["train"]["batch_size"] == 8  # from the recipe
+    assert meta["max_length"] == 24
+    assert meta["preprocess"] == ["keyword", "lowercase"]
+    assert config["train"]["epochs"] == 3.0  # untouched default
