@@ -356,7 +356,7 @@ def benchmark(
     texts, labels = _texts_for(Path(models[0].split("@")[0]), data, limit)
     sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     report = run_benchmark(models, texts, labels, out, threads, sizes, seq_len, repeats, warmup)
-    out_console.print(Path(report["files"]["md"]).read_text())
+    print(Path(report["files"]["md"]).read_text())
 
 
 @app.command()
@@ -413,7 +413,7 @@ def predict(
 
     if text:
         for row in predict_text(model, text):
-            out_console.print_json(json.dumps(row))
+            print(json.dumps(row), flush=True)
         return
     if data is None or out is None:
         raise UserError("predict needs --data and --out, or --text")
@@ -436,7 +436,7 @@ def demo(
 
     result = run_demo(out, Path.cwd(), steps, threads)
     out_console.print(f"data: {result['data']}; student sparsity {result['student_sparsity']:.1%}")
-    out_console.print(Path(result["benchmark"]["files"]["md"]).read_text())
+    print(Path(result["benchmark"]["files"]["md"]).read_text())
     out_console.print(f"models and reports: {out}/")
 
 

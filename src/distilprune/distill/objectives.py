@@ -58,6 +58,21 @@ class TaskDistillationObjective:
         return loss, logs
 
 
+class DynamicMasker:
+    """BERT dynamic masking (15%, 80/10/10) with its own seeded generator."""
+
+    def __init__(self, tokenizer, mlm_probability: float = 0.15, seed: int = 0):
+        self.special_ids = sorted({*tokenizer.all_special_ids, tokenizer.pad_token_id} - {None})
+        self.mask_id, self.vocab_size = tokenizer.mask_token_id, len(tokenizer)
+        self.mlm_probability = mlm_probability
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(masked_input_ids, labels)``; labels are -100 where nothing was masked."""
+        return mask_tokens(input_ids, self.special_ids, self.mask_id, self.vocab_size,
+                           mlm_probability=self.mlm_probability, generator=self.generator)
+
+
 class MLMDistillationObjective:
     """DistilBERT's triple loss on dynamically masked text (no NSP).
 
@@ -66,55 +81,43 @@ class MLMDistillationObjective:
     DistilBERT's default) or only the masked ones.
     """
 
-    def __init__(self, teacher: nn.Module, special_ids: list[int], mask_id: int, vocab_size: int,
-                 alpha_ce: float = 5.0, alpha_mlm: float = 2.0, alpha_cos: float = 1.0,
-                 temperature: float = 2.0, mlm_probability: float = 0.15,
-                 restrict_ce_to_mask: bool = False, seed: int = 0):
+    def __init__(self, teacher: nn.Module, masker: DynamicMasker, alpha_ce: float = 5.0,
+                 alpha_mlm: float = 2.0, alpha_cos: float = 1.0, temperature: float = 2.0,
+                 restrict_ce_to_mask: bool = False):
         self.teacher = teacher.eval()
-        self.special_ids, self.mask_id, self.vocab_size = special_ids, mask_id, vocab_size
-        self.alpha_ce, self.alpha_mlm, self.alpha_cos = alpha_ce, alpha_mlm, alpha_cos
+        self.masker = masker
+        self.weights = {"ce": alpha_ce, "mlm": alpha_mlm, "cos": alpha_cos}
         self.temperature = temperature
-        self.mlm_probability = mlm_probability
         self.restrict_ce_to_mask = restrict_ce_to_mask
-        self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        input_ids, labels = mask_tokens(
-            batch["input_ids"], self.special_ids, self.mask_id, self.vocab_size,
-            mlm_probability=self.mlm_probability, generator=self.generator,
-        )
+        input_ids, labels = self.masker(batch["input_ids"])
         attention_mask = batch["attention_mask"]
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        student = model(**inputs, output_hidden_states=self.alpha_cos > 0)
+        want_hidden = self.weights["cos"] > 0
+        student = model(**inputs, output_hidden_states=want_hidden)
         with torch.no_grad():
-            teacher = self.teacher(**inputs, output_hidden_states=self.alpha_cos > 0)
+            teacher = self.teacher(**inputs, output_hidden_states=want_hidden)
         positions = labels != -100 if self.restrict_ce_to_mask else attention_mask.bool()
         terms = {
             "ce": soft_target_kl(student.logits, teacher.logits, self.temperature, positions),
             "mlm": mlm_loss(student.logits, labels),
         }
-        if self.alpha_cos > 0:
+        if want_hidden:
             terms["cos"] = hidden_cosine_loss(
                 student.hidden_states[-1], teacher.hidden_states[-1], attention_mask)
-        weights = {"ce": self.alpha_ce, "mlm": self.alpha_mlm, "cos": self.alpha_cos}
-        loss = sum(weights[k] * v for k, v in terms.items())
+        loss = sum(self.weights[k] * v for k, v in terms.items())
         return loss, {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
 
 
 class MLMObjective:
     """Plain masked-LM loss (fitting an MLM head, continued pre-training)."""
 
-    def __init__(self, special_ids: list[int], mask_id: int, vocab_size: int,
-                 mlm_probability: float = 0.15, seed: int = 0):
-        self.special_ids, self.mask_id, self.vocab_size = special_ids, mask_id, vocab_size
-        self.mlm_probability = mlm_probability
-        self.generator = torch.Generator().manual_seed(seed)
+    def __init__(self, masker: DynamicMasker):
+        self.masker = masker
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        input_ids, labels = mask_tokens(
-            batch["input_ids"], self.special_ids, self.mask_id, self.vocab_size,
-            mlm_probability=self.mlm_probability, generator=self.generator,
-        )
+        input_ids, labels = self.masker(batch["input_ids"])
         out = model(input_ids=input_ids, attention_mask=batch["attention_mask"])
         loss = mlm_loss(out.logits, labels)
         return loss, {"loss": loss.item()}

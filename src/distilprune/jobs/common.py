@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,9 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         train, val = full.subset(train_idx), full.subset(val_idx)
         split = {"mode": "stratified", "val_fraction": cfg.val_fraction, "seed": cfg.split_seed,
                  "val_ids": val.ids}
-    if cfg.limit:
-        train = train.subset(list(range(min(cfg.limit, len(train)))))
+    if cfg.limit and cfg.limit < len(train):
+        keep = sorted(random.Random(cfg.split_seed).sample(range(len(train)), cfg.limit))
+        train = train.subset(keep)
     require(len(train) > 0 and len(val) > 0, "not enough data to train and validate")
     split.update(train_sha256=full.sha256, n_train=len(train), n_val=len(val),
                  class_balance_train=class_balance(train.labels, train.label_names),

@@ -19,8 +19,8 @@ from distilprune.config import to_dict
 from distilprune.data.batching import EncodedDataset, encode, make_loader
 from distilprune.data.corpus import default_corpus, load_corpus
 from distilprune.data.loading import TextTable, file_sha256
-from distilprune.distill.losses import mask_tokens
 from distilprune.distill.objectives import (
+    DynamicMasker,
     MLMDistillationObjective,
     MLMObjective,
     TaskDistillationObjective,
@@ -98,11 +98,6 @@ def corpus_texts(cfg: CorpusConfig) -> tuple[list[str], list[str]]:
     return (train_texts[: cfg.limit] if cfg.limit else train_texts), texts[:heldout]
 
 
-def _special_ids(tokenizer) -> list[int]:
-    ids = list(tokenizer.all_special_ids)
-    return ids + ([tokenizer.pad_token_id] if tokenizer.pad_token_id is not None else [])
-
-
 @torch.inference_mode()
 def masked_accuracy(model, tokenizer, texts: list[str], max_length: int, seed: int = 1234,
                     batch_size: int = 32) -> float:
@@ -110,11 +105,10 @@ def masked_accuracy(model, tokenizer, texts: list[str], max_length: int, seed: i
     model.eval()
     dataset = EncodedDataset(encode(tokenizer, texts, max_length))
     loader = make_loader(dataset, tokenizer, batch_size, shuffle=False)
-    generator = torch.Generator().manual_seed(seed)
+    masker = DynamicMasker(tokenizer, seed=seed)
     hits = total = 0
     for batch in loader:
-        ids, labels = mask_tokens(batch["input_ids"], _special_ids(tokenizer), tokenizer.mask_token_id,
-                                  len(tokenizer), generator=generator)
+        ids, labels = masker(batch["input_ids"])
         logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits
         chosen = labels != -100
         hits += int((logits.argmax(-1)[chosen] == labels[chosen]).sum())
@@ -137,17 +131,16 @@ class MLMHeadConfig:
 def fit_mlm_head(cfg: MLMHeadConfig) -> dict[str, Any]:
     """Train only the MLM head (dense + LayerNorm + bias; decoder tied to embeddings)."""
     check_output_dir(cfg.out, cfg.overwrite)
+    train_texts, heldout = corpus_texts(cfg.corpus)
     tokenizer = load_tokenizer(cfg.teacher)
     model, pretrained_head = load_masked_lm(cfg.teacher)
-    train_texts, heldout = corpus_texts(cfg.corpus)
     before = masked_accuracy(model, tokenizer, heldout, cfg.corpus.max_length)
     base = model.base_model
     for param in base.parameters():
         param.requires_grad_(False)
     dataset = EncodedDataset(encode(tokenizer, train_texts, cfg.corpus.max_length))
     loader = make_loader(dataset, tokenizer, cfg.train.batch_size, cfg.train.seed)
-    objective = MLMObjective(_special_ids(tokenizer), tokenizer.mask_token_id, len(tokenizer),
-                             seed=cfg.train.seed)
+    objective = MLMObjective(DynamicMasker(tokenizer, seed=cfg.train.seed))
     result = train(model, loader, objective, cfg.train, description="fit-mlm-head")
     for param in base.parameters():
         param.requires_grad_(True)
@@ -194,19 +187,18 @@ class GeneralDistillConfig:
 def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
     """Distil the masked-LM teacher into a student; prune during it when ``cfg.prune`` is set."""
     check_output_dir(cfg.out, cfg.overwrite)
+    train_texts, heldout = corpus_texts(cfg.corpus)
     tokenizer = load_tokenizer(cfg.teacher)
     teacher, pretrained_head = load_masked_lm(cfg.teacher)
     require(pretrained_head, f"{cfg.teacher} has no fitted MLM head: run `distilprune fit-mlm-head` first")
     student = (load_masked_lm(cfg.student)[0] if cfg.student
                else build_student(teacher, cfg.layer_map, cfg.student_layers))
-    train_texts, heldout = corpus_texts(cfg.corpus)
     dataset = EncodedDataset(encode(tokenizer, train_texts, cfg.corpus.max_length))
     loader = make_loader(dataset, tokenizer, cfg.train.batch_size, cfg.train.seed)
     objective = MLMDistillationObjective(
-        teacher, _special_ids(tokenizer), tokenizer.mask_token_id, len(tokenizer),
+        teacher, DynamicMasker(tokenizer, cfg.loss.mlm_probability, cfg.train.seed),
         alpha_ce=cfg.loss.alpha_ce, alpha_mlm=cfg.loss.alpha_mlm, alpha_cos=cfg.loss.alpha_cos,
-        temperature=cfg.loss.temperature, mlm_probability=cfg.loss.mlm_probability,
-        restrict_ce_to_mask=cfg.loss.restrict_ce_to_mask, seed=cfg.train.seed,
+        temperature=cfg.loss.temperature, restrict_ce_to_mask=cfg.loss.restrict_ce_to_mask,
     )
     hooks = [PruningHook(cfg.prune)] if cfg.prune else []
     result = train(student, loader, objective, cfg.train, hooks, description="distill")
