@@ -1,0 +1,144 @@
+"""Prune Once for All benchmark on the disaster tweets (issue: Prune OFA).
+
+Same validation split as ``finetune.py``. For 80 / 85 / 90% sparsity, unstructured and 1x4
+blocks, in one run:
+(a) Prune OFA: the 6L student is pruned on the cubic schedule *during* general distillation
+    (``gd_steps``), then fine-tuned on the task with its mask locked (``ft_steps``);
+(b) downstream GMP: the dense general-distilled student (same ``gd_steps``) is pruned on the
+    same schedule *during* fine-tuning (same ``ft_steps``).
+The dense baseline is the dense general-distilled student fine-tuned with the same budget.
+Needs ``benchmarks/distill.py --stages head,gd`` (the MLM teacher and dense student) first.
+
+    python benchmarks/prune.py [--threads 2] [--gd-steps 150] [--ft-steps 203]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from common import RESULTS, WORK, load_summary, markdown_table, require_data, write_results
+from finetune import data_config
+
+from distilprune.jobs.distill import CorpusConfig, GeneralDistillConfig, general_distill
+from distilprune.jobs.finetune import FinetuneConfig, finetune
+from distilprune.prune import PruneConfig
+from distilprune.train import TrainConfig
+
+OUT = WORK / "prune"
+DISTILL = WORK / "distill"
+SPARSITIES = (0.8, 0.85, 0.9)
+METHODS = ("unstructured", "block")
+
+
+def staged(out: Path, run) -> dict:
+    """Run ``run()`` unless ``out`` already holds a finished model."""
+    summary = load_summary(out)
+    if summary is None:
+        start = time.perf_counter()
+        summary = run()
+        print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
+    return summary
+
+
+def schedule(method: str, sparsity: float) -> PruneConfig:
+    return PruneConfig(method=method, final_sparsity=sparsity, block_size=4, start_fraction=0.0,
+                       end_fraction=0.7, frequency=10)
+
+
+def train_config(steps: int, lr: float) -> TrainConfig:
+    return TrainConfig(max_steps=steps, lr=lr, batch_size=32, patience=None, seed=42, warmup_ratio=0.05)
+
+
+def ofa_pretrain(method: str, sparsity: float, gd_steps: int) -> dict:
+    out = OUT / f"gd-{method}-{sparsity:.2f}"
+    cfg = GeneralDistillConfig(teacher=str(DISTILL / "mpnet-mlm"), out=str(out), student_layers=6,
+                               corpus=CorpusConfig(max_length=64, heldout=500, seed=0),
+                               train=train_config(gd_steps, 1e-4), prune=schedule(method, sparsity),
+                               overwrite=True)
+    return staged(out, lambda: general_distill(cfg))
+
+
+def downstream(name: str, model: Path, ft_steps: int, lock: bool, prune: PruneConfig | None) -> dict:
+    out = OUT / name
+    cfg = FinetuneConfig(model=str(model), out=str(out), data=data_config(False),
+                         train=train_config(ft_steps, 8e-5), lock_sparsity=lock, prune=prune,
+                         overwrite=True)
+    return staged(out, lambda: finetune(cfg))
+
+
+def row(name: str, method: str, sparsity: float, summary: dict, dense_acc: float, seconds: float) -> dict:
+    acc = summary["metrics"]["accuracy"]
+    return {"variant": name, "method": method, "target_sparsity": sparsity,
+            "measured_sparsity": summary.get("sparsity", 0.0), "accuracy": acc,
+            "f1": summary["metrics"]["f1"], "retention": acc / dense_acc, "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gd-steps", type=int, default=150)
+    parser.add_argument("--ft-steps", type=int, default=203)
+    args = parser.parse_args()
+    require_data()
+    torch.set_num_threads(args.threads)
+    dense_gd = load_summary(DISTILL / "student-gd")
+    if dense_gd is None:
+        raise SystemExit("run benchmarks/distill.py --stages head,gd first")
+    dense = downstream("dense", DISTILL / "student-gd", args.ft_steps, False, None)
+    dense_acc = dense["metrics"]["accuracy"]
+    rows = [row("dense (GD + FT)", "-", 0.0, dense, dense_acc,
+                dense_gd["train"]["seconds"] + dense["train"]["seconds"])]
+    for method in METHODS:
+        for sparsity in SPARSITIES:
+            gd = ofa_pretrain(method, sparsity, args.gd_steps)
+            ofa = downstream(f"ofa-{method}-{sparsity:.2f}", OUT / f"gd-{method}-{sparsity:.2f}",
+                             args.ft_steps, True, None)
+            rows.append(row("(a) Prune OFA", method, sparsity, ofa, dense_acc,
+                            gd["train"]["seconds"] + ofa["train"]["seconds"]))
+            gmp = downstream(f"gmp-{method}-{sparsity:.2f}", DISTILL / "student-gd", args.ft_steps,
+                             False, schedule(method, sparsity))
+            rows.append(row("(b) GMP on task", method, sparsity, gmp, dense_acc,
+                            dense_gd["train"]["seconds"] + gmp["train"]["seconds"]))
+    plot(rows, RESULTS / "prune_accuracy.png")
+    payload = {"benchmark": "prune", "threads": args.threads,
+               "budgets": {"general_distillation_steps": args.gd_steps, "finetune_steps": args.ft_steps,
+                           "batch_size": 32, "schedule": "cubic, 0 -> target over the first 70% of steps, "
+                                                         "masks updated every 10 steps"},
+               "rows": rows, "command": "python benchmarks/prune.py"}
+    md = ("# Prune OFA vs downstream GMP (6L MPNet student, disaster tweets validation)\n\n"
+          + markdown_table(rows, ["variant", "method", "target_sparsity", "measured_sparsity",
+                                  "accuracy", "f1", "retention", "seconds"])
+          + f"\nBudgets: general distillation {args.gd_steps} steps, fine-tuning {args.ft_steps} steps, "
+          "batch 32, identical for (a) and (b). Plot: `prune_accuracy.png`.\n")
+    write_results("prune", payload, md)
+    print(md)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Accuracy against sparsity per method and variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    dense = rows[0]["accuracy"]
+    ax.axhline(dense, color="gray", linestyle="--", label="dense")
+    for variant in ("(a) Prune OFA", "(b) GMP on task"):
+        for method, marker in (("unstructured", "o"), ("block", "s")):
+            pts = [r for r in rows if r["variant"] == variant and r["method"] == method]
+            ax.plot([r["target_sparsity"] for r in pts], [r["accuracy"] for r in pts], marker=marker,
+                    label=f"{variant}, {method}")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("validation accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Speed and size benchmark (issue: quantization, export and real CPU speed).
+
+In one run, each model in its own process, same inputs (seq 128), same threads:
+12L teacher fp32 (PyTorch), 6L student fp32, 6L student 90% sparse fp32, and the compressed
+students: sparse + post-training int8 (ONNX Runtime) and sparse + QAT int8 (ONNX Runtime).
+Accuracy on the disaster validation split; size on disk of each model and of the compact
+sparse int8 storage. Needs the models of ``finetune.py``, ``distill.py`` and ``prune.py``.
+
+    python benchmarks/speed.py [--threads 2] [--qat-steps 100] [--sparse ofa-block-0.90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from common import RESULTS, WORK, load_summary, require_data, write_results
+from finetune import data_config
+
+from distilprune.export import export_onnx
+from distilprune.export.storage import save_compact
+from distilprune.jobs.common import prepare_data
+from distilprune.jobs.finetune import FinetuneConfig, finetune
+from distilprune.quantize import QATConfig
+from distilprune.train import TrainConfig
+
+OUT = WORK / "speed"
+
+
+def staged(out: Path, run) -> None:
+    if not out.exists():
+        start = time.perf_counter()
+        run()
+        print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--qat-steps", type=int, default=100)
+    parser.add_argument("--sparse", default="ofa-block-0.90", help="model under benchmarks/work/prune")
+    parser.add_argument("--student", default="student-c-gd-td", help="model under benchmarks/work/distill")
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    require_data()
+    teacher = WORK / "finetune" / "mpnet-base-raw"
+    student = WORK / "distill" / args.student
+    sparse = WORK / "prune" / args.sparse
+    for path in (teacher, student, sparse):
+        if load_summary(path) is None:
+            raise SystemExit(f"missing {path}: run the finetune / distill / prune benchmarks first")
+    val = prepare_data(data_config(False)).val
+    qat = OUT / "sparse-qat"
+    staged(qat, lambda: finetune(FinetuneConfig(
+        model=str(sparse), out=str(qat), data=data_config(False), lock_sparsity=True, qat=QATConfig(),
+        train=TrainConfig(max_steps=args.qat_steps, lr=2e-5, batch_size=32, patience=None, seed=42))))
+    exports = {"sparse-ptq-int8-onnx": sparse, "sparse-qat-int8-onnx": qat}
+    for name, source in exports.items():
+        staged(OUT / name, lambda s=source, n=name: export_onnx(
+            s, OUT / n, int8=True, max_length=128, parity_texts=val.texts[:500], overwrite=True))
+    compact = save_compact(qat, OUT / "sparse-qat-compact", int8=True, overwrite=True)
+    from distilprune.benchmark import run_benchmark
+
+    models = [str(teacher), str(student), str(sparse), *(str(OUT / n) for n in exports)]
+    report = run_benchmark(models, val.texts, val.labels, RESULTS / "speed_raw", threads=args.threads,
+                           batch_sizes=(1, 8), seq_len=128, repeats=args.repeats)
+    teacher_bytes = sum(p.stat().st_size for p in teacher.glob("*.safetensors"))
+    payload = {"benchmark": "speed", "threads": args.threads, "report": report,
+               "compact_storage": {**{k: compact[k] for k in ("compact_bytes", "dense_bytes", "sparsity")},
+                                   "teacher_bytes": teacher_bytes,
+                                   "teacher_over_compact": teacher_bytes / compact["compact_bytes"]},
+               "command": "python benchmarks/speed.py"}
+    ratio = teacher_bytes / compact["compact_bytes"]
+    md = (Path(report["files"]["md"]).read_text()
+          + f"\nCompact sparse int8 storage of the QAT model: {compact['compact_bytes'] / 1e6:.1f} MB "
+          f"vs teacher {teacher_bytes / 1e6:.1f} MB ({ratio:.1f}x smaller)."
+          "\nCommand: `python benchmarks/speed.py`.\n")
+    write_results("speed", payload, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
