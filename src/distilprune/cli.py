@@ -333,9 +333,50 @@ def export(
     texts, _ = _texts_for(model, data, limit)
     result = export_onnx(model, out, int8=int8, max_length=max_length, parity_texts=texts,
                          overwrite=overwrite)
+    _copy_metadata(model, out)
     parity = result["parity"]
     out_console.print(f"ONNX{' int8' if int8 else ''} -> {out}: parity on {parity['n_texts']} texts: "
                       f"max |Δlogit| {parity['max_abs_diff']:.2e}, agreement {parity['agreement']:.4f}")
+
+
+def _copy_metadata(model: Path, out: Path) -> None:
+    """Keep the training metadata (preprocessing, labels) next to an export."""
+    from distilprune.io import write_json
+    from distilprune.jobs.common import METADATA_FILE, read_metadata
+
+    if (model / METADATA_FILE).is_file():
+        write_json(out / METADATA_FILE, read_metadata(model))
+
+
+@app.command()
+def quantize(
+    model: Annotated[Path, Opt(help="fp32 ONNX export directory (distilprune export)")],
+    out: Annotated[Path, Opt(help="output export directory")],
+    data: Annotated[Path, Opt(help="calibration texts (CSV/TSV/JSONL)")],
+    limit: Annotated[int, Opt(help="calibration texts to use")] = 200,
+    max_length: Annotated[int, Opt()] = 128,
+    overwrite: Annotated[bool, Opt()] = False,
+) -> None:
+    """Static int8 quantization (calibrated activations) of an ONNX export.
+
+    Dynamic int8 is ``distilprune export --int8``; QAT is ``distilprune finetune --qat``.
+    """
+    import shutil
+
+    from distilprune.io import atomic_dir
+    from distilprune.jobs.finetune import check_output_dir
+    from distilprune.models.loading import load_tokenizer
+    from distilprune.quantize import static_quantize_onnx
+
+    check_output_dir(out, overwrite)
+    if not (model / "model.onnx").is_file():
+        raise UserError(f"{model} is not an ONNX export (no model.onnx): run `distilprune export` first")
+    texts, _ = _texts_for(model, data, limit)
+    with atomic_dir(out, overwrite) as tmp:
+        shutil.copytree(model, tmp, dirs_exist_ok=True)
+        static_quantize_onnx(model / "model.onnx", tmp / "model.onnx", load_tokenizer(model), texts,
+                             max_length=max_length)
+    out_console.print(f"static int8: {(out / 'model.onnx').stat().st_size / 1e6:.1f} MB -> {out}")
 
 
 @app.command()
