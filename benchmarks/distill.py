@@ -1,6 +1,6 @@
 """Distillation benchmark on the disaster tweets (issue: DistilBERT-style distillation).
 
-Teacher: ``mpnet-base`` (12L/768H) fine-tuned with preprocessing by ``benchmarks/finetune.py``.
+Teacher: ``mpnet-base`` (12L/768H) fine-tuned on raw tweets by ``benchmarks/finetune.py``.
 Students (6L/768H, every other teacher layer), all fine-tuned on the same split and budget:
 (a) fine-tuned directly from the every-other-layer init, (b) general-distilled (triple loss on
 tweets + SST-2 text) then fine-tuned, (c) general-distilled then task-distilled from the
@@ -8,7 +8,7 @@ teacher's cached logits. Plus a triple-loss ablation (drop one term at a time) o
 budget, measured by held-out masked-token accuracy, and CPU latency teacher vs student.
 Every stage is saved under ``benchmarks/work/distill`` and skipped when already finished.
 
-    python benchmarks/distill.py [--threads 2] [--gd-steps 150] [--ablation-steps 40]
+    python benchmarks/distill.py [--threads 2] [--gd-steps 150] [--ablation-steps 30] [--stages a,b]
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from distilprune.jobs.finetune import FinetuneConfig, finetune
 from distilprune.train import TrainConfig
 
 OUT = WORK / "distill"
-PREPROCESS = True  # students and teacher all use the tweet preprocessing (+ keyword)
-TEACHER = WORK / "finetune" / "mpnet-base-pre"
+PREPROCESS = False  # students and teacher all see the raw tweets
+TEACHER = WORK / "finetune" / "mpnet-base-raw"
+STAGES = ("head", "gd", "a", "b", "c", "ablation", "report")
 STUDENT_TRAIN = TrainConfig(epochs=1, lr=8e-5, batch_size=32, patience=None, seed=42)
 
 
@@ -95,41 +96,55 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gd-steps", type=int, default=150)
     parser.add_argument("--head-steps", type=int, default=100)
-    parser.add_argument("--ablation-steps", type=int, default=40)
-    parser.add_argument("--stage", choices=["students", "all"], default="all",
-                        help="students: everything that needs no fine-tuned teacher")
+    parser.add_argument("--ablation-steps", type=int, default=30)
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated subset of {','.join(STAGES)} (run in that order)")
     args = parser.parse_args()
     require_data()
     torch.set_num_threads(args.threads)
+    wanted = [s for s in STAGES if s in args.stages.split(",")]
     corpus = CorpusConfig(max_length=64, heldout=500, seed=0)
+    mlm, init = OUT / "mpnet-mlm", OUT / "student-init"
+    stages = {
+        "head": lambda: staged(mlm, lambda: fit_mlm_head(MLMHeadConfig(
+            teacher="mpnet-base", out=str(mlm), corpus=corpus, overwrite=True,
+            train=TrainConfig(max_steps=args.head_steps, lr=2e-3, batch_size=32, patience=None, seed=0)))),
+        "gd": lambda: general("student-gd", mlm, args.gd_steps, DistillLoss(), corpus),
+        "a": lambda: (staged(init, lambda: make_student("mpnet-base", str(init), layers=6, overwrite=True)),
+                      student_finetune("student-a-direct", init, PREPROCESS)),
+        "b": lambda: student_finetune("student-b-gd-ft", OUT / "student-gd", PREPROCESS),
+        "c": lambda: student_finetune("student-c-gd-td", OUT / "student-gd", PREPROCESS, TEACHER),
+        "ablation": lambda: ablation(mlm, args.ablation_steps, corpus),
+        "report": lambda: report(args),
+    }
+    for name in wanted:
+        print(f"[stage] {name}", flush=True)
+        stages[name]()
 
-    mlm = OUT / "mpnet-mlm"
-    head = staged(mlm, lambda: fit_mlm_head(MLMHeadConfig(
-        teacher="mpnet-base", out=str(mlm), corpus=corpus, overwrite=True,
-        train=TrainConfig(max_steps=args.head_steps, lr=2e-3, batch_size=32, patience=None, seed=0))))
-    gd = general("student-gd", mlm, args.gd_steps, DistillLoss(), corpus)
-    ablation = [{"variant": "full (α=5, β=2, γ=1)", "steps": args.ablation_steps,
-                 **_mlm_row(general("ablate-full", mlm, args.ablation_steps, DistillLoss(), corpus))}]
+
+def ablation(mlm: Path, steps: int, corpus: CorpusConfig) -> list[dict]:
+    """Triple-loss ablation: the full loss and each term dropped, same (small) budget."""
+    rows = [{"variant": "full (α=5, β=2, γ=1)", "steps": steps,
+             **_mlm_row(general("ablate-full", mlm, steps, DistillLoss(), corpus))}]
     for term in ("alpha_ce", "alpha_mlm", "alpha_cos"):
-        loss = DistillLoss(**{term: 0.0})
-        ablation.append({"variant": f"without {term}", "steps": args.ablation_steps,
-                         **_mlm_row(general(f"ablate-no-{term}", mlm, args.ablation_steps, loss, corpus))})
-    init = OUT / "student-init"
-    staged(init, lambda: make_student("mpnet-base", str(init), layers=6, overwrite=True))
-    student_a = student_finetune("student-a-direct", init, PREPROCESS)
-    student_b = student_finetune("student-b-gd-ft", OUT / "student-gd", PREPROCESS)
-    if args.stage == "students":
-        return
-    teacher, preprocess = TEACHER, PREPROCESS
-    if load_summary(teacher) is None:
-        raise SystemExit(f"teacher {teacher} missing: run benchmarks/finetune.py --only mpnet-base")
-    rows = [_row("teacher mpnet-base 12L (fine-tuned)", load_summary(teacher), teacher)]
-    rows.append(_row("(a) 6L every-other-layer init -> fine-tune", student_a, OUT / "student-a-direct"))
-    rows.append(_row("(b) 6L general distillation -> fine-tune", student_b, OUT / "student-b-gd-ft"))
-    rows.append(_row("(c) 6L general + task distillation",
-                     student_finetune("student-c-gd-td", OUT / "student-gd", preprocess, teacher),
-                     OUT / "student-c-gd-td"))
-    _report(rows, ablation, head, gd, teacher, preprocess, args)
+        summary = general(f"ablate-no-{term}", mlm, steps, DistillLoss(**{term: 0.0}), corpus)
+        rows.append({"variant": f"without {term}", "steps": steps, **_mlm_row(summary)})
+    return rows
+
+
+def report(args) -> None:
+    """Latency of every model + the results files (all other stages must have finished)."""
+    names = ["student-a-direct", "student-b-gd-ft", "student-c-gd-td"]
+    missing = [n for n in [*names, "student-gd", "mpnet-mlm"] if load_summary(OUT / n) is None]
+    if missing or load_summary(TEACHER) is None:
+        raise SystemExit(f"unfinished stages: {missing or [TEACHER.name]}")
+    labels = ["(a) 6L every-other-layer init -> fine-tune", "(b) 6L general distillation -> fine-tune",
+              "(c) 6L general + task distillation"]
+    rows = [_row("teacher mpnet-base 12L (fine-tuned)", load_summary(TEACHER), TEACHER)]
+    rows += [_row(label, load_summary(OUT / n), OUT / n) for label, n in zip(labels, names, strict=True)]
+    corpus = CorpusConfig(max_length=64, heldout=500, seed=0)
+    _report(rows, ablation(OUT / "mpnet-mlm", args.ablation_steps, corpus), load_summary(OUT / "mpnet-mlm"),
+            load_summary(OUT / "student-gd"), TEACHER, PREPROCESS, args)
 
 
 def _mlm_row(summary: dict) -> dict:
