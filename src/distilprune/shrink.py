@@ -26,9 +26,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils import parametrize
-from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig
+from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
 from distilprune.errors import UserError, require
+from distilprune.models.loading import load_config
 
 _BERT_LIKE = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
               "o": "attention.output.dense", "attn": "attention.self",
@@ -275,10 +276,7 @@ def _weight_files(path: Path) -> list[Path]:
 def load_shrunk(path: str | Path) -> nn.Module:
     """Load a classifier saved with ``save_pretrained``, re-applying ``config.pruned_heads``."""
     path = Path(path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load config from {path}: {exc}") from exc
+    config = load_config(path)
     if not getattr(config, "pruned_heads", None):
         return AutoModelForSequenceClassification.from_pretrained(path).eval()
     model = build_from_config(config)

@@ -19,16 +19,8 @@ from distilprune.models.registry import resolve_model
 
 def load_source_model(model_dir: str | Path) -> torch.nn.Module:
     """The classifier stored in ``model_dir`` (alias, directory or hub ID), in eval mode."""
-    from distilprune.export.storage import is_compact, load_compact
-
     path = resolve_model(model_dir)
-    if is_compact(path):
-        return load_compact(path).float().eval()
     config = load_config(path)
-    if getattr(config, "pruned_heads", None):
-        from distilprune.shrink import load_shrunk
-
-        return load_shrunk(path).float().eval()
     labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

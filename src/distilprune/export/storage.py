@@ -36,10 +36,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from distilprune.errors import UserError, require
 from distilprune.io import atomic_dir
+from distilprune.models.loading import load_config
 
 FORMAT = "distilprune-compact/1"
 WEIGHTS_NAME = "model.compact.safetensors"
@@ -253,10 +254,7 @@ def load_compact(path: str | Path) -> nn.Module:
     from distilprune.shrink import build_from_config
 
     state = read_compact_state(path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load config from {path}: {exc}") from exc
+    config = load_config(path)
     model = build_from_config(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     require(not missing and not unexpected,

@@ -58,8 +58,20 @@ def load_classifier(
     num_labels: int = 2,
     label_names: list[str] | None = None,
 ) -> PreTrainedModel:
-    """Load a sequence classifier; a fresh head is added when the checkpoint has none."""
+    """Load a sequence classifier; a fresh head is added when the checkpoint has none.
+
+    Compact (sparse/int8) directories and structurally shrunk models (``config.pruned_heads``)
+    are rebuilt with their own head.
+    """
+    from distilprune.export.storage import is_compact, load_compact
+
+    if is_compact(resolve_model(name)):
+        return load_compact(resolve_model(name)).float()
     config = load_config(name)
+    if getattr(config, "pruned_heads", None):
+        from distilprune.shrink import load_shrunk
+
+        return load_shrunk(resolve_model(name)).float()
     config.num_labels = num_labels
     if label_names:
         config.id2label = dict(enumerate(label_names))
