@@ -481,6 +481,23 @@ def demo(
     out_console.print(f"models and reports: {out}/")
 
 
+@app.command()
+def serve(
+    model: Annotated[Path, Opt(help="model directory, ONNX export (directory or .onnx) or alias")],
+    host: Annotated[str, Opt(help="address to bind; 0.0.0.0 exposes the server to the network")]
+    = "127.0.0.1",
+    port: Annotated[int, Opt()] = 8000,
+    max_batch: Annotated[int, Opt(help="most texts per /predict request")] = 64,
+    max_text_chars: Annotated[int, Opt(help="longest text accepted (characters)")] = 2000,
+    threads: Annotated[int, Opt(help="inference threads")] = 1,
+) -> None:
+    """Serve a classifier over HTTP: GET /health, POST /predict with JSON {"texts": list}."""
+    from distilprune.serve import serve as run_server
+
+    run_server(model, host=host, port=port, max_batch=max_batch,
+               max_text_chars=max_text_chars, threads=threads)
+
+
 def main() -> None:
     """Console entry point: one-line errors, exit code 2 for bad input."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -7,6 +7,7 @@ ONNX models are served without importing torch.
 """
 
 # No ``from __future__ import annotations``: FastAPI must see the per-app request model.
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from distilprune.errors import UserError, require
-from distilprune.export.runtime import ONNX_FILENAME, OnnxClassifier
+from distilprune.export.runtime import ONNX_FILENAME, OnnxClassifier, resolve_onnx
+
+TRAINING_METADATA = "distilprune.json"  # = distilprune.jobs.common.METADATA_FILE (imports torch)
 
 Backend = Literal["torch", "onnx"]
 
@@ -40,10 +43,34 @@ def _is_onnx(path: Path) -> bool:
     return path.suffix == ".onnx" or (path.is_dir() and (path / ONNX_FILENAME).is_file())
 
 
+def _training_metadata(folder: Path) -> dict[str, Any]:
+    """The ``distilprune.json`` copied next to an export (read without importing torch)."""
+    path = folder / TRAINING_METADATA
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is corrupt: {exc.msg}") from exc
+
+
 def _load_onnx(path: Path, threads: int) -> LoadedModel:
-    clf = OnnxClassifier(path, threads=threads)
-    labels = [str(clf.id2label[i]) for i in sorted(clf.id2label)]
-    return LoadedModel(str(path), "onnx", labels, clf.predict_logits)
+    """An ONNX export, with the training preprocessing, max length and labels when recorded."""
+    onnx_file, folder = resolve_onnx(path)
+    meta = _training_metadata(folder)
+    clf = OnnxClassifier(onnx_file, threads=threads, max_length=meta.get("max_length"))
+    labels = meta.get("label_names") or [str(clf.id2label[i]) for i in sorted(clf.id2label)]
+    return LoadedModel(str(path), "onnx", [str(x) for x in labels],
+                       _with_preprocessing(clf.predict_logits, meta.get("preprocess")))
+
+
+def _with_preprocessing(logits: Callable[[Sequence[str]], np.ndarray],
+                        steps: list[str] | None) -> Callable[[Sequence[str]], np.ndarray]:
+    """``logits`` applied to texts cleaned like the training data (as SavedClassifier does)."""
+    if not steps:
+        return logits
+    from distilprune.data.preprocess import build_preprocessor
+
+    clean = build_preprocessor(steps)
+    return lambda texts: logits([clean(t, {}) for t in texts])
 
 
 def _load_torch(path: Path, threads: int) -> LoadedModel:
@@ -61,10 +88,21 @@ def _load_torch(path: Path, threads: int) -> LoadedModel:
     return LoadedModel(str(path), "torch", list(clf.label_names), clf.logits)
 
 
-def load_model(model_path: str | Path, threads: int = 1) -> LoadedModel:
-    """Load a PyTorch model directory, an ONNX export directory or a ``.onnx`` file."""
+def _resolve_path(model_path: str | Path) -> Path:
+    """An existing path, or the directory of a packaged model alias (e.g. ``minilm-l6``)."""
     path = Path(model_path).expanduser()
+    if not path.exists() and "/" not in str(model_path):
+        from distilprune.models.registry import ALIASES, resolve_model
+
+        if str(model_path) in ALIASES:
+            return Path(resolve_model(str(model_path)))
     require(path.exists(), f"model not found: {path}")
+    return path
+
+
+def load_model(model_path: str | Path, threads: int = 1) -> LoadedModel:
+    """Load a PyTorch model directory (or alias), an ONNX export directory or a ``.onnx`` file."""
+    path = _resolve_path(model_path)
     require(threads >= 1, "threads must be at least 1")
     return _load_onnx(path, threads) if _is_onnx(path) else _load_torch(path, threads)
 
@@ -215,5 +253,6 @@ def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
     """Load the model, then serve it with uvicorn until interrupted (loopback by default)."""
     import uvicorn
 
+    require(0 < port < 65536, f"port must be between 1 and 65535, got {port}")
     app = create_app(model_path, **limits)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
