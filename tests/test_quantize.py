@@ -296,3 +296,18 @@ def test_static_onnx_quantization(tiny_model_factory, tmp_path):
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["m.int8.onnx"]
     with pytest.raises(UserError):
         static_quantize_onnx(tmp_path / "missing.onnx", tmp_path / "x.onnx", tokenizer, ["a"])
+
+
+def test_finetune_with_qat_survives_evaluation_and_best_restore(tiny_model_factory, tiny_csv, tmp_path):
+    """Evaluations run under inference mode; the QAT observers must still restore cleanly."""
+    from distilprune.jobs.common import DataConfig
+    from distilprune.jobs.finetune import FinetuneConfig, finetune
+    from distilprune.quantize import QATConfig
+    from distilprune.train import TrainConfig
+
+    cfg = FinetuneConfig(model=str(tiny_model_factory("bert")), out=str(tmp_path / "qat"),
+                         data=DataConfig(train=str(tiny_csv), max_length=32), qat=QATConfig(),
+                         train=TrainConfig(max_steps=6, batch_size=8, eval_every=2, patience=None))
+    summary = finetune(cfg)
+    assert summary["train"]["best"] is not None
+    assert (tmp_path / "qat" / "model.safetensors").is_file()

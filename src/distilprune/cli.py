@@ -122,6 +122,8 @@ def finetune(
     max_length: Annotated[int | None, Opt()] = None,
     seed: Annotated[int | None, Opt()] = None,
     patience: Annotated[int | None, Opt(help="early-stopping patience in evaluations")] = None,
+    checkpoint_every: Annotated[int | None, Opt(help="save a resumable checkpoint every N steps")] = None,
+    resume: Annotated[bool, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = False,
     lock_sparsity: Annotated[bool, Opt(help="keep every zero weight exactly zero")] = False,
     qat: Annotated[bool, Opt(help="quantization-aware training (int8 weights + activations)")] = False,
     prune: PruneMethod = None,
@@ -148,7 +150,8 @@ def finetune(
         "data": _data_overrides(data, validation, text_column, label_column, preprocess,
                                 max_length, imbalance, val_fraction, limit),
         "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
-                  "seed": seed, "patience": patience},
+                  "seed": seed, "patience": patience, "checkpoint_every": checkpoint_every,
+                  "resume": resume or None},
     }
     cfg = from_dict(FinetuneConfig, merge(_recipe(recipe, "finetune"), overrides), "finetune")
     if not cfg.model or not cfg.data.train:
@@ -496,6 +499,41 @@ def serve(
 
     run_server(model, host=host, port=port, max_batch=max_batch,
                max_text_chars=max_text_chars, threads=threads)
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="pipeline recipe (YAML), e.g. recipes/demo.yaml")],
+    stages: Annotated[str | None, Opt(help="comma-separated subset of teacher, mlm_head, student, "
+                                           "distill, finetune, qat, export, benchmark, report")] = None,
+    force: Annotated[bool, Opt(help="re-run the selected stages even when up to date")] = False,
+    out: Annotated[Path | None, Opt(help="output root directory (overrides the recipe's out)")] = None,
+) -> None:
+    """Run the whole Prune-OFA pipeline of a recipe; finished, unchanged stages are skipped."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    from distilprune.jobs.pipeline import load_recipe, run_pipeline
+
+    logger = logging.getLogger("distilprune")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=console, show_path=False, show_level=False))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    cfg = load_recipe(recipe)
+    if out is not None:
+        cfg.out = str(out)
+    result = run_pipeline(cfg, stages, force)
+    table = Table(title=f"{recipe} -> {cfg.out}")
+    for column in ("stage", "status", "seconds"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for stage, status in result.status.items():
+        seconds = result.records[stage]["seconds"] if status == "ran" else None
+        table.add_row(stage, status, "" if seconds is None else f"{seconds:.0f}")
+    out_console.print(table)
+    if result.report.is_file():
+        out_console.print(f"report: {result.report} and {result.report.with_suffix('.html')}")
 
 
 def main() -> None:

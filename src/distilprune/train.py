@@ -22,6 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from distilprune.checkpoint import LoopState, apply_rng, load_checkpoint, restore_training, save_checkpoint
+
 Batch = dict[str, torch.Tensor]
 
 
@@ -47,6 +49,13 @@ class Hook:
         """Whether a checkpoint at ``step`` may be kept as *best* (e.g. pruning has finished)."""
         return True
 
+    def state_dict(self) -> dict:
+        """JSON-serialisable state saved in training checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (when resuming)."""
+
 
 @dataclass
 class TrainConfig:
@@ -65,6 +74,9 @@ class TrainConfig:
     patience: int | None = 2
     select_metric: str = "accuracy"
     log_every: int = 10
+    checkpoint_every: int | None = None
+    checkpoint_dir: str | None = None
+    resume: bool = False
 
 
 @dataclass
@@ -99,13 +111,40 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _cycle(loader: Iterable[Batch], epoch_setter: Callable[[int], None] | None):
-    epoch = 0
+def _batches(loader: Iterable[Batch], epoch_setter: Callable[[int], None] | None, loop: LoopState):
+    """``(epoch, index, batch)`` forever, starting at ``loop``'s epoch and batch (resume).
+
+    Batch order depends only on the sampler's seed and epoch, so skipping the batches a
+    checkpoint had consumed replays the uninterrupted run exactly.
+    """
+    epoch, skip = loop.epoch, loop.batch_in_epoch
     while True:
         if epoch_setter:
             epoch_setter(epoch)
-        yield from loader
-        epoch += 1
+        for index, batch in enumerate(loader):
+            if index >= skip:
+                yield epoch, index, batch
+        epoch, skip = epoch + 1, 0
+
+
+def _generators(objective: Objective) -> list[torch.Generator]:
+    """Random generators an objective owns (e.g. dynamic masking), saved with checkpoints."""
+    return list(getattr(objective, "generators", list)())
+
+
+def _resume(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, hooks: Sequence[Hook],
+            generators: list[torch.Generator]) -> tuple[LoopState, dict | None]:
+    """Load the checkpoint of ``cfg.checkpoint_dir`` into the live objects (if resuming)."""
+    if not (cfg.resume and cfg.checkpoint_dir):
+        return LoopState(), None
+    ckpt = load_checkpoint(cfg.checkpoint_dir)
+    if ckpt is None:
+        return LoopState(), None
+    restore_training(ckpt, model, optimizer, scheduler)
+    for hook, state in zip(hooks, ckpt.loop.hooks, strict=False):
+        hook.load_state_dict(state)
+    apply_rng(ckpt, generators)
+    return ckpt.loop, ckpt.best
 
 
 def train(
@@ -117,7 +156,11 @@ def train(
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     description: str = "train",
 ) -> TrainResult:
-    """Optimise ``model`` on ``loader`` with ``objective``; evaluate, early-stop, keep the best."""
+    """Optimise ``model`` on ``loader`` with ``objective``; evaluate, early-stop, keep the best.
+
+    With ``cfg.checkpoint_every`` the whole state is saved to ``cfg.checkpoint_dir``; with
+    ``cfg.resume`` a run continues from it and ends with the same weights as an uninterrupted one.
+    """
     set_seed(cfg.seed)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
     total = planned_steps(cfg, len(loader))
@@ -126,17 +169,23 @@ def train(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     epoch_setter = getattr(getattr(loader, "batch_sampler", None), "set_epoch", None)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    # accelerate's loader re-sets the sampler epoch from its own counter: drive that counter.
+    epoch_setter = getattr(loader, "set_epoch", None) or epoch_setter
     raw_model = accelerator.unwrap_model(model)
     for hook in hooks:
         hook.on_train_begin(raw_model, total)
+    generators = _generators(objective)
+    loop, best_state = _resume(cfg, raw_model, optimizer, scheduler, hooks, generators)
 
-    result = TrainResult(steps=0, seconds=0.0)
-    best_state, best_score, bad_evals = None, -math.inf, 0
+    result = TrainResult(steps=loop.step, seconds=0.0, history=loop.history, losses=loop.losses,
+                         best=loop.best_metrics)
+    best_score = -math.inf if loop.best_score is None else loop.best_score
     start = time.perf_counter()
-    bar = tqdm(total=total, desc=description, disable=not accelerator.is_main_process, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=loop.step, desc=description,
+               disable=not accelerator.is_main_process, dynamic_ncols=True)
     model.train()
     running: dict[str, float] = {}
-    for micro_step, batch in enumerate(_cycle(loader, epoch_setter), start=1):
+    for micro_step, (epoch, index, batch) in enumerate(_batches(loader, epoch_setter, loop), start=1):
         with accelerator.accumulate(model):
             loss, logs = objective(model, batch)
             accelerator.backward(loss)
@@ -151,6 +200,7 @@ def train(
             continue
         result.steps += 1
         step = result.steps
+        loop.epoch, loop.batch_in_epoch = epoch, index + 1
         for hook in hooks:
             hook.on_step_end(raw_model, step)
         bar.update(1)
@@ -158,6 +208,7 @@ def train(
             result.losses.append({"step": step, **running})
             bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()})
         running = {}
+        stop = False
         if evaluate and (step % eval_every == 0 or step == total):
             metrics = {"step": step, **evaluate(raw_model)}
             model.train()
@@ -167,13 +218,20 @@ def train(
             if all(h.ready_for_selection(step) for h in hooks):
                 score = metrics[cfg.select_metric]
                 if score > best_score:
-                    best_score, bad_evals, result.best = score, 0, metrics
+                    best_score, loop.bad_evals, result.best = score, 0, metrics
                     best_state = copy.deepcopy(raw_model.state_dict())
                 else:
-                    bad_evals += 1
-                if cfg.patience is not None and bad_evals > cfg.patience:
-                    bar.write(f"[{description}] early stop at step {step}")
-                    break
+                    loop.bad_evals += 1
+                stop = cfg.patience is not None and loop.bad_evals > cfg.patience
+        if cfg.checkpoint_every and cfg.checkpoint_dir and step % cfg.checkpoint_every == 0:
+            loop.step, loop.best_metrics = step, result.best
+            loop.best_score = None if best_score == -math.inf else best_score
+            loop.hooks = [h.state_dict() for h in hooks]
+            save_checkpoint(cfg.checkpoint_dir, raw_model, optimizer, scheduler, loop, generators,
+                            best_state)
+        if stop:
+            bar.write(f"[{description}] early stop at step {step}")
+            break
         if step >= total:
             break
     bar.close()

@@ -99,7 +99,9 @@ def make_loader(dataset: EncodedDataset, tokenizer: PreTrainedTokenizerBase, bat
                 seed: int = 0, shuffle: bool = True, indices: Sequence[int] | None = None) -> DataLoader:
     """A DataLoader over length-grouped batches (train: shuffled; eval: sorted, ``shuffle=False``)."""
     sampler = LengthGroupedBatchSampler(dataset.lengths(), batch_size, seed, shuffle, indices)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=make_collator(tokenizer))
+    # An own generator keeps DataLoader start-up from consuming the global RNG (exact resume).
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=make_collator(tokenizer),
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def oversample_indices(labels: Sequence[int], seed: int) -> list[int]:

@@ -90,6 +90,10 @@ class MLMDistillationObjective:
         self.temperature = temperature
         self.restrict_ce_to_mask = restrict_ce_to_mask
 
+    def generators(self) -> list[torch.Generator]:
+        """The masking generator (saved with training checkpoints)."""
+        return [self.masker.generator]
+
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         input_ids, labels = self.masker(batch["input_ids"])
         attention_mask = batch["attention_mask"]
@@ -115,6 +119,10 @@ class MLMObjective:
 
     def __init__(self, masker: DynamicMasker):
         self.masker = masker
+
+    def generators(self) -> list[torch.Generator]:
+        """The masking generator (saved with training checkpoints)."""
+        return [self.masker.generator]
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         input_ids, labels = self.masker(batch["input_ids"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,8 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
              hooks: Sequence[Hook] = (), metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; save model, metrics, split and plots to ``cfg.out``."""
     out = check_output_dir(cfg.out, cfg.overwrite)
+    if cfg.train.checkpoint_every and not cfg.train.checkpoint_dir:
+        cfg.train.checkpoint_dir = str(out.with_name(out.name + ".checkpoint"))
     data = prepare_data(cfg.data)
     tokenizer = load_tokenizer(cfg.model)
     model = load_classifier(cfg.model, cfg.data.num_labels, data.train.label_names)
@@ -122,6 +125,8 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
             plot_pr_curve(data.val.labels, logits, tmp / "pr_curve.png")
         if result.losses:
             save_losses_plot(result, tmp / "loss.png")
+    if cfg.train.checkpoint_dir:
+        shutil.rmtree(cfg.train.checkpoint_dir, ignore_errors=True)
     return summary
 
 

@@ -110,6 +110,13 @@ class PruningHook(Hook):
     def ready_for_selection(self, step: int) -> bool:
         return step >= self.end_step
 
+    def state_dict(self) -> dict:
+        return {"current_sparsity": self.current_sparsity, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.current_sparsity = state.get("current_sparsity", self.current_sparsity)
+        self.history = [tuple(h) for h in state.get("history", self.history)]
+
     def on_train_end(self, model: nn.Module) -> None:
         if self.finalize_on_end:
             finalize(model)

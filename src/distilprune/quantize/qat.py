@@ -103,7 +103,8 @@ class WeightFakeQuant(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # Observe the exact current range (no EMA rounding): scale == amax / 127 every time.
-        self.fake_quant.activation_post_process.reset_min_max_vals()
+        with torch.inference_mode(False):  # fresh observer buffers must not be inference tensors
+            self.fake_quant.activation_post_process.reset_min_max_vals()
         return self.fake_quant(weight)
 
 

@@ -1,0 +1,502 @@
+"""One recipe, one command: the whole Prune-OFA pipeline, resumable stage by stage.
+
+teacher fine-tune -> (MLM head fit, when the teacher has none) -> student init -> pruned
+general distillation (Prune OFA) -> mask-locked fine-tune (optionally task-distilled) -> QAT
+int8 (mask locked) -> ONNX int8 + compact export -> benchmark -> report.
+
+Every stage writes ``<out>/<stage>/`` atomically and then ``stage.json`` holding the hash of
+the recipe parts it depends on (its own section, data/corpus file digests and the upstream
+stages' hashes) plus the run ids of the upstream outputs it consumed. A stage is skipped when
+its ``stage.json`` matches: a rerun continues where it stopped, and a changed section re-runs
+that stage and everything downstream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distilprune.config import from_dict, load_yaml, to_dict
+from distilprune.data.loading import file_sha256
+from distilprune.errors import UserError, require
+from distilprune.io import atomic_dir, read_json, stable_hash, write_json
+from distilprune.jobs.common import METADATA_FILE, DataConfig, prepare_data
+from distilprune.jobs.distill import CorpusConfig, DistillLoss, TaskLoss
+from distilprune.prune import PruneConfig
+from distilprune.quantize import QATConfig
+from distilprune.train import TrainConfig
+
+log = logging.getLogger("distilprune.pipeline")
+
+STAGES = ("teacher", "mlm_head", "student", "distill", "finetune", "qat", "export", "benchmark",
+          "report")
+STAGE_FILE = "stage.json"
+UNHASHED = frozenset({"checkpoint_every", "checkpoint_dir", "resume"})  # how, not what, to train
+BENCHMARK_MODELS = ("teacher", "student", "compressed")
+
+
+# ----------------------------------------------------------------------------- recipe
+@dataclass
+class TeacherSection:
+    """The teacher: a pretrained encoder (alias/dir) fine-tuned on ``data``."""
+
+    model: str = ""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=4e-5, patience=None))
+
+
+@dataclass
+class StudentSection:
+    """Student depth: ``layers`` (every other teacher layer) or an explicit ``layer_map``."""
+
+    layers: int | None = None
+    layer_map: list[int] | None = None
+
+
+@dataclass
+class MLMHeadSection:
+    """Fitting an MLM head on the frozen teacher (``enabled: null`` = only when it has none)."""
+
+    enabled: bool | None = None
+    steps: int = 100
+    lr: float = 1e-3
+    batch_size: int = 32
+
+
+@dataclass
+class DistillSection:
+    """Pruned general distillation (Prune OFA) on an unlabelled ``corpus``."""
+
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    loss: DistillLoss = field(default_factory=DistillLoss)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=1e-4, patience=None))
+    prune: PruneConfig | None = field(default_factory=PruneConfig)
+
+
+@dataclass
+class FinetuneSection:
+    """Mask-locked fine-tuning of the sparse student (task-distilled from the teacher)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task_distillation: bool = True
+    loss: TaskLoss = field(default_factory=TaskLoss)
+
+
+@dataclass
+class QATSection(QATConfig):
+    """Int8 QAT (mask locked): ``steps``/``lr`` override ``finetune.train`` for a short run."""
+
+    enabled: bool = True
+    steps: int = 100
+    lr: float = 1e-5
+
+    def quant_config(self) -> QATConfig:
+        """The plain :class:`QATConfig` part of this section."""
+        return QATConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(QATConfig)})
+
+
+@dataclass
+class ExportSection:
+    """ONNX export (int8: ONNX Runtime dynamic) and the compact sparse(+int8) safetensors."""
+
+    int8: bool = True
+    max_length: int | None = None
+    compact: bool = True
+    parity_texts: int = 200
+
+
+@dataclass
+class BenchmarkSection:
+    """CPU benchmark on the validation split; ``models`` among teacher, student, compressed."""
+
+    models: list[str] = field(default_factory=lambda: ["teacher", "compressed"])
+    threads: int = 1
+    repeats: int = 20
+    warmup: int = 3
+    limit: int | None = 500
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    seq_len: int | None = None
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.models if m not in BENCHMARK_MODELS]
+        require(not bad and bool(self.models),
+                f"benchmark.models must be among {', '.join(BENCHMARK_MODELS)}, got {self.models}")
+
+
+@dataclass
+class PipelineConfig:
+    """A whole-pipeline recipe (``distilprune run RECIPE.yaml``)."""
+
+    out: str = ""
+    threads: int | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    mlm_head: MLMHeadSection = field(default_factory=MLMHeadSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    qat: QATSection = field(default_factory=QATSection)
+    export: ExportSection = field(default_factory=ExportSection)
+    benchmark: BenchmarkSection = field(default_factory=BenchmarkSection)
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` when a required recipe key is missing."""
+        require(bool(self.out), "recipe: 'out' (the output root directory) is required")
+        require(bool(self.teacher.model), "recipe: 'teacher.model' is required")
+        require(bool(self.data.train), "recipe: 'data.train' is required")
+
+
+def load_recipe(path: str | Path) -> PipelineConfig:
+    """Read a pipeline recipe; ``out`` defaults to ``runs/<recipe name>``."""
+    data = load_yaml(path)
+    data.setdefault("out", str(Path("runs") / Path(path).stem))
+    cfg = from_dict(PipelineConfig, data, "recipe")
+    cfg.validate()
+    return cfg
+
+
+# ----------------------------------------------------------------------------- hashing
+def _digest(path: str | Path, what: str) -> str:
+    path = Path(path)
+    require(path.is_file(), f"{what} not found: {path}")
+    return file_sha256(path)
+
+
+def _data_inputs(cfg: PipelineConfig) -> dict[str, Any]:
+    files = [cfg.data.train, *([cfg.data.validation] if cfg.data.validation else [])]
+    return {"data": to_dict(cfg.data), "files": [_digest(f, "data file") for f in files]}
+
+
+def _corpus_inputs(cfg: PipelineConfig) -> dict[str, Any]:
+    from distilprune.data.corpus import default_corpus
+    from distilprune.jobs.distill import SHARED_DATA
+
+    files = cfg.distill.corpus.files or [str(p) for p in default_corpus(SHARED_DATA)]
+    return {"corpus": to_dict(cfg.distill.corpus), "files": [_digest(f, "corpus file") for f in files]}
+
+
+def upstream_of(cfg: PipelineConfig, stage: str) -> tuple[str, ...]:
+    """The stages whose outputs ``stage`` consumes."""
+    kd = ("teacher",) if cfg.finetune.task_distillation else ()
+    return {
+        "teacher": (), "mlm_head": (), "student": ("mlm_head",),
+        "distill": ("mlm_head", "student"), "finetune": ("distill", *kd),
+        "qat": ("finetune", *kd), "export": ("finetune", "qat"),
+        "benchmark": ("teacher", "finetune", "qat", "export"), "report": STAGES[:-1],
+    }[stage]
+
+
+def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
+    """The recipe parts (and file digests) ``stage`` depends on, besides its upstream stages."""
+    if stage == "teacher":
+        return {"teacher": to_dict(cfg.teacher), **_data_inputs(cfg)}
+    if stage == "mlm_head":
+        if cfg.mlm_head.enabled is False:
+            return {"enabled": False}
+        return {"model": cfg.teacher.model, "mlm_head": to_dict(cfg.mlm_head), **_corpus_inputs(cfg)}
+    if stage == "qat" and not cfg.qat.enabled:
+        return {"enabled": False}
+    if stage == "distill":
+        return {"distill": to_dict(cfg.distill), **_corpus_inputs(cfg)}
+    if stage in ("finetune", "qat"):
+        section = {"finetune": to_dict(cfg.finetune), "qat": to_dict(cfg.qat) if stage == "qat" else None}
+        return {**section, **_data_inputs(cfg)}
+    if stage == "export":
+        return {"export": to_dict(cfg.export), "max_length": cfg.data.max_length, **_data_inputs(cfg)}
+    if stage == "benchmark":
+        return {"benchmark": to_dict(cfg.benchmark), **_data_inputs(cfg)}
+    if stage == "report":
+        return {"recipe": to_dict(cfg)}
+    return {stage: to_dict(getattr(cfg, stage))}
+
+
+def _hashable(value: Any) -> Any:
+    """``value`` without the keys that do not change a stage's result (:data:`UNHASHED`)."""
+    if isinstance(value, dict):
+        return {k: _hashable(v) for k, v in value.items() if k not in UNHASHED}
+    return [_hashable(v) for v in value] if isinstance(value, list) else value
+
+
+def stage_hashes(cfg: PipelineConfig) -> dict[str, str]:
+    """Expected hash of every stage: its inputs chained with its upstream stages' hashes."""
+    hashes: dict[str, str] = {}
+    for stage in STAGES:
+        upstream = {u: hashes[u] for u in upstream_of(cfg, stage)}
+        hashes[stage] = stable_hash({"stage": stage, "inputs": _hashable(stage_inputs(cfg, stage)),
+                                     "upstream": upstream})
+    return hashes
+
+
+# ----------------------------------------------------------------------------- stage outputs
+def stage_dir(cfg: PipelineConfig, stage: str) -> Path:
+    """``<out>/<stage>``."""
+    return Path(cfg.out) / stage
+
+
+def model_path(cfg: PipelineConfig, records: dict[str, dict], stage: str) -> str:
+    """The model a stage hands on (pass-through stages hand on their input)."""
+    if stage == "mlm_head" and not records["mlm_head"]["summary"].get("fitted"):
+        return cfg.teacher.model
+    if stage == "qat" and not cfg.qat.enabled:
+        return str(stage_dir(cfg, "finetune"))
+    if stage == "export":
+        return str(stage_dir(cfg, "export") / onnx_name(cfg))
+    return str(stage_dir(cfg, stage))
+
+
+def onnx_name(cfg: PipelineConfig) -> str:
+    """Folder of the ONNX export inside the export stage."""
+    return "onnx-int8" if cfg.export.int8 else "onnx"
+
+
+def read_record(cfg: PipelineConfig, stage: str) -> dict[str, Any] | None:
+    """The ``stage.json`` of a finished stage, or ``None``."""
+    path = stage_dir(cfg, stage) / STAGE_FILE
+    try:
+        return read_json(path) if path.is_file() else None
+    except UserError:
+        return None
+
+
+def _empty_stage(cfg: PipelineConfig, stage: str) -> None:
+    with atomic_dir(stage_dir(cfg, stage), overwrite=True):
+        pass
+
+
+def _val_texts(cfg: PipelineConfig, limit: int | None) -> tuple[list[str], list[int]]:
+    val = prepare_data(cfg.data).val
+    n = len(val) if limit is None else min(limit, len(val))
+    return val.texts[:n], (val.labels or [])[:n]
+
+
+# ----------------------------------------------------------------------------- stage runners
+def _run_teacher(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
+    from distilprune.jobs.finetune import FinetuneConfig, finetune
+
+    return finetune(FinetuneConfig(model=cfg.teacher.model, out=str(stage_dir(cfg, "teacher")),
+                                   data=cfg.data, train=cfg.teacher.train, overwrite=True))
+
+
+def _run_mlm_head(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
+    from distilprune.jobs.distill import MLMHeadConfig, fit_mlm_head
+    from distilprune.models.loading import load_masked_lm
+
+    section, needed = cfg.mlm_head, cfg.mlm_head.enabled
+    if needed is None:
+        needed = not load_masked_lm(cfg.teacher.model)[1]
+    if not needed:
+        _empty_stage(cfg, "mlm_head")
+        return {"fitted": False, "reason": "the teacher has a pretrained MLM head"}
+    train = TrainConfig(max_steps=section.steps, lr=section.lr, batch_size=section.batch_size,
+                        patience=None, seed=cfg.distill.train.seed)
+    summary = fit_mlm_head(MLMHeadConfig(teacher=cfg.teacher.model, out=str(stage_dir(cfg, "mlm_head")),
+                                         corpus=cfg.distill.corpus, train=train, overwrite=True))
+    return {**summary, "fitted": True}
+
+
+def _run_student(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
+    from distilprune.jobs.distill import make_student
+
+    return make_student(model_path(cfg, records, "mlm_head"), str(stage_dir(cfg, "student")),
+                        cfg.student.layers, cfg.student.layer_map, overwrite=True)
+
+
+def _run_distill(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
+    from distilprune.jobs.distill import GeneralDistillConfig, general_distill
+
+    section = cfg.distill
+    return general_distill(GeneralDistillConfig(
+        teacher=model_path(cfg, records, "mlm_head"), out=str(stage_dir(cfg, "distill")),
+        student=str(stage_dir(cfg, "student")), corpus=section.corpus, loss=section.loss,
+        train=section.train, prune=section.prune, overwrite=True))
+
+
+def _locked_finetune(cfg: PipelineConfig, records: dict[str, dict], source: str, stage: str,
+                     train: TrainConfig, qat: QATConfig | None) -> dict[str, Any]:
+    """Mask-locked fine-tuning of ``source`` into ``stage`` (task-distilled when configured)."""
+    from distilprune.jobs.distill import TaskDistillConfig, distill_task
+    from distilprune.jobs.finetune import FinetuneConfig, finetune
+
+    ft = FinetuneConfig(model=source, out=str(stage_dir(cfg, stage)), data=cfg.data, train=train,
+                        lock_sparsity=True, qat=qat, overwrite=True)
+    if not cfg.finetune.task_distillation:
+        return finetune(ft)
+    return distill_task(TaskDistillConfig(teacher=model_path(cfg, records, "teacher"), finetune=ft,
+                                          loss=cfg.finetune.loss))
+
+
+def _run_finetune(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
+    return _locked_finetune(cfg, records, model_path(cfg, records, "distill"), "finetune",
+                            cfg.finetune.train, None)
+
+
+def _run_qat(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
+    if not cfg.qat.enabled:
+        _empty_stage(cfg, "qat")
+        return {"enabled": False}
+    train = dataclasses.replace(cfg.finetune.train, max_steps=cfg.qat.steps, lr=cfg.qat.lr,
+                                patience=None, eval_every=cfg.qat.steps)
+    summary = _locked_finetune(cfg, records, model_path(cfg, records, "finetune"), "qat", train,
+                               cfg.qat.quant_config())
+    return {**summary, "enabled": True}
+
+
+def _copy_metadata(source: str, target: Path) -> None:
+    if (Path(source) / METADATA_FILE).is_file():
+        shutil.copy2(Path(source) / METADATA_FILE, target / METADATA_FILE)
+
+
+def _run_export(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
+    from distilprune.export import export_onnx
+    from distilprune.export.storage import save_compact
+
+    source, section = model_path(cfg, records, "qat"), cfg.export
+    texts, _ = _val_texts(cfg, section.parity_texts)
+    summary: dict[str, Any] = {"source": source, "compact": None}
+    with atomic_dir(stage_dir(cfg, "export"), overwrite=True) as tmp:
+        onnx = export_onnx(source, tmp / onnx_name(cfg), int8=section.int8, parity_texts=texts,
+                           max_length=section.max_length or cfg.data.max_length)
+        _copy_metadata(source, tmp / onnx_name(cfg))
+        summary["onnx"] = {**onnx, "path": onnx_name(cfg)}
+        if section.compact:
+            name = "compact-int8" if section.int8 else "compact"
+            summary["compact"] = {**save_compact(source, tmp / name, int8=section.int8), "path": name}
+            _copy_metadata(source, tmp / name)
+    return summary
+
+
+def _run_benchmark(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
+    from distilprune.benchmark import run_benchmark
+
+    section = cfg.benchmark
+    paths = {"teacher": model_path(cfg, records, "teacher"), "student": model_path(cfg, records, "qat"),
+             "compressed": model_path(cfg, records, "export")}
+    texts, labels = _val_texts(cfg, section.limit)
+    with atomic_dir(stage_dir(cfg, "benchmark"), overwrite=True) as tmp:
+        report = run_benchmark([paths[m] for m in section.models], texts, labels, tmp / "benchmark",
+                               threads=section.threads, batch_sizes=section.batch_sizes,
+                               seq_len=section.seq_len or cfg.data.max_length,
+                               repeats=section.repeats, warmup=section.warmup)
+    report["files"] = {ext: f"benchmark.{ext}" for ext in ("json", "md", "png")}
+    report["roles"] = list(section.models)
+    return report
+
+
+def _run_report(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
+    from distilprune.report import write_report
+
+    with atomic_dir(stage_dir(cfg, "report"), overwrite=True) as tmp:
+        files = write_report(tmp, cfg, records)
+    return {"files": {k: Path(v).name for k, v in files.items()}}
+
+
+RUNNERS: dict[str, Callable[[PipelineConfig, dict[str, dict]], dict[str, Any]]] = {
+    "teacher": _run_teacher, "mlm_head": _run_mlm_head, "student": _run_student,
+    "distill": _run_distill, "finetune": _run_finetune, "qat": _run_qat, "export": _run_export,
+    "benchmark": _run_benchmark, "report": _run_report,
+}
+
+
+# ----------------------------------------------------------------------------- driver
+@dataclass
+class PipelineResult:
+    """What a run did: ``status[stage]`` is ``ran``, ``skipped`` (up to date) or ``not selected``."""
+
+    out: Path
+    status: dict[str, str]
+    records: dict[str, dict]
+
+    @property
+    def report(self) -> Path:
+        """The markdown model card."""
+        return self.out / "report" / "report.md"
+
+
+def parse_stages(stages: str | Sequence[str] | None) -> list[str]:
+    """``"distill,finetune"`` (or a list; ``-`` may replace ``_``) -> validated stage names."""
+    if stages is None:
+        return list(STAGES)
+    names = stages.split(",") if isinstance(stages, str) else list(stages)
+    names = [n.strip().replace("-", "_") for n in names if n.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    require(not unknown, f"unknown stage {unknown[0]!r}" if unknown else "")
+    require(bool(names), f"no stages selected; choose among {', '.join(STAGES)}")
+    return names
+
+
+def _staleness(record: dict | None, expected: str, upstream_runs: dict[str, str],
+               upstream: tuple[str, ...]) -> str | None:
+    """Why a stage must (re-)run, or ``None`` when its output is up to date."""
+    if record is None:
+        return "no finished output"
+    if record.get("hash") != expected:
+        return "its recipe section or input files changed"
+    if len(upstream_runs) != len(upstream):
+        return "an upstream stage is not up to date"
+    changed = [u for u, run in upstream_runs.items() if (record.get("upstream") or {}).get(u) != run]
+    return f"upstream {', '.join(changed)} re-ran" if changed else None
+
+
+def _execute(cfg: PipelineConfig, stage: str, expected: str, upstream_runs: dict[str, str],
+             records: dict[str, dict], reason: str) -> dict[str, Any]:
+    log.info("stage %s: running (%s)", stage, reason)
+    start = time.perf_counter()
+    summary = RUNNERS[stage](cfg, records)
+    seconds = round(time.perf_counter() - start, 1)
+    record = {"stage": stage, "hash": expected, "run_id": uuid.uuid4().hex,
+              "upstream": upstream_runs, "seconds": seconds,
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
+    write_json(stage_dir(cfg, stage) / STAGE_FILE, record)  # last: marks the stage as done
+    log.info("stage %s: done in %.1f s", stage, seconds)
+    return read_json(stage_dir(cfg, stage) / STAGE_FILE)
+
+
+def run_pipeline(cfg: PipelineConfig, stages: str | Sequence[str] | None = None,
+                 force: bool = False) -> PipelineResult:
+    """Run the selected stages (default all) in order, skipping those already up to date.
+
+    ``force`` re-runs the selected stages even when up to date (downstream stages then re-run
+    too, since they consumed an older output). A selected stage whose upstream is missing or
+    out of date, and not selected, is a :class:`UserError`.
+    """
+    cfg.validate()
+    selected = parse_stages(stages)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    hashes = stage_hashes(cfg)
+    records: dict[str, dict] = {}
+    status: dict[str, str] = {}
+    for stage in STAGES:
+        upstream = upstream_of(cfg, stage)
+        runs = {u: records[u]["run_id"] for u in upstream if u in records}
+        record = read_record(cfg, stage)
+        reason = _staleness(record, hashes[stage], runs, upstream)
+        if stage not in selected or (reason is None and not force):
+            status[stage] = "skipped" if stage in selected else "not selected"
+            if record is not None and reason is None:
+                records[stage] = record
+            log.info("stage %s: %s", stage, "up to date, skipped" if reason is None
+                     else f"not selected (out of date: {reason})")
+            continue
+        missing = [u for u in upstream if u not in records]
+        require(not missing, f"stage {stage!r} needs the output of {', '.join(map(repr, missing))}, "
+                             "which is missing or out of date: include it in the selected stages")
+        records[stage] = _execute(cfg, stage, hashes[stage], runs, records, reason or "forced")
+        status[stage] = "ran"
+    return PipelineResult(Path(cfg.out), status, records)
+
+
+__all__ = [
+    "STAGES", "BenchmarkSection", "DistillSection", "ExportSection", "FinetuneSection",
+    "MLMHeadSection", "PipelineConfig", "PipelineResult", "QATSection", "StudentSection",
+    "TeacherSection", "load_recipe", "parse_stages", "run_pipeline", "stage_hashes",
+    "upstream_of",
+]
