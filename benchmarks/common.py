@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-WORK = ROOT / "benchmarks" / "work"
+# Fine-tuned models shared between benchmarks (git-ignored); point it elsewhere to keep them.
+WORK = Path(os.environ.get("DISTILPRUNE_BENCH_WORK", ROOT / "benchmarks" / "work"))
 DATA = ROOT.parent / "shared" / "data"
 DISASTER_TRAIN = DATA / "disaster_tweets" / "train.csv"
 DISASTER_TEST = DATA / "disaster_tweets" / "test.csv"
