@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,13 @@ def load_summary(model_dir: Path) -> dict[str, Any] | None:
     """The saved ``distilprune.json`` of a finished run (benchmarks resume by skipping it)."""
     meta = model_dir / "distilprune.json"
     return json.loads(meta.read_text()) if meta.is_file() else None
+
+
+def staged(out: Path, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``run()`` unless ``out`` already holds a finished model (benchmarks resume)."""
+    summary = load_summary(out)
+    if summary is None:
+        start = time.perf_counter()
+        summary = run()
+        print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
+    return summary

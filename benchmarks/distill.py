@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, WORK, load_summary, markdown_table, require_data, write_results
+from common import RESULTS, WORK, load_summary, markdown_table, require_data, staged, write_results
 from finetune import data_config
 
 from distilprune.jobs.distill import (
@@ -41,16 +41,6 @@ PREPROCESS = False  # students and teacher all see the raw tweets
 TEACHER = WORK / "finetune" / "mpnet-base-raw"
 STAGES = ("head", "gd", "a", "b", "c", "ablation", "report")
 STUDENT_TRAIN = TrainConfig(epochs=1, lr=8e-5, batch_size=32, patience=None, seed=42)
-
-
-def staged(out: Path, run) -> dict:
-    """Run ``run()`` unless ``out`` already holds a finished model (resumable benchmark)."""
-    summary = load_summary(out)
-    if summary is None:
-        start = time.perf_counter()
-        summary = run()
-        print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
-    return summary
 
 
 def student_finetune(name: str, model: Path, preprocess: bool, teacher: Path | None = None) -> dict:

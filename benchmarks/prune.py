@@ -15,11 +15,10 @@ Needs ``benchmarks/distill.py --stages head,gd`` (the MLM teacher and dense stud
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, WORK, load_summary, markdown_table, require_data, write_results
+from common import RESULTS, WORK, load_summary, markdown_table, require_data, staged, write_results
 from finetune import data_config
 
 from distilprune.jobs.distill import CorpusConfig, GeneralDistillConfig, general_distill
@@ -31,16 +30,6 @@ OUT = WORK / "prune"
 DISTILL = WORK / "distill"
 SPARSITIES = (0.8, 0.85, 0.9)
 METHODS = ("unstructured", "block")
-
-
-def staged(out: Path, run) -> dict:
-    """Run ``run()`` unless ``out`` already holds a finished model."""
-    summary = load_summary(out)
-    if summary is None:
-        start = time.perf_counter()
-        summary = run()
-        print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
-    return summary
 
 
 def schedule(method: str, sparsity: float) -> PruneConfig:
