@@ -536,6 +536,43 @@ def run(
         out_console.print(f"report: {result.report} and {result.report.with_suffix('.html')}")
 
 
+@app.command()
+def study(
+    recipe: Annotated[Path, typer.Argument(help="study recipe (YAML), e.g. recipes/disaster-study.yaml")],
+    out: Annotated[Path | None, Opt(help="study directory (overrides the recipe's out)")] = None,
+    max_runs: Annotated[int | None, Opt(help="train at most N runs now; rerun to continue")] = None,
+) -> None:
+    """Compare models x preprocessing x imbalance x learning rates over seeds (resumable)."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    from distilprune.jobs.study import load_study_recipe, run_study
+
+    logger = logging.getLogger("distilprune")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=console, show_path=False, show_level=False))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    cfg = load_study_recipe(recipe)
+    if out is not None:
+        cfg.out = str(out)
+    if max_runs is not None:
+        cfg.max_runs = max_runs
+    result = run_study(cfg)
+    table = Table(title=f"{recipe} -> {cfg.out}/study.md (best lr per cell)")
+    for column in ("model", "preprocess", "imbalance", "lr", "accuracy", "F1", "seeds"):
+        table.add_column(column)
+    for c in result["best"]:
+        table.add_row(c["model"], c["preprocess"], c["imbalance"], f"{c['lr']:g}",
+                      f"{c['accuracy_mean']:.4f} ± {c['accuracy_std']:.4f}",
+                      f"{c['f1_mean']:.4f} ± {c['f1_std']:.4f}", str(c["n"]))
+    out_console.print(table)
+    counts = result["counts"]
+    pending = f", {counts['pending']} pending (rerun to continue)" if counts["pending"] else ""
+    out_console.print(f"runs: {counts['ran']} trained, {counts['skipped']} reused{pending}")
+
+
 def main() -> None:
     """Console entry point: one-line errors, exit code 2 for bad input."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

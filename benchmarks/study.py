@@ -1,0 +1,66 @@
+"""Disaster-tweet comparison study (Ojo et al. 2023) from ``recipes/disaster-study.yaml``.
+
+Runs (or resumes) the study in ``work/study`` and copies ``study.json``, ``study.md`` (tables and
+vocabulary coverage) and the bar chart to ``results/<name>.json``, ``results/<name>.md`` and
+``results/<name>_accuracy.png``. The full recipe takes ~5.5 h on 2 idle cores (see its header).
+
+    python benchmarks/study.py [--max-runs 36]
+    python benchmarks/study.py --limit 64 --max-steps 2 --models DIR --name study_smoke --out /tmp/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import shutil
+from pathlib import Path
+
+from common import DISASTER_TRAIN, RESULTS, ROOT, WORK, require_data
+
+from distilprune.jobs.study import load_study_recipe, run_study
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "disaster-study.yaml")
+    parser.add_argument("--out", type=Path, default=WORK / "study", help="study directory (resumable)")
+    parser.add_argument("--name", default="study", help="results file stem")
+    parser.add_argument("--models", nargs="+", help="override the recipe's models")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the recipe's seeds")
+    parser.add_argument("--limit", type=int, help="use only N training tweets (smoke runs)")
+    parser.add_argument("--max-steps", type=int, help="override the training budget (smoke runs)")
+    parser.add_argument("--max-runs", type=int, help="train at most N runs now (rerun to continue)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the recipe's)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    require_data()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_study_recipe(args.recipe)
+    cfg.out, cfg.data.train = str(args.out), str(DISASTER_TRAIN)
+    cfg.models = args.models or cfg.models
+    cfg.seeds = args.seeds or cfg.seeds
+    cfg.data.limit = args.limit or cfg.data.limit
+    cfg.train.max_steps = args.max_steps or cfg.train.max_steps
+    cfg.max_runs = args.max_runs if args.max_runs is not None else cfg.max_runs
+    cfg.threads = args.threads or cfg.threads
+    result = run_study(cfg)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.out)
+    shutil.copy(out / "study.json", RESULTS / f"{args.name}.json")
+    markdown = (out / "study.md").read_text().replace("(study_accuracy.png)", f"({args.name}_accuracy.png)")
+    markdown += f"\nCommand: `python benchmarks/study.py` (recipe `{args.recipe.name}`).\n"
+    (RESULTS / f"{args.name}.md").write_text(re.sub(r"\n{3,}", "\n\n", markdown))
+    if (out / "study_accuracy.png").is_file():
+        shutil.copy(out / "study_accuracy.png", RESULTS / f"{args.name}_accuracy.png")
+    counts = result["counts"]
+    print(f"{counts['done']}/{counts['total']} runs done ({counts['pending']} pending) -> "
+          f"{RESULTS / args.name}.md")
+
+
+if __name__ == "__main__":
+    main()
