@@ -31,7 +31,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
 
     def fmt(value: Any) -> str:
         if isinstance(value, float):
-            return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+            return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
         return "" if value is None else str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
