@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -147,6 +148,18 @@ def _resume(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, hooks: Seq
     return ckpt.loop, ckpt.best
 
 
+def _cpu_only_launch() -> bool:
+    """Launched as one of several processes (torchrun, ``accelerate launch``) on a machine without GPUs.
+
+    accelerate builds its (gloo) process group on CPUs only when asked for the CPU; otherwise each
+    process would silently train alone on all the data.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    device_api = getattr(torch, "accelerator", None)
+    return not (device_api.is_available() if device_api else torch.cuda.is_available())
+
+
 def train(
     model: nn.Module,
     loader: Sequence[Batch] | torch.utils.data.DataLoader,
@@ -162,18 +175,31 @@ def train(
     ``cfg.resume`` a run continues from it and ends with the same weights as an uninterrupted one.
     """
     set_seed(cfg.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    # The scheduler is stepped once per optimizer step below (accelerate would step it once per
+    # process: N processes would run through the warmup and decay N times too fast).
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=_cpu_only_launch(),
+                              step_scheduler_with_optimizer=False)
+    sampler_epoch = getattr(getattr(loader, "batch_sampler", None), "set_epoch", None)
+    loader = accelerator.prepare(loader)
+    # Counted after sharding: with N processes an epoch is 1/N as many (N times larger) steps.
     total = planned_steps(cfg, len(loader))
     eval_every = cfg.eval_every or max(1, len(loader) // cfg.grad_accum)
     optimizer = build_optimizer(model, cfg)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-    epoch_setter = getattr(getattr(loader, "batch_sampler", None), "set_epoch", None)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    # accelerate's loader re-sets the sampler epoch from its own counter: drive that counter.
-    epoch_setter = getattr(loader, "set_epoch", None) or epoch_setter
-    raw_model = accelerator.unwrap_model(model)
+    # Hooks may re-parametrize weights (pruning masks, QAT): before DDP wraps the model.
     for hook in hooks:
-        hook.on_train_begin(raw_model, total)
+        hook.on_train_begin(model, total)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    loader_epoch = getattr(loader, "set_epoch", None)
+
+    def epoch_setter(epoch: int) -> None:
+        # accelerate's loader re-sets the sampler epoch from its own counter: drive that counter.
+        # Sharded over processes, its batch sampler wraps ours and no longer forwards the epoch.
+        for setter in (loader_epoch, sampler_epoch):
+            if setter:
+                setter(epoch)
+
+    raw_model = accelerator.unwrap_model(model)
     generators = _generators(objective)
     loop, best_state = _resume(cfg, raw_model, optimizer, scheduler, hooks, generators)
 
@@ -192,7 +218,8 @@ def train(
             if accelerator.sync_gradients and cfg.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
-            scheduler.step()
+            if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         for key, value in logs.items():
             running[key] = running.get(key, 0.0) + value / cfg.grad_accum
@@ -227,8 +254,10 @@ def train(
             loop.step, loop.best_metrics = step, result.best
             loop.best_score = None if best_score == -math.inf else best_score
             loop.hooks = [h.state_dict() for h in hooks]
-            save_checkpoint(cfg.checkpoint_dir, raw_model, optimizer, scheduler, loop, generators,
-                            best_state)
+            if accelerator.is_main_process:  # every process holds the same state
+                save_checkpoint(cfg.checkpoint_dir, raw_model, optimizer, scheduler, loop, generators,
+                                best_state)
+            accelerator.wait_for_everyone()
         if stop:
             bar.write(f"[{description}] early stop at step {step}")
             break

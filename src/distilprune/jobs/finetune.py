@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from torch.nn.utils import parametrize
 
 from distilprune.config import to_dict
@@ -115,18 +116,23 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
         "train": {"steps": result.steps, "seconds": round(result.seconds, 1), "best": result.best},
         **(metadata or {}),
     }
-    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
-        save_model_dir(tmp, model, tokenizer, summary)
-        write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / "split.json", data.split)
-        write_json(tmp / "train_log.json", {"history": result.history, "losses": result.losses})
-        plot_confusion_matrix(metrics, data.train.label_names, tmp / "confusion_matrix.png")
-        if cfg.data.num_labels == 2:
-            plot_pr_curve(data.val.labels, logits, tmp / "pr_curve.png")
-        if result.losses:
-            save_losses_plot(result, tmp / "loss.png")
-    if cfg.train.checkpoint_dir:
-        shutil.rmtree(cfg.train.checkpoint_dir, ignore_errors=True)
+    # Under torchrun / accelerate launch every process holds the same model: one writes it, and
+    # none returns before it is on disk (a pipeline's next stage reads it in every process).
+    state = PartialState()
+    if state.is_main_process:
+        with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+            save_model_dir(tmp, model, tokenizer, summary)
+            write_json(tmp / "metrics.json", metrics)
+            write_json(tmp / "split.json", data.split)
+            write_json(tmp / "train_log.json", {"history": result.history, "losses": result.losses})
+            plot_confusion_matrix(metrics, data.train.label_names, tmp / "confusion_matrix.png")
+            if cfg.data.num_labels == 2:
+                plot_pr_curve(data.val.labels, logits, tmp / "pr_curve.png")
+            if result.losses:
+                save_losses_plot(result, tmp / "loss.png")
+        if cfg.train.checkpoint_dir:
+            shutil.rmtree(cfg.train.checkpoint_dir, ignore_errors=True)
+    state.wait_for_everyone()
     return summary
 
 
