@@ -77,7 +77,8 @@ def transformer_run(alias: str, preprocess: bool, fresh: bool) -> dict:
                              train=RUNS[alias], overwrite=True)
         summary = finetune(cfg)
     predictions = RESULTS / f"predictions_{name}.csv"
-    predict_file(out, DISASTER_TEST, predictions, overwrite=True)
+    if fresh or not predictions.is_file():
+        predict_file(out, DISASTER_TEST, predictions, overwrite=True)
     shutil.copy(out / "confusion_matrix.png", RESULTS / f"finetune_confusion_{name}.png")
     return {"model": alias, "preprocess": preprocess, **_pick(summary["metrics"]),
             "seconds": summary["train"]["seconds"], "steps": summary["train"]["steps"],
