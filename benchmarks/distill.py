@@ -40,7 +40,8 @@ OUT = WORK / "distill"
 PREPROCESS = False  # students and teacher all see the raw tweets
 TEACHER = WORK / "finetune" / "mpnet-base-raw"
 STAGES = ("head", "gd", "a", "b", "c", "ablation", "report")
-STUDENT_TRAIN = TrainConfig(epochs=1, lr=8e-5, batch_size=32, patience=None, seed=42)
+STUDENT_TRAIN = TrainConfig(epochs=1, lr=8e-5, batch_size=32, patience=None, seed=42, checkpoint_every=25,
+                            resume=True)
 
 
 def student_finetune(name: str, model: Path, preprocess: bool, teacher: Path | None = None) -> dict:
@@ -59,7 +60,7 @@ def general(name: str, mlm: Path, steps: int, loss: DistillLoss, corpus: CorpusC
     cfg = GeneralDistillConfig(
         teacher=str(mlm), out=str(OUT / name), student_layers=6, corpus=corpus, loss=loss,
         train=TrainConfig(max_steps=steps, lr=1e-4, batch_size=32, patience=None, warmup_ratio=0.05,
-                          seed=42, log_every=5),
+                          seed=42, log_every=5, checkpoint_every=25, resume=True),
         overwrite=True)
     return staged(OUT / name, lambda: general_distill(cfg))
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from distilprune import cli
+    from distilprune.jobs import distill as distill_job
     from distilprune.jobs import finetune as job
     from distilprune.train import Hook
 
@@ -27,6 +28,9 @@ KILLER = textwrap.dedent("""
 
     original = job._compression_hooks
     job._compression_hooks = lambda cfg: [*original(cfg), Kill()]
+    distill_train = distill_job.train
+    distill_job.train = lambda model, loader, objective, cfg, hooks=(), **kw: distill_train(
+        model, loader, objective, cfg, [*hooks, Kill()], **kw)
     sys.argv = ["distilprune", *sys.argv[1:]]
     cli.main()
 """)
@@ -87,3 +91,24 @@ def test_corrupt_checkpoint_is_a_one_line_error(tiny_model_factory, tiny_csv, tm
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "checkpoint" in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_kill_and_resume_general_distillation_with_pruning(tiny_model_factory, tiny_csv, tmp_path):
+    """Masking generator, pruning masks and data order all resume exactly (distill-mlm)."""
+    teacher = tmp_path / "mlm"
+    head = run(["fit-mlm-head", "--teacher", str(tiny_model_factory("bert")), "--out", str(teacher),
+                "--corpus", str(tiny_csv), "--steps", "2", "--batch-size", "8", "--max-length", "32"])
+    assert head.returncode == 0, head.stderr[-2000:]
+    common = ["distill-mlm", "--teacher", str(teacher), "--corpus", str(tiny_csv), "--layers", "2",
+              "--steps", "12", "--batch-size", "4", "--max-length", "32", "--checkpoint-every", "4",
+              "--prune", "unstructured", "--final-sparsity", "0.5"]
+    clean = run([*common, "--out", str(tmp_path / "clean")])
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    killed = run([*common, "--out", str(tmp_path / "resumed")], kill_at=6)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = run([*common, "--out", str(tmp_path / "resumed"), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = weights(tmp_path / "clean"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -244,6 +244,8 @@ def distill_mlm(
     block_size: BlockSize = None,
     prune_end: PruneEnd = None,
     prune_every: PruneEvery = None,
+    checkpoint_every: Annotated[int | None, Opt(help="save a resumable checkpoint every N steps")] = None,
+    resume: Annotated[bool, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = False,
     recipe: Annotated[Path | None, Opt()] = None,
     overwrite: Annotated[bool, Opt()] = False,
 ) -> None:
@@ -258,7 +260,8 @@ def distill_mlm(
         "loss": {"alpha_ce": alpha_ce, "alpha_mlm": alpha_mlm, "alpha_cos": alpha_cos,
                  "temperature": temperature},
         "train": {"max_steps": steps, "epochs": epochs, "batch_size": batch_size,
-                  "grad_accum": grad_accum, "lr": lr},
+                  "grad_accum": grad_accum, "lr": lr, "checkpoint_every": checkpoint_every,
+                  "resume": resume or None},
         "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every),
     }
     cfg = from_dict(GeneralDistillConfig, merge(_recipe(recipe, "distill_mlm"), overrides), "distill_mlm")

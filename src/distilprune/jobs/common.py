@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,3 +124,15 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is corrupt: {exc.msg}") from exc
+
+
+def checkpoint_beside(train_cfg: Any, out: Path) -> None:
+    """Default the checkpoint directory of a checkpointing run to ``<out>.checkpoint``."""
+    if train_cfg.checkpoint_every and not train_cfg.checkpoint_dir:
+        train_cfg.checkpoint_dir = str(out.with_name(out.name + ".checkpoint"))
+
+
+def drop_checkpoint(train_cfg: Any) -> None:
+    """Remove a finished run's checkpoint directory (its output is saved)."""
+    if train_cfg.checkpoint_dir:
+        shutil.rmtree(train_cfg.checkpoint_dir, ignore_errors=True)

@@ -28,7 +28,7 @@ from distilprune.distill.objectives import (
 from distilprune.errors import UserError, require
 from distilprune.evaluate import model_inputs, predict_texts
 from distilprune.io import atomic_dir, atomic_file, stable_hash, write_json
-from distilprune.jobs.common import save_model_dir
+from distilprune.jobs.common import checkpoint_beside, drop_checkpoint, save_model_dir
 from distilprune.jobs.finetune import FinetuneConfig, check_output_dir, finetune
 from distilprune.models.loading import (
     count_parameters,
@@ -195,7 +195,7 @@ class GeneralDistillConfig:
 
 def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
     """Distil the masked-LM teacher into a student; prune during it when ``cfg.prune`` is set."""
-    check_output_dir(cfg.out, cfg.overwrite)
+    checkpoint_beside(cfg.train, check_output_dir(cfg.out, cfg.overwrite))
     train_texts, heldout = corpus_texts(cfg.corpus)
     tokenizer = load_tokenizer(cfg.teacher)
     teacher, pretrained_head = load_masked_lm(cfg.teacher)
@@ -213,7 +213,9 @@ def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
     result = train(student, loader, objective, cfg.train, hooks, description="distill")
     if has_masks(student):
         finalize(student)
-    return _save_general(cfg, student, teacher, tokenizer, heldout, result, len(train_texts))
+    summary = _save_general(cfg, student, teacher, tokenizer, heldout, result, len(train_texts))
+    drop_checkpoint(cfg.train)
+    return summary
 
 
 def _save_general(cfg: GeneralDistillConfig, student, teacher, tokenizer, heldout: list[str],

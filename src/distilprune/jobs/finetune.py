@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,14 @@ from distilprune.evaluate import (
     predict_logits,
 )
 from distilprune.io import atomic_dir, write_json
-from distilprune.jobs.common import DataConfig, encode_table, prepare_data, save_model_dir
+from distilprune.jobs.common import (
+    DataConfig,
+    checkpoint_beside,
+    drop_checkpoint,
+    encode_table,
+    prepare_data,
+    save_model_dir,
+)
 from distilprune.models.loading import count_parameters, load_classifier, load_tokenizer
 from distilprune.prune import LockSparsityHook, PruneConfig, PruningHook, finalize, sparsity_report
 from distilprune.quantize import QATConfig, QATHook
@@ -78,8 +84,7 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
              hooks: Sequence[Hook] = (), metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; save model, metrics, split and plots to ``cfg.out``."""
     out = check_output_dir(cfg.out, cfg.overwrite)
-    if cfg.train.checkpoint_every and not cfg.train.checkpoint_dir:
-        cfg.train.checkpoint_dir = str(out.with_name(out.name + ".checkpoint"))
+    checkpoint_beside(cfg.train, out)
     data = prepare_data(cfg.data)
     tokenizer = load_tokenizer(cfg.model)
     model = load_classifier(cfg.model, cfg.data.num_labels, data.train.label_names)
@@ -130,8 +135,7 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
                 plot_pr_curve(data.val.labels, logits, tmp / "pr_curve.png")
             if result.losses:
                 save_losses_plot(result, tmp / "loss.png")
-        if cfg.train.checkpoint_dir:
-            shutil.rmtree(cfg.train.checkpoint_dir, ignore_errors=True)
+        drop_checkpoint(cfg.train)
     state.wait_for_everyone()
     return summary
 
