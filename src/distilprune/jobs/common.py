@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import random
@@ -126,10 +127,11 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is corrupt: {exc.msg}") from exc
 
 
-def checkpoint_beside(train_cfg: Any, out: Path) -> None:
-    """Default the checkpoint directory of a checkpointing run to ``<out>.checkpoint``."""
+def checkpoint_beside(train_cfg: Any, out: Path) -> Any:
+    """A copy of ``train_cfg`` whose checkpoint directory defaults to ``<out>.checkpoint``."""
     if train_cfg.checkpoint_every and not train_cfg.checkpoint_dir:
-        train_cfg.checkpoint_dir = str(out.with_name(out.name + ".checkpoint"))
+        return dataclasses.replace(train_cfg, checkpoint_dir=str(out.with_name(out.name + ".checkpoint")))
+    return train_cfg
 
 
 def drop_checkpoint(train_cfg: Any) -> None:

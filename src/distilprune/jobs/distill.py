@@ -7,6 +7,7 @@ labelled data against a fine-tuned teacher's cached logits. Both run the one tra
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,7 +196,8 @@ class GeneralDistillConfig:
 
 def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
     """Distil the masked-LM teacher into a student; prune during it when ``cfg.prune`` is set."""
-    checkpoint_beside(cfg.train, check_output_dir(cfg.out, cfg.overwrite))
+    out = check_output_dir(cfg.out, cfg.overwrite)
+    cfg = dataclasses.replace(cfg, train=checkpoint_beside(cfg.train, out))
     train_texts, heldout = corpus_texts(cfg.corpus)
     tokenizer = load_tokenizer(cfg.teacher)
     teacher, pretrained_head = load_masked_lm(cfg.teacher)

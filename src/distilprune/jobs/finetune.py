@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,7 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
              hooks: Sequence[Hook] = (), metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; save model, metrics, split and plots to ``cfg.out``."""
     out = check_output_dir(cfg.out, cfg.overwrite)
-    checkpoint_beside(cfg.train, out)
+    cfg = dataclasses.replace(cfg, train=checkpoint_beside(cfg.train, out))
     data = prepare_data(cfg.data)
     tokenizer = load_tokenizer(cfg.model)
     model = load_classifier(cfg.model, cfg.data.num_labels, data.train.label_names)
