@@ -504,6 +504,19 @@ def serve(
                max_text_chars=max_text_chars, threads=threads)
 
 
+def _enable_logging() -> None:
+    """Route the ``distilprune`` logger (pipeline/study progress) through rich, once."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("distilprune")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=console, show_path=False, show_level=False))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 @app.command()
 def run(
     recipe: Annotated[Path, typer.Argument(help="pipeline recipe (YAML), e.g. recipes/demo.yaml")],
@@ -513,17 +526,9 @@ def run(
     out: Annotated[Path | None, Opt(help="output root directory (overrides the recipe's out)")] = None,
 ) -> None:
     """Run the whole Prune-OFA pipeline of a recipe; finished, unchanged stages are skipped."""
-    import logging
-
-    from rich.logging import RichHandler
-
     from distilprune.jobs.pipeline import load_recipe, run_pipeline
 
-    logger = logging.getLogger("distilprune")
-    if not logger.handlers:
-        logger.addHandler(RichHandler(console=console, show_path=False, show_level=False))
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    _enable_logging()
     cfg = load_recipe(recipe)
     if out is not None:
         cfg.out = str(out)
@@ -546,17 +551,9 @@ def study(
     max_runs: Annotated[int | None, Opt(help="train at most N runs now; rerun to continue")] = None,
 ) -> None:
     """Compare models x preprocessing x imbalance x learning rates over seeds (resumable)."""
-    import logging
-
-    from rich.logging import RichHandler
-
     from distilprune.jobs.study import load_study_recipe, run_study
 
-    logger = logging.getLogger("distilprune")
-    if not logger.handlers:
-        logger.addHandler(RichHandler(console=console, show_path=False, show_level=False))
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    _enable_logging()
     cfg = load_study_recipe(recipe)
     if out is not None:
         cfg.out = str(out)
