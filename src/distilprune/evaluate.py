@@ -19,7 +19,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from distilprune.data.batching import EncodedDataset, LengthGroupedBatchSampler, encode, make_collator
-from distilprune.io import atomic_file
+from distilprune.io import save_png
 from distilprune.models.loading import model_input_names
 
 
@@ -76,14 +76,6 @@ def classification_metrics(labels: Sequence[int], logits: np.ndarray) -> dict:
     }
 
 
-def _save(fig, path: str | Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
-
-
 def plot_confusion_matrix(metrics: dict, label_names: Sequence[str], path: str | Path) -> None:
     """Annotated confusion-matrix heatmap (PNG)."""
     import matplotlib
@@ -103,7 +95,7 @@ def plot_confusion_matrix(metrics: dict, label_names: Sequence[str], path: str |
     ax.set_ylabel("true")
     ax.set_title(f"accuracy {metrics['accuracy']:.3f}, F1 {metrics['f1']:.3f}")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_pr_curve(labels: Sequence[int], logits: np.ndarray, path: str | Path) -> None:
@@ -122,4 +114,4 @@ def plot_pr_curve(labels: Sequence[int], logits: np.ndarray, path: str | Path) -
     ax.set_title("precision-recall (positive class)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)

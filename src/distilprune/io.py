@@ -65,6 +65,15 @@ def write_json(path: str | Path, payload: Any) -> None:
         handle.write("\n")
 
 
+def save_png(fig: Any, path: str | Path, dpi: int = 120) -> None:
+    """Save a pyplot figure as PNG atomically, then close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=dpi)
+    plt.close(fig)
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON file, turning a missing or corrupt file into a :class:`UserError`."""
     path = Path(path)

@@ -281,7 +281,7 @@ def save_losses_plot(result: TrainResult, path: str | Path, title: str = "traini
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from distilprune.io import atomic_file
+    from distilprune.io import save_png
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     keys = sorted({k for row in result.losses for k in row if k != "step"})
@@ -292,6 +292,4 @@ def save_losses_plot(result: TrainResult, path: str | Path, title: str = "traini
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)

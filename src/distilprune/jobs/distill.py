@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from distilprune.config import to_dict
 from distilprune.data.batching import EncodedDataset, encode, make_loader
@@ -27,7 +27,7 @@ from distilprune.distill.objectives import (
     TaskDistillationObjective,
 )
 from distilprune.errors import UserError, require
-from distilprune.evaluate import model_inputs, predict_texts
+from distilprune.evaluate import predict_texts
 from distilprune.io import atomic_dir, atomic_file, stable_hash, write_json
 from distilprune.jobs.common import checkpoint_beside, drop_checkpoint, save_model_dir
 from distilprune.jobs.finetune import FinetuneConfig, check_output_dir, finetune
@@ -275,14 +275,8 @@ def teacher_logits(teacher_dir: str, texts: list[str], max_length: int) -> torch
     model = load_classifier(teacher_dir, num_labels=_num_labels(teacher_dir))
     logits = torch.from_numpy(predict_texts(model, tokenizer, texts, max_length))
     with atomic_file(path, "wb") as handle:
-        handle.write(_safetensors_bytes({"logits": logits.contiguous()}))
+        handle.write(save({"logits": logits.contiguous()}))
     return logits
-
-
-def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    from safetensors.torch import save
-
-    return save(tensors)
 
 
 def _num_labels(model_dir: str) -> int:
@@ -312,5 +306,5 @@ def distill_task(cfg: TaskDistillConfig) -> dict[str, Any]:
 __all__ = [
     "CorpusConfig", "DistillLoss", "GeneralDistillConfig", "MLMHeadConfig", "TaskDistillConfig",
     "TaskLoss", "distill_task", "fit_mlm_head", "general_distill", "make_student", "masked_accuracy",
-    "model_inputs", "save_file", "teacher_logits",
+    "teacher_logits",
 ]

@@ -25,7 +25,7 @@ from distilprune.data.coverage import vocabulary_coverage
 from distilprune.data.loading import file_sha256, load_table
 from distilprune.data.preprocess import parse_steps
 from distilprune.errors import UserError, require
-from distilprune.io import atomic_file, stable_hash, write_json
+from distilprune.io import atomic_file, save_png, stable_hash, write_json
 from distilprune.jobs.common import DataConfig, preprocess_table, read_metadata
 from distilprune.jobs.finetune import FinetuneConfig, finetune
 from distilprune.models.loading import load_tokenizer
@@ -423,9 +423,7 @@ def plot_study(best: list[dict[str, Any]], path: str | Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=min(3, len(series)), fontsize=8,
                title="preprocess / imbalance", title_fontsize=8)
     fig.tight_layout(rect=(0, 0.04 + 0.035 * -(-len(series) // 3), 1, 1))
-    with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def build_payload(cfg: StudyConfig, runs: list[dict[str, Any]],

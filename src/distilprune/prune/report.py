@@ -12,7 +12,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from distilprune.io import atomic_file, write_json
+from distilprune.io import save_png, write_json
 from distilprune.prune.masks import as_matrix, detect_block_pattern
 from distilprune.prune.parametrize import (
     has_masks,
@@ -153,9 +153,7 @@ def plot_sparsity_heatmap(report: dict[str, Any], path: str | Path) -> None:
     ax.set_title(_title(report), fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.04, label="sparsity")
     fig.tight_layout()
-    with atomic_file(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def sparsity_table(report: dict[str, Any]) -> Table:
