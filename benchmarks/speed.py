@@ -1,8 +1,9 @@
 """Speed and size benchmark (issue: quantization, export and real CPU speed).
 
 In one run, each model in its own process, same inputs (seq 128), same threads:
-12L teacher fp32 (PyTorch), 6L student fp32, 6L student 90% sparse fp32, and the compressed
-students: sparse + post-training int8 (ONNX Runtime) and sparse + QAT int8 (ONNX Runtime).
+12L MPNet teacher fp32 (PyTorch), its 6L/768H distilled student fp32, the 6L/384H MiniLM dense
+and 90% sparse (Prune OFA, ``prune.py``) fp32, and the compressed sparse models: torch dynamic
+int8, ONNX Runtime post-training int8 and QAT int8 (mask locked) exported to ONNX int8.
 Accuracy on the disaster validation split; size on disk of each model and of the compact
 sparse int8 storage. Needs the models of ``finetune.py``, ``distill.py`` and ``prune.py``.
 
@@ -40,14 +41,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--qat-steps", type=int, default=100)
     parser.add_argument("--sparse", default="ofa-block-0.90", help="model under benchmarks/work/prune")
+    parser.add_argument("--dense", default="dense", help="its dense counterpart under benchmarks/work/prune")
     parser.add_argument("--student", default="student-c-gd-td", help="model under benchmarks/work/distill")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     require_data()
     teacher = WORK / "finetune" / "mpnet-base-raw"
     student = WORK / "distill" / args.student
-    sparse = WORK / "prune" / args.sparse
-    for path in (teacher, student, sparse):
+    sparse, dense = WORK / "prune" / args.sparse, WORK / "prune" / args.dense
+    for path in (teacher, student, dense, sparse):
         if load_summary(path) is None:
             raise SystemExit(f"missing {path}: run the finetune / distill / prune benchmarks first")
     val = prepare_data(data_config(False)).val
@@ -62,7 +64,8 @@ def main() -> None:
     compact = save_compact(qat, OUT / "sparse-qat-compact", int8=True, overwrite=True)
     from distilprune.benchmark import run_benchmark
 
-    models = [str(teacher), str(student), str(sparse), *(str(OUT / n) for n in exports)]
+    models = [str(teacher), str(student), str(dense), str(sparse), f"{sparse}@int8",
+              *(str(OUT / n) for n in exports)]
     report = run_benchmark(models, val.texts, val.labels, RESULTS / "speed_raw", threads=args.threads,
                            batch_sizes=(1, 8), seq_len=128, repeats=args.repeats)
     teacher_bytes = sum(p.stat().st_size for p in teacher.glob("*.safetensors"))
@@ -73,6 +76,10 @@ def main() -> None:
                "command": "python benchmarks/speed.py"}
     ratio = teacher_bytes / compact["compact_bytes"]
     md = (Path(report["files"]["md"]).read_text()
+          + f"\nRows: `{teacher.name}` 12L/768H teacher; `{student.name}` its 6L/768H distilled student; "
+          f"`{dense.name}` / `{sparse.name}` the 6L/384H MiniLM fine-tuned dense / Prune-OFA sparse "
+          f"(`prune.py`); `@int8` = torch dynamic int8; `sparse-*-int8-onnx` = ONNX Runtime int8 of the "
+          f"sparse model after post-training quantization / after {args.qat_steps} QAT steps.\n"
           + f"\nCompact sparse int8 storage of the QAT model: {compact['compact_bytes'] / 1e6:.1f} MB "
           f"vs teacher {teacher_bytes / 1e6:.1f} MB ({ratio:.1f}x smaller)."
           "\nCommand: `python benchmarks/speed.py`.\n")

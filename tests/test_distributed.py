@@ -163,13 +163,15 @@ def test_two_cpu_processes_match_one_process(model_without_dropout, tiny_csv, re
     assert diff <= TOLERANCE  # also fails for NaN
 
 
-def test_only_the_main_process_writes_the_output(tiny_model_factory, tiny_csv, tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", ["finetune", "student", "fit-mlm-head"])
+def test_only_the_main_process_writes_the_output(command, tiny_model_factory, tiny_csv, tmp_path,
+                                                 monkeypatch):
     """Deterministic check of the guard the race above needs: a non-main process writes nothing
-    and waits for the main one (``finetune`` asks accelerate's ``PartialState``)."""
+    and waits for the main one (every job saves through ``save_on_main_process``)."""
     from typer.testing import CliRunner
 
     from distilprune.cli import app
-    from distilprune.jobs import finetune as job
+    from distilprune.jobs import common
 
     calls = []
 
@@ -179,12 +181,18 @@ def test_only_the_main_process_writes_the_output(tiny_model_factory, tiny_csv, t
         def wait_for_everyone(self):
             calls.append("wait")
 
-    monkeypatch.setattr(job, "PartialState", OtherProcess)
+    monkeypatch.setattr(common, "PartialState", OtherProcess)
     runs = tmp_path / "runs"
     out = runs / "out"
-    result = CliRunner().invoke(app, ["finetune", "--model", str(tiny_model_factory("bert", 2)),
-                                      "--data", str(tiny_csv), "--out", str(out), "--max-steps", "2",
-                                      "--batch-size", "8", "--max-length", "32"])
+    model = str(tiny_model_factory("bert", 2))
+    args = {
+        "finetune": ["--model", model, "--data", str(tiny_csv), "--max-steps", "2", "--batch-size", "8",
+                     "--max-length", "32"],
+        "student": ["--teacher", model, "--layers", "1"],
+        "fit-mlm-head": ["--teacher", model, "--corpus", str(tiny_csv), "--steps", "1", "--batch-size", "8",
+                         "--max-length", "32"],
+    }[command]
+    result = CliRunner().invoke(app, [command, "--out", str(out), *args])
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     assert calls == ["wait"]
     assert not runs.exists(), f"a non-main process wrote {[p.name for p in runs.iterdir()]}"

@@ -217,3 +217,36 @@ def test_data_change_invalidates_everything_downstream_of_it(tiny_csv, tmp_path)
     assert changed == {"teacher", "finetune", "qat", "export", "benchmark", "report"}
     recipe["finetune"] = {"task_distillation": False}
     assert stage_hashes(config(recipe))["student"] == after["student"]
+
+
+@pytest.mark.parametrize(("kind", "preprocess", "max_length"),
+                         [("disaster-tweets", ["keyword", "html"], 64), ("imdb", [], 128)])
+def test_demo_runs_the_packaged_recipe_on_the_demo_data(kind, preprocess, max_length, tiny_csv, tmp_path):
+    from distilprune.jobs.demo import demo_config, demo_recipe
+
+    repo_recipe = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+    assert yaml.safe_load(repo_recipe.read_text()) == demo_recipe()  # one recipe, two names
+    cfg = demo_config(tmp_path / "demo", tiny_csv, kind, threads=1)
+    assert (cfg.out, cfg.data.train, cfg.distill.corpus.files) == (
+        str(tmp_path / "demo"), str(tiny_csv), [str(tiny_csv)])
+    assert (cfg.data.preprocess[:2], cfg.data.max_length) == (preprocess, max_length)
+    assert cfg.threads == cfg.benchmark.threads == 1
+    assert cfg.teacher.model == "minilm-l6" and cfg.distill.prune is not None and cfg.qat.enabled
+
+
+def test_demo_cli_runs_the_pipeline_and_prints_the_benchmark(tiny_model_factory, tiny_csv, tmp_path,
+                                                             monkeypatch):
+    from typer.testing import CliRunner
+
+    import distilprune.jobs.demo as demo
+    from distilprune.cli import app
+
+    recipe = tiny_recipe(tmp_path / "unused", tiny_model_factory("bert"), tiny_csv,
+                         {"method": "unstructured", "final_sparsity": 0.5})
+    monkeypatch.setattr(demo, "demo_recipe", lambda: recipe)
+    monkeypatch.setattr(demo, "demo_dataset", lambda root, cache: (tiny_csv, "imdb"))
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "demo" / "benchmark" / "benchmark.md").read_text()
+    assert table.strip() in result.output and (tmp_path / "demo" / "report" / "report.md").is_file()
+    assert stage_json(tmp_path / "demo", "distill")["summary"]["sparsity"] > 0.3

@@ -475,16 +475,16 @@ _TYPER_ERROR = getattr(typer, "TyperException", click.ClickException)
 @app.command()
 def demo(
     out: Annotated[Path, Opt(help="where the demo's models and reports go")] = Path("runs/demo"),
-    steps: Annotated[int, Opt(help="optimizer steps per training stage")] = 150,
-    threads: Annotated[int, Opt(help="threads for the benchmark")] = 1,
+    threads: Annotated[int | None, Opt(help="torch threads (default: the recipe's 2)")] = None,
+    force: Annotated[bool, Opt(help="re-run every stage even when up to date")] = False,
 ) -> None:
-    """Fine-tune a teacher, distil + prune a half-depth student, export int8 ONNX, benchmark."""
+    """Run the packaged demo recipe: teacher -> pruned distilled student -> QAT int8 -> benchmark."""
     from distilprune.jobs.demo import run_demo
 
-    result = run_demo(out, Path.cwd(), steps, threads)
-    out_console.print(f"data: {result['data']}; student sparsity {result['student_sparsity']:.1%}")
-    print(Path(result["benchmark"]["files"]["md"]).read_text())
-    out_console.print(f"models and reports: {out}/")
+    _enable_logging()
+    kind, result = run_demo(out, Path.cwd(), threads, force)
+    _print_pipeline(result, f"demo ({kind}) -> {out}")
+    print((result.out / "benchmark" / "benchmark.md").read_text())
 
 
 @app.command()
@@ -532,8 +532,12 @@ def run(
     cfg = load_recipe(recipe)
     if out is not None:
         cfg.out = str(out)
-    result = run_pipeline(cfg, stages, force)
-    table = Table(title=f"{recipe} -> {cfg.out}")
+    _print_pipeline(run_pipeline(cfg, stages, force), f"{recipe} -> {cfg.out}")
+
+
+def _print_pipeline(result: Any, title: str) -> None:
+    """Stage / status / seconds table of a pipeline run, then where its report is."""
+    table = Table(title=title)
     for column in ("stage", "status", "seconds"):
         table.add_column(column, justify="right" if column == "seconds" else "left")
     for stage, status in result.status.items():

@@ -8,12 +8,14 @@ import platform
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
+from accelerate import PartialState
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distilprune import __version__
@@ -22,7 +24,7 @@ from distilprune.data.loading import TextTable, class_balance, load_table
 from distilprune.data.preprocess import build_preprocessor, parse_steps
 from distilprune.data.split import stratified_split
 from distilprune.errors import UserError, require
-from distilprune.io import write_json
+from distilprune.io import atomic_dir, write_json
 
 METADATA_FILE = "distilprune.json"
 
@@ -106,6 +108,19 @@ def environment() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def save_on_main_process(out: str | Path, overwrite: bool, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into an atomic ``out`` on the main process only; every process waits for it.
+
+    Under torchrun / accelerate launch every process holds the same model: one writes it, and
+    none returns before it is on disk (a pipeline's next stage reads it in every process).
+    """
+    state = PartialState()
+    if state.is_main_process:
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            write(tmp)
+    state.wait_for_everyone()
 
 
 def save_model_dir(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,

@@ -28,8 +28,8 @@ from distilprune.distill.objectives import (
 )
 from distilprune.errors import UserError, require
 from distilprune.evaluate import predict_texts
-from distilprune.io import atomic_dir, atomic_file, stable_hash, write_json
-from distilprune.jobs.common import checkpoint_beside, drop_checkpoint, save_model_dir
+from distilprune.io import atomic_file, stable_hash, write_json
+from distilprune.jobs.common import checkpoint_beside, drop_checkpoint, save_model_dir, save_on_main_process
 from distilprune.jobs.finetune import FinetuneConfig, check_output_dir, finetune
 from distilprune.models.loading import (
     count_parameters,
@@ -69,8 +69,7 @@ def make_student(teacher: str, out: str, layers: int | None = None, layer_map: l
         "teacher_parameters": count_parameters(model), "parameters": count_parameters(student),
     }
     summary["parameter_ratio"] = summary["parameters"] / summary["teacher_parameters"]
-    with atomic_dir(out, overwrite) as tmp:
-        save_model_dir(tmp, student, tokenizer, summary)
+    save_on_main_process(out, overwrite, lambda tmp: save_model_dir(tmp, student, tokenizer, summary))
     return summary
 
 
@@ -159,9 +158,11 @@ def fit_mlm_head(cfg: MLMHeadConfig) -> dict[str, Any]:
                "masked_accuracy_before": before, "masked_accuracy": after,
                "corpus_texts": len(train_texts), "heldout_texts": len(heldout),
                "config": to_dict(cfg), "train": {"steps": result.steps, "seconds": round(result.seconds, 1)}}
-    with atomic_dir(cfg.out, cfg.overwrite) as tmp:
+    def write(tmp: Path) -> None:
         save_model_dir(tmp, model, tokenizer, summary)
         save_losses_plot(result, tmp / "loss.png", "MLM head fitting")
+
+    save_on_main_process(cfg.out, cfg.overwrite, write)
     return summary
 
 
@@ -232,13 +233,15 @@ def _save_general(cfg: GeneralDistillConfig, student, teacher, tokenizer, heldou
         "teacher_masked_accuracy": masked_accuracy(teacher, tokenizer, heldout, cfg.corpus.max_length),
         "train": {"steps": result.steps, "seconds": round(result.seconds, 1)},
     }
-    with atomic_dir(cfg.out, cfg.overwrite) as tmp:
+    def write(tmp: Path) -> None:
         save_model_dir(tmp, student, tokenizer, summary)
         write_json(tmp / "train_log.json", {"losses": result.losses})
         save_losses_plot(result, tmp / "loss.png", "general distillation")
         if cfg.prune:
             write_sparsity_json(report, tmp / "sparsity.json")
             plot_sparsity_heatmap(report, tmp / "sparsity.png")
+
+    save_on_main_process(cfg.out, cfg.overwrite, write)
     return summary
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
 from torch.nn.utils import parametrize
 
 from distilprune.config import to_dict
@@ -22,7 +21,7 @@ from distilprune.evaluate import (
     plot_pr_curve,
     predict_logits,
 )
-from distilprune.io import atomic_dir, write_json
+from distilprune.io import write_json
 from distilprune.jobs.common import (
     DataConfig,
     checkpoint_beside,
@@ -30,6 +29,7 @@ from distilprune.jobs.common import (
     encode_table,
     prepare_data,
     save_model_dir,
+    save_on_main_process,
 )
 from distilprune.models.loading import count_parameters, load_classifier, load_tokenizer
 from distilprune.prune import LockSparsityHook, PruneConfig, PruningHook, finalize, sparsity_report
@@ -122,22 +122,19 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
         "train": {"steps": result.steps, "seconds": round(result.seconds, 1), "best": result.best},
         **(metadata or {}),
     }
-    # Under torchrun / accelerate launch every process holds the same model: one writes it, and
-    # none returns before it is on disk (a pipeline's next stage reads it in every process).
-    state = PartialState()
-    if state.is_main_process:
-        with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
-            save_model_dir(tmp, model, tokenizer, summary)
-            write_json(tmp / "metrics.json", metrics)
-            write_json(tmp / "split.json", data.split)
-            write_json(tmp / "train_log.json", {"history": result.history, "losses": result.losses})
-            plot_confusion_matrix(metrics, data.train.label_names, tmp / "confusion_matrix.png")
-            if cfg.data.num_labels == 2:
-                plot_pr_curve(data.val.labels, logits, tmp / "pr_curve.png")
-            if result.losses:
-                save_losses_plot(result, tmp / "loss.png")
-        drop_checkpoint(cfg.train)
-    state.wait_for_everyone()
+    def write(tmp: Path) -> None:
+        save_model_dir(tmp, model, tokenizer, summary)
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "split.json", data.split)
+        write_json(tmp / "train_log.json", {"history": result.history, "losses": result.losses})
+        plot_confusion_matrix(metrics, data.train.label_names, tmp / "confusion_matrix.png")
+        if cfg.data.num_labels == 2:
+            plot_pr_curve(data.val.labels, logits, tmp / "pr_curve.png")
+        if result.losses:
+            save_losses_plot(result, tmp / "loss.png")
+
+    save_on_main_process(out, cfg.overwrite, write)
+    drop_checkpoint(cfg.train)
     return summary
 
 
