@@ -26,6 +26,7 @@ import torch
 from common import RESULTS, WORK, load_summary, markdown_table, require_data, staged, write_results
 from finetune import data_config
 
+from distilprune.io import save_png
 from distilprune.jobs.distill import (
     CorpusConfig,
     GeneralDistillConfig,
@@ -162,8 +163,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("validation accuracy")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from distilprune.errors import require
-from distilprune.io import atomic_file, write_json
+from distilprune.io import atomic_file, save_png, write_json
 
 
 def _version(package: str) -> str | None:
@@ -141,8 +141,7 @@ def plot_pareto(results: Sequence[dict[str, Any]], out_png: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    with atomic_file(out_png, "wb") as handle:
-        fig.savefig(handle, format="png")
+    save_png(fig, out_png, dpi=110)
 
 
 def write_report(results: Sequence[dict[str, Any]], out_json: str | Path, out_md: str | Path,
