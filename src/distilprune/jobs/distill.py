@@ -158,6 +158,7 @@ def fit_mlm_head(cfg: MLMHeadConfig) -> dict[str, Any]:
                "masked_accuracy_before": before, "masked_accuracy": after,
                "corpus_texts": len(train_texts), "heldout_texts": len(heldout),
                "config": to_dict(cfg), "train": {"steps": result.steps, "seconds": round(result.seconds, 1)}}
+
     def write(tmp: Path) -> None:
         save_model_dir(tmp, model, tokenizer, summary)
         save_losses_plot(result, tmp / "loss.png", "MLM head fitting")
