@@ -13,6 +13,7 @@ sparse int8 storage. Needs the models of ``finetune.py``, ``distill.py`` and ``p
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -36,6 +37,18 @@ def staged(out: Path, run) -> None:
         print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
 
 
+def static_int8(fp32_export: Path, out: Path, data) -> None:
+    """ONNX Runtime static int8 (activations calibrated on 200 training tweets) of an fp32 export."""
+    from distilprune.io import atomic_dir
+    from distilprune.models.loading import load_tokenizer
+    from distilprune.quantize import static_quantize_onnx
+
+    with atomic_dir(out) as tmp:
+        shutil.copytree(fp32_export, tmp, dirs_exist_ok=True)
+        static_quantize_onnx(fp32_export / "model.onnx", tmp / "model.onnx", load_tokenizer(fp32_export),
+                             data.train.texts[:200], max_length=128)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
@@ -57,15 +70,18 @@ def main() -> None:
     staged(qat, lambda: finetune(FinetuneConfig(
         model=str(sparse), out=str(qat), data=data_config(False), lock_sparsity=True, qat=QATConfig(),
         train=TrainConfig(max_steps=args.qat_steps, lr=2e-5, batch_size=32, patience=None, seed=42))))
-    exports = {"sparse-ptq-int8-onnx": sparse, "sparse-qat-int8-onnx": qat}
-    for name, source in exports.items():
-        staged(OUT / name, lambda s=source, n=name: export_onnx(
-            s, OUT / n, int8=True, max_length=128, parity_texts=val.texts[:500], overwrite=True))
+    exports = {"sparse-fp32-onnx": (sparse, False), "sparse-ptq-int8-onnx": (sparse, True),
+               "sparse-qat-int8-onnx": (qat, True)}
+    for name, (source, int8) in exports.items():
+        staged(OUT / name, lambda s=source, n=name, q=int8: export_onnx(
+            s, OUT / n, int8=q, max_length=128, parity_texts=val.texts[:500], overwrite=True))
+    static = OUT / "sparse-static-int8-onnx"
+    staged(static, lambda: static_int8(OUT / "sparse-fp32-onnx", static, prepare_data(data_config(False))))
     compact = save_compact(qat, OUT / "sparse-qat-compact", int8=True, overwrite=True)
     from distilprune.benchmark import run_benchmark
 
     models = [str(teacher), str(student), str(dense), str(sparse), f"{sparse}@int8",
-              *(str(OUT / n) for n in exports)]
+              *(str(OUT / n) for n in exports), str(static)]
     report = run_benchmark(models, val.texts, val.labels, RESULTS / "speed_raw", threads=args.threads,
                            batch_sizes=(1, 8), seq_len=128, repeats=args.repeats)
     teacher_bytes = sum(p.stat().st_size for p in teacher.glob("*.safetensors"))
@@ -78,8 +94,10 @@ def main() -> None:
     md = (Path(report["files"]["md"]).read_text()
           + f"\nRows: `{teacher.name}` 12L/768H teacher; `{student.name}` its 6L/768H distilled student; "
           f"`{dense.name}` / `{sparse.name}` the 6L/384H MiniLM fine-tuned dense / Prune-OFA sparse "
-          f"(`prune.py`); `@int8` = torch dynamic int8; `sparse-*-int8-onnx` = ONNX Runtime int8 of the "
-          f"sparse model after post-training quantization / after {args.qat_steps} QAT steps.\n"
+          f"(`prune.py`); `@int8` = torch dynamic int8; `sparse-fp32-onnx` = ONNX Runtime fp32; "
+          "`sparse-ptq-int8-onnx` / `sparse-static-int8-onnx` = ONNX Runtime post-training dynamic / static "
+          f"(calibrated) int8; `sparse-qat-int8-onnx` = {args.qat_steps} QAT steps (mask locked), then "
+          "ONNX int8.\n"
           + f"\nCompact sparse int8 storage of the QAT model: {compact['compact_bytes'] / 1e6:.1f} MB "
           f"vs teacher {teacher_bytes / 1e6:.1f} MB ({ratio:.1f}x smaller)."
           "\nCommand: `python benchmarks/speed.py`.\n")
