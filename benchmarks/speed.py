@@ -39,6 +39,7 @@ def staged(out: Path, run) -> None:
 
 def static_int8(fp32_export: Path, out: Path, data) -> None:
     """ONNX Runtime static int8 (activations calibrated on 200 training tweets) of an fp32 export."""
+    from distilprune.export.onnx import onnx_parity
     from distilprune.io import atomic_dir
     from distilprune.models.loading import load_tokenizer
     from distilprune.quantize import static_quantize_onnx
@@ -47,6 +48,7 @@ def static_int8(fp32_export: Path, out: Path, data) -> None:
         shutil.copytree(fp32_export, tmp, dirs_exist_ok=True)
         static_quantize_onnx(fp32_export / "model.onnx", tmp / "model.onnx", load_tokenizer(fp32_export),
                              data.train.texts[:200], max_length=128)
+        onnx_parity(fp32_export, tmp, data.val.texts[:500])
 
 
 def best_compressed(rows: list[dict], min_retention: float = 0.98) -> dict:

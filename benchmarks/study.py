@@ -14,6 +14,7 @@ import argparse
 import logging
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from common import DISASTER_TRAIN, RESULTS, ROOT, WORK, require_data
@@ -55,7 +56,8 @@ def main() -> None:
     out = Path(cfg.out)
     shutil.copy(out / "study.json", RESULTS / f"{args.name}.json")
     markdown = (out / "study.md").read_text().replace("(study_accuracy.png)", f"({args.name}_accuracy.png)")
-    markdown += f"\nCommand: `python benchmarks/study.py` (recipe `{args.recipe.name}`).\n"
+    command = " ".join(["python benchmarks/study.py", *sys.argv[1:]])
+    markdown += f"\nCommand: `{command}` (recipe `{args.recipe.name}`).\n"
     (RESULTS / f"{args.name}.md").write_text(re.sub(r"\n{3,}", "\n\n", markdown))
     if (out / "study_accuracy.png").is_file():
         shutil.copy(out / "study_accuracy.png", RESULTS / f"{args.name}_accuracy.png")

@@ -202,3 +202,19 @@ def test_real_minilm_export(tmp_path):
     result = export_onnx("minilm-l6", tmp_path / "onnx", max_length=64, parity_texts=TEXTS)
     assert result["inputs"] == ["input_ids", "token_type_ids", "attention_mask"]
     assert result["parity"]["max_abs_diff"] < 1e-4 and result["parity"]["agreement"] == 1.0
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_quantize_cli_measures_static_int8_against_its_fp32_source(tiny_model_factory, tiny_csv, tmp_path):
+    from typer.testing import CliRunner
+
+    from distilprune.cli import app
+
+    model_dir = tiny_model_factory("bert", 2)
+    export_onnx(model_dir, tmp_path / "fp32", parity_texts=TEXTS)
+    result = CliRunner().invoke(app, ["quantize", "--model", str(tmp_path / "fp32"), "--out",
+                                      str(tmp_path / "static"), "--data", str(tiny_csv), "--limit", "16"])
+    assert result.exit_code == 0, result.output
+    parity = json.loads((tmp_path / "static" / "parity.json").read_text())
+    assert parity["reference"] == "fp32 ONNX" and parity["n_texts"] == 16
+    assert 0 < parity["max_abs_diff"] and parity["agreement"] >= 0.5  # int8: close, not identical

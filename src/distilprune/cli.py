@@ -369,6 +369,7 @@ def quantize(
     """
     import shutil
 
+    from distilprune.export.onnx import onnx_parity
     from distilprune.io import atomic_dir
     from distilprune.jobs.finetune import check_output_dir
     from distilprune.models.loading import load_tokenizer
@@ -382,7 +383,10 @@ def quantize(
         shutil.copytree(model, tmp, dirs_exist_ok=True)
         static_quantize_onnx(model / "model.onnx", tmp / "model.onnx", load_tokenizer(model), texts,
                              max_length=max_length)
-    out_console.print(f"static int8: {(out / 'model.onnx').stat().st_size / 1e6:.1f} MB -> {out}")
+        parity = onnx_parity(model, tmp, texts)
+    out_console.print(f"static int8: {(out / 'model.onnx').stat().st_size / 1e6:.1f} MB -> {out}; vs fp32 "
+                      f"ONNX on {parity['n_texts']} texts: max |Δlogit| {parity['max_abs_diff']:.3g}, "
+                      f"agreement {parity['agreement']:.3f}")
 
 
 @app.command()

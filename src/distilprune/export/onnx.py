@@ -199,6 +199,16 @@ def parity_check(model_dir: str | Path, onnx_path: str | Path,
     return result
 
 
+def onnx_parity(reference: str | Path, candidate: str | Path, texts: Sequence[str],
+                batch_size: int = 32) -> dict[str, Any]:
+    """Compare a quantized ONNX export with its fp32 ONNX source; written to its ``parity.json``."""
+    ref, cand = OnnxClassifier(reference), OnnxClassifier(candidate)
+    result = compare_logits(ref.predict_logits(texts, batch_size), cand.predict_logits(texts, batch_size))
+    result["reference"] = "fp32 ONNX"
+    write_json(cand.folder / PARITY_FILENAME, result)
+    return result
+
+
 def _encoder_backend(tokenizer: Any, folder: Path, spec: EncoderSpec, texts: Sequence[str],
                      max_length: int) -> str:
     """``tokenizers`` when it reproduces the HF tokenizer exactly, else ``transformers``."""
