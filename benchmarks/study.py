@@ -31,6 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", help="override the recipe's models")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the recipe's seeds")
     parser.add_argument("--learning-rates", type=float, nargs="+", help="override the recipe's lr grid")
+    parser.add_argument("--lock-sparsity", action="store_true", help="keep sparse models' zeros (see recipe)")
     parser.add_argument("--limit", type=int, help="use only N training tweets (smoke runs)")
     parser.add_argument("--max-steps", type=int, help="override the training budget (smoke runs)")
     parser.add_argument("--max-runs", type=int, help="train at most N runs now (rerun to continue)")
@@ -47,6 +48,7 @@ def main() -> None:
     cfg.models = args.models or cfg.models
     cfg.seeds = args.seeds or cfg.seeds
     cfg.learning_rates = args.learning_rates or cfg.learning_rates
+    cfg.lock_sparsity = args.lock_sparsity or cfg.lock_sparsity
     cfg.data.limit = args.limit or cfg.data.limit
     cfg.train.max_steps = args.max_steps or cfg.train.max_steps
     cfg.max_runs = args.max_runs if args.max_runs is not None else cfg.max_runs
