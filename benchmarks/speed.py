@@ -13,7 +13,6 @@ sparse int8 storage. Needs the models of ``finetune.py``, ``distill.py`` and ``p
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from common import RESULTS, WORK, load_summary, require_data, write_results
 from finetune import data_config
 
 from distilprune.export import export_onnx
+from distilprune.export.onnx import static_quantize_export
 from distilprune.export.storage import save_compact
 from distilprune.jobs.common import prepare_data
 from distilprune.jobs.finetune import FinetuneConfig, finetune
@@ -35,20 +35,6 @@ def staged(out: Path, run) -> None:
         start = time.perf_counter()
         run()
         print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
-
-
-def static_int8(fp32_export: Path, out: Path, data) -> None:
-    """ONNX Runtime static int8 (activations calibrated on 200 training tweets) of an fp32 export."""
-    from distilprune.export.onnx import onnx_parity
-    from distilprune.io import atomic_dir
-    from distilprune.models.loading import load_tokenizer
-    from distilprune.quantize import static_quantize_onnx
-
-    with atomic_dir(out) as tmp:
-        shutil.copytree(fp32_export, tmp, dirs_exist_ok=True)
-        static_quantize_onnx(fp32_export / "model.onnx", tmp / "model.onnx", load_tokenizer(fp32_export),
-                             data.train.texts[:200], max_length=128)
-        onnx_parity(fp32_export, tmp, data.val.texts[:500])
 
 
 def best_compressed(rows: list[dict], min_retention: float = 0.98) -> dict:
@@ -94,7 +80,8 @@ def main() -> None:
     for path in (teacher, student, small, dense, sparse):
         if load_summary(path) is None:
             raise SystemExit(f"missing {path}: run the finetune / distill / prune benchmarks first")
-    val = prepare_data(data_config(False)).val
+    data = prepare_data(data_config(False))
+    val = data.val
     qat = OUT / "sparse-qat"
     staged(qat, lambda: finetune(FinetuneConfig(
         model=str(sparse), out=str(qat), data=data_config(False), lock_sparsity=True, qat=QATConfig(),
@@ -105,7 +92,9 @@ def main() -> None:
         staged(OUT / name, lambda s=source, n=name, q=int8: export_onnx(
             s, OUT / n, int8=q, max_length=128, parity_texts=val.texts[:500], overwrite=True))
     static = OUT / "sparse-static-int8-onnx"
-    staged(static, lambda: static_int8(OUT / "sparse-fp32-onnx", static, prepare_data(data_config(False))))
+    # activations calibrated on 200 training tweets; parity against the fp32 export on 500 validation ones
+    staged(static, lambda: static_quantize_export(OUT / "sparse-fp32-onnx", static, data.train.texts[:200],
+                                                  parity_texts=val.texts[:500]))
     compact = save_compact(qat, OUT / "sparse-qat-compact", int8=True, overwrite=True)
     from distilprune.benchmark import run_benchmark
 

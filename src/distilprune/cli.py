@@ -367,23 +367,14 @@ def quantize(
 
     Dynamic int8 is ``distilprune export --int8``; QAT is ``distilprune finetune --qat``.
     """
-    import shutil
-
-    from distilprune.export.onnx import onnx_parity
-    from distilprune.io import atomic_dir
+    from distilprune.export.onnx import static_quantize_export
     from distilprune.jobs.finetune import check_output_dir
-    from distilprune.models.loading import load_tokenizer
-    from distilprune.quantize import static_quantize_onnx
 
     check_output_dir(out, overwrite)
     if not (model / "model.onnx").is_file():
         raise UserError(f"{model} is not an ONNX export (no model.onnx): run `distilprune export` first")
     texts, _ = _texts_for(model, data, limit)
-    with atomic_dir(out, overwrite) as tmp:
-        shutil.copytree(model, tmp, dirs_exist_ok=True)
-        static_quantize_onnx(model / "model.onnx", tmp / "model.onnx", load_tokenizer(model), texts,
-                             max_length=max_length)
-        parity = onnx_parity(model, tmp, texts)
+    parity = static_quantize_export(model, out, texts, max_length=max_length, overwrite=overwrite)
     out_console.print(f"static int8: {(out / 'model.onnx').stat().st_size / 1e6:.1f} MB -> {out}; vs fp32 "
                       f"ONNX on {parity['n_texts']} texts: max |Δlogit| {parity['max_abs_diff']:.3g}, "
                       f"agreement {parity['agreement']:.3f}")

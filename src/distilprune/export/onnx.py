@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -207,6 +208,25 @@ def onnx_parity(reference: str | Path, candidate: str | Path, texts: Sequence[st
     result["reference"] = "fp32 ONNX"
     write_json(cand.folder / PARITY_FILENAME, result)
     return result
+
+
+def static_quantize_export(fp32_export: str | Path, out: str | Path, calibration_texts: Sequence[str], *,
+                           parity_texts: Sequence[str] | None = None, max_length: int = 128,
+                           overwrite: bool = False) -> dict[str, Any]:
+    """Static int8 copy of an fp32 ONNX export (activations calibrated on ``calibration_texts``).
+
+    Written atomically; its ``parity.json`` compares it with the fp32 export on ``parity_texts``
+    (default: the calibration texts). Returns that parity.
+    """
+    from distilprune.models.loading import load_tokenizer
+    from distilprune.quantize import static_quantize_onnx
+
+    fp32_export = Path(fp32_export)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        shutil.copytree(fp32_export, tmp, dirs_exist_ok=True)
+        static_quantize_onnx(fp32_export / "model.onnx", tmp / "model.onnx", load_tokenizer(fp32_export),
+                             calibration_texts, max_length=max_length)
+        return onnx_parity(fp32_export, tmp, parity_texts or calibration_texts)
 
 
 def _encoder_backend(tokenizer: Any, folder: Path, spec: EncoderSpec, texts: Sequence[str],
