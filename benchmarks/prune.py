@@ -48,6 +48,7 @@ OUT = WORK / "prune"
 DISTILL = WORK / "distill"
 CORPUS = CorpusConfig(max_length=64, heldout=500, seed=0)
 SPARSITIES = (0.8, 0.85, 0.9)
+STUDENT_LAYERS = 6  # all of MiniLM's layers; half of the 12L MPNet teacher's
 KD_LOSS = TaskLoss(temperature=2.0, alpha_soft=0.5, alpha_hard=0.5)  # teacher: the dense fine-tune
 METHODS = ("block", "unstructured")
 
@@ -68,7 +69,6 @@ class Base:
     name: str
     mlm_teacher: Path
     dense: Path | str
-    student_layers: int
     loss: DistillLoss
 
 
@@ -77,20 +77,20 @@ def prepare_base(name: str, head_steps: int) -> Base:
     if name == "mpnet-student":
         if load_summary(DISTILL / "student-gd") is None:
             raise SystemExit("run benchmarks/distill.py --stages head,gd first")
-        return Base(name, DISTILL / "mpnet-mlm", DISTILL / "student-gd", 6, DistillLoss())
+        return Base(name, DISTILL / "mpnet-mlm", DISTILL / "student-gd", DistillLoss())
     mlm = OUT / f"{name}-mlm"
     staged(mlm, lambda: fit_mlm_head(MLMHeadConfig(
         teacher=name, out=str(mlm), corpus=CORPUS, overwrite=True,
         train=TrainConfig(max_steps=head_steps, lr=2e-3, batch_size=32, patience=None, seed=0))))
     # The fitted head predicts only ~8% of masked tokens: its MLM loss (~7 nats) would drag the
     # encoder towards a poor head, so the student keeps the soft-target KL and the hidden cosine.
-    return Base(name, mlm, name, 6, DistillLoss(alpha_mlm=0.0))
+    return Base(name, mlm, name, DistillLoss(alpha_mlm=0.0))
 
 
 def ofa_pretrain(base: Base, method: str, sparsity: float, gd_steps: int) -> dict:
     out = OUT / f"gd-{method}-{sparsity:.2f}"
     cfg = GeneralDistillConfig(teacher=str(base.mlm_teacher), out=str(out),
-                               student_layers=base.student_layers, corpus=CORPUS, loss=base.loss,
+                               student_layers=STUDENT_LAYERS, corpus=CORPUS, loss=base.loss,
                                train=train_config(gd_steps, 1e-4), prune=schedule(method, sparsity),
                                overwrite=True)
     return staged(out, lambda: general_distill(cfg))
