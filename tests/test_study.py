@@ -146,22 +146,30 @@ def test_aggregate_and_select_best():
     assert best["lr"] == 5e-5  # same mean accuracy as 1e-4, higher F1
 
 
-def test_recipe_errors_and_shipped_recipe(tmp_path):
+@pytest.mark.parametrize(("recipe", "message"), [
+    ("out: x\nmodels: [minilm-l6]\nlearning_rate: [1.0e-4]\n", "unknown key 'learning_rate'"),
+    ("models: [minilm-l6]\npreprocess: [[], [tweets]]\n", "'tweets'"),
+    ("models: [minilm-l6]\ndata: {imbalance: oversample}\n", "study level"),
+    ("models: [minilm-l6]\npreprocess: [[tweet], [tweet, html]]\n", "repeat"),
+    ("models: [minilm-l6]\nmodel_learning_rates: {mpnet-base: [5.0e-5]}\n", "not in models"),
+    ("models: [minilm-l6]\nmodel_learning_rates: {minilm-l6: []}\n", "distinct values"),
+    ("models: [minilm-l6]\nmodel_learning_rates: {minilm-l6: [-1.0e-4]}\n", "positive"),
+    ("models: [minilm-l6]\nmodel_learning_rates: {minilm-l6: [fast]}\n", "expected float"),
+])
+def test_recipe_errors(tmp_path, recipe, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("out: x\nmodels: [minilm-l6]\nlearning_rate: [1.0e-4]\n")
-    with pytest.raises(UserError, match="unknown key 'learning_rate'"):
+    bad.write_text(recipe)
+    with pytest.raises(UserError, match=message):
         load_study_recipe(bad)
-    bad.write_text("models: [minilm-l6]\npreprocess: [[], [tweets]]\n")
-    with pytest.raises(UserError, match="'tweets'"):
-        load_study_recipe(bad)
-    bad.write_text("models: [minilm-l6]\ndata: {imbalance: oversample}\n")
-    with pytest.raises(UserError, match="study level"):
-        load_study_recipe(bad)
-    bad.write_text("models: [minilm-l6]\npreprocess: [[tweet], [tweet, html]]\n")
-    with pytest.raises(UserError, match="repeat"):
-        load_study_recipe(bad)
+
+
+def test_per_model_learning_rates_and_shipped_recipe(tmp_path):
+    cfg = from_dict(StudyConfig, {"models": ["a", "b"], "learning_rates": [1e-4, 5e-5],
+                                  "model_learning_rates": {"b": ["3e-5"]}, "seeds": [1]})
+    assert [(c.model, c.lr) for c in grid(cfg)] == [("a", 1e-4), ("a", 5e-5), ("b", 3e-5)]
     cfg = load_study_recipe(REPO_ROOT / "recipes" / "disaster-study.yaml")
-    assert len(list(grid(cfg))) == 72 and cfg.train.max_steps
+    per_model = {m: len([c for c in grid(cfg) if c.model == m]) for m in cfg.models}
+    assert per_model == {"minilm-l6": 36, "mpnet-base": 18} and cfg.train.max_steps
 
 
 def test_model_labels_tell_same_named_dirs_apart(tmp_path):

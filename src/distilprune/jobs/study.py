@@ -46,6 +46,8 @@ class StudyConfig:
     """The grid (models × preprocess × imbalance × learning_rates × seeds) and a shared budget.
 
     ``data.preprocess``/``data.imbalance`` and ``train.lr``/``train.seed`` are set by the grid.
+    ``model_learning_rates`` replaces the lr grid for the models it names (a 12-layer model
+    wants a lower lr than a 6-layer one, and each lr costs a full set of runs).
     ``max_runs`` caps the runs *trained* per invocation (rerun to continue; 0 only reports).
     """
 
@@ -55,6 +57,7 @@ class StudyConfig:
     preprocess: list[list[str]] = field(default_factory=lambda: [[]])
     imbalance: list[str] = field(default_factory=lambda: ["none"])
     learning_rates: list[float] = field(default_factory=lambda: [5e-5])
+    model_learning_rates: dict[str, list[float]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [42, 43, 44])
     train: TrainConfig = field(default_factory=TrainConfig)
     max_runs: int | None = None
@@ -71,7 +74,13 @@ class StudyConfig:
             require(len({repr(v) for v in values}) == len(values), f"{name} has duplicates: {values}")
         bad = [v for v in self.imbalance if v not in IMBALANCE]
         require(not bad, f"imbalance values must be none, class_weights or oversample, got {bad}")
-        require(all(lr > 0 for lr in self.learning_rates), "learning_rates must be positive")
+        unknown = [m for m in self.model_learning_rates if m not in self.models]
+        require(not unknown, f"model_learning_rates names models that are not in models: {unknown}")
+        for model, lrs in self.model_learning_rates.items():
+            require(bool(lrs) and len(set(lrs)) == len(lrs),
+                    f"model_learning_rates[{model}] must list distinct values, got {lrs}")
+        lrs = [lr for grid in (self.learning_rates, *self.model_learning_rates.values()) for lr in grid]
+        require(all(lr > 0 for lr in lrs), "learning rates must be positive")
         require(self.max_runs is None or self.max_runs >= 0, "max_runs must be >= 0")
         require(not self.data.preprocess and self.data.imbalance == "none",
                 "set preprocessing and imbalance at the study level (preprocess: [[], [tweet]], "
@@ -139,7 +148,7 @@ def grid(cfg: StudyConfig) -> Iterator[Cell]:
     for model in cfg.models:
         for variant in cfg.preprocess:
             for imbalance in cfg.imbalance:
-                for lr in cfg.learning_rates:
+                for lr in cfg.model_learning_rates.get(model, cfg.learning_rates):
                     for seed in cfg.seeds:
                         yield Cell(model, tuple(variant), imbalance, lr, seed)
 
