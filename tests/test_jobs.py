@@ -207,10 +207,13 @@ def test_mlm_distill_prune_lock_and_task_distill(
         "0.5",
         "--steps",
         "4",
+        "--cos-layers",
+        "all",
         *small,
     )
     config = read_json(student / "config.json")
     assert config.get("num_hidden_layers", config.get("n_layers")) == 2
+    assert read_json(student / "distilprune.json")["config"]["loss"]["cos_layers"] == "all"
     assert (student / "sparsity.json").is_file() and is_png(student / "sparsity.png")
 
     report_dir = tmp_path / "report"

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from distilprune.distill import (
     hidden_cosine_loss,
+    hidden_layer_pairs,
+    layerwise_cosine_loss,
     mask_tokens,
     mlm_loss,
     soft_target_ce,
@@ -97,6 +99,25 @@ def test_hidden_cosine_loss():
     assert hidden_cosine_loss(noisy, h, mask).abs() < 1e-6
     with pytest.raises(UserError, match="hidden sizes"):
         hidden_cosine_loss(logits(2, 5, 4), h, mask)
+
+
+def test_hidden_layer_pairs():
+    assert hidden_layer_pairs(6, 12) == [(6, 12)]
+    assert hidden_layer_pairs(6, 12, "all") == [(1, 2), (2, 4), (3, 6), (4, 8), (5, 10), (6, 12)]
+    assert hidden_layer_pairs(4, 4, "all") == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    with pytest.raises(UserError, match="cos_layers"):
+        hidden_layer_pairs(6, 12, "every")
+
+
+def test_layerwise_cosine_loss_averages_the_pairs():
+    states = [logits(2, 5, 8, seed=k) for k in range(4)]
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    student = [s.clone() for s in states]
+    student[1] = -states[1]  # layer 1 is the opposite of its teacher: cosine loss 2
+    assert layerwise_cosine_loss(student, states, [(3, 3)], mask).abs() < 1e-6
+    assert torch.allclose(layerwise_cosine_loss(student, states, [(1, 1), (3, 3)], mask), torch.tensor(1.0))
+    expected = (hidden_cosine_loss(states[2], states[3], mask) + 2.0) / 2
+    assert torch.allclose(layerwise_cosine_loss(student, states, [(2, 3), (1, 1)], mask), expected)
 
 
 def test_mlm_loss_ignores_unlabelled_positions():

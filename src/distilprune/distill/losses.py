@@ -92,6 +92,35 @@ def hidden_cosine_loss(
     return (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
 
 
+COS_LAYERS = ("last", "all")
+
+
+def hidden_layer_pairs(student_layers: int, teacher_layers: int,
+                       which: str = "last") -> list[tuple[int, int]]:
+    """``(student, teacher)`` indices into ``hidden_states`` for the cosine term.
+
+    ``last``: the final layers (DistilBERT). ``all``: every student layer ``m`` against teacher
+    layer ``m·T/S`` (TinyBERT's uniform map; the identity for a pruned copy of the teacher), so
+    each layer, not only the last, is pulled towards its dense counterpart.
+    """
+    if which not in COS_LAYERS:
+        raise UserError(f"cos_layers must be one of {', '.join(COS_LAYERS)}, got {which!r}")
+    if which == "last":
+        return [(student_layers, teacher_layers)]
+    return [(m, m * teacher_layers // student_layers) for m in range(1, student_layers + 1)]
+
+
+def layerwise_cosine_loss(
+    student_states: Sequence[torch.Tensor],
+    teacher_states: Sequence[torch.Tensor],
+    pairs: Sequence[tuple[int, int]],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean of :func:`hidden_cosine_loss` over the ``pairs`` of hidden-state indices."""
+    losses = [hidden_cosine_loss(student_states[s], teacher_states[t], attention_mask) for s, t in pairs]
+    return torch.stack(losses).mean()
+
+
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Masked-LM cross-entropy over positions whose label is not ``-100`` (0 if there are none)."""
     if not (labels != IGNORE_INDEX).any():

@@ -6,10 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distilprune.distill.losses import hidden_cosine_loss, mask_tokens, mlm_loss, soft_target_kl
+from distilprune.distill.losses import layerwise_cosine_loss, mask_tokens, mlm_loss, soft_target_kl
 from distilprune.evaluate import model_inputs
 
 Batch = dict[str, torch.Tensor]
+Pairs = list[tuple[int, int]]
+LAST: Pairs = [(-1, -1)]
 
 
 class ClassificationObjective:
@@ -29,16 +31,19 @@ class TaskDistillationObjective:
 
     ``teacher_logits[i]`` are the teacher's logits for dataset item ``i`` (the batch carries the
     item indices), so the teacher runs once, not once per epoch. With ``alpha_cos > 0`` a teacher
-    model is run on the fly to add the hidden-state cosine term (hidden sizes must match).
+    model is run on the fly to add the hidden-state cosine term (hidden sizes must match) over
+    the ``hidden_pairs`` of ``hidden_states`` indices (default: the last layers).
     """
 
     def __init__(self, teacher_logits: torch.Tensor, temperature: float = 2.0,
                  alpha_soft: float = 0.5, alpha_hard: float = 0.5, alpha_cos: float = 0.0,
-                 teacher: nn.Module | None = None, class_weights: torch.Tensor | None = None):
+                 teacher: nn.Module | None = None, class_weights: torch.Tensor | None = None,
+                 hidden_pairs: Pairs | None = None):
         self.teacher_logits = teacher_logits
         self.temperature = temperature
         self.alpha_soft, self.alpha_hard, self.alpha_cos = alpha_soft, alpha_hard, alpha_cos
         self.teacher = teacher
+        self.hidden_pairs = hidden_pairs or LAST
         self.class_weights = class_weights
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -52,7 +57,8 @@ class TaskDistillationObjective:
         if want_hidden:
             with torch.no_grad():
                 t_out = self.teacher(**model_inputs(self.teacher, batch), output_hidden_states=True)
-            cos = hidden_cosine_loss(out.hidden_states[-1], t_out.hidden_states[-1], batch["attention_mask"])
+            cos = layerwise_cosine_loss(out.hidden_states, t_out.hidden_states, self.hidden_pairs,
+                                        batch["attention_mask"])
             loss = loss + self.alpha_cos * cos
             logs.update(loss=loss.item(), cos=cos.item())
         return loss, logs
@@ -78,12 +84,14 @@ class MLMDistillationObjective:
 
     ``L = alpha_ce·KL(student‖teacher at T)·T² + alpha_mlm·MLM + alpha_cos·(1 − cos(h_s, h_t))``.
     The soft-target term covers every non-padding token (``restrict_ce_to_mask=False``, as
-    DistilBERT's default) or only the masked ones.
+    DistilBERT's default) or only the masked ones. The cosine term averages over the
+    ``hidden_pairs`` of ``hidden_states`` indices (default: the last layers).
     """
 
     def __init__(self, teacher: nn.Module, masker: DynamicMasker, alpha_ce: float = 5.0,
                  alpha_mlm: float = 2.0, alpha_cos: float = 1.0, temperature: float = 2.0,
-                 restrict_ce_to_mask: bool = False):
+                 restrict_ce_to_mask: bool = False, hidden_pairs: Pairs | None = None):
+        self.hidden_pairs = hidden_pairs or LAST
         self.teacher = teacher.eval()
         self.masker = masker
         self.weights = {"ce": alpha_ce, "mlm": alpha_mlm, "cos": alpha_cos}
@@ -108,8 +116,8 @@ class MLMDistillationObjective:
             "mlm": mlm_loss(student.logits, labels),
         }
         if want_hidden:
-            terms["cos"] = hidden_cosine_loss(
-                student.hidden_states[-1], teacher.hidden_states[-1], attention_mask)
+            terms["cos"] = layerwise_cosine_loss(
+                student.hidden_states, teacher.hidden_states, self.hidden_pairs, attention_mask)
         loss = sum(self.weights[k] * v for k, v in terms.items())
         return loss, {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
 

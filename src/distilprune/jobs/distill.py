@@ -20,6 +20,7 @@ from distilprune.config import to_dict
 from distilprune.data.batching import EncodedDataset, encode, make_loader
 from distilprune.data.corpus import default_corpus, load_corpus
 from distilprune.data.loading import TextTable, file_sha256
+from distilprune.distill.losses import hidden_layer_pairs
 from distilprune.distill.objectives import (
     DynamicMasker,
     MLMDistillationObjective,
@@ -34,6 +35,7 @@ from distilprune.jobs.finetune import FinetuneConfig, check_output_dir, finetune
 from distilprune.models.loading import (
     count_parameters,
     load_classifier,
+    load_config,
     load_for_student,
     load_masked_lm,
     load_tokenizer,
@@ -178,6 +180,10 @@ class DistillLoss:
     temperature: float = 2.0
     mlm_probability: float = 0.15
     restrict_ce_to_mask: bool = False
+    cos_layers: str = "last"  # "all": every student layer against its mapped teacher layer
+
+    def __post_init__(self) -> None:
+        hidden_layer_pairs(1, 1, self.cos_layers)  # validates the name
 
 
 @dataclass
@@ -212,6 +218,7 @@ def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
         teacher, DynamicMasker(tokenizer, cfg.loss.mlm_probability, cfg.train.seed),
         alpha_ce=cfg.loss.alpha_ce, alpha_mlm=cfg.loss.alpha_mlm, alpha_cos=cfg.loss.alpha_cos,
         temperature=cfg.loss.temperature, restrict_ce_to_mask=cfg.loss.restrict_ce_to_mask,
+        hidden_pairs=hidden_layer_pairs(num_layers_of(student), num_layers_of(teacher), cfg.loss.cos_layers),
     )
     hooks = [PruningHook(cfg.prune)] if cfg.prune else []
     result = train(student, loader, objective, cfg.train, hooks, description="distill")
@@ -255,6 +262,10 @@ class TaskLoss:
     alpha_soft: float = 0.5
     alpha_hard: float = 0.5
     alpha_cos: float = 0.0
+    cos_layers: str = "last"  # "all": every student layer against its mapped teacher layer
+
+    def __post_init__(self) -> None:
+        hidden_layer_pairs(1, 1, self.cos_layers)  # validates the name
 
 
 @dataclass
@@ -284,9 +295,11 @@ def teacher_logits(teacher_dir: str, texts: list[str], max_length: int) -> torch
 
 
 def _num_labels(model_dir: str) -> int:
-    from distilprune.models.loading import load_config
-
     return int(load_config(model_dir).num_labels)
+
+
+def _num_layers(model_dir: str) -> int:
+    return int(load_config(model_dir).num_hidden_layers)
 
 
 def distill_task(cfg: TaskDistillConfig) -> dict[str, Any]:
@@ -300,8 +313,11 @@ def distill_task(cfg: TaskDistillConfig) -> dict[str, Any]:
         logits = teacher_logits(cfg.teacher, table.texts, cfg.finetune.data.max_length)
         if len(logits) != len(train_ds):
             raise UserError("cached teacher logits do not match the training set")
+        pairs = (hidden_layer_pairs(_num_layers(cfg.finetune.model), num_layers_of(teacher_model),
+                                    cfg.loss.cos_layers) if teacher_model is not None else None)
         return TaskDistillationObjective(logits, cfg.loss.temperature, cfg.loss.alpha_soft,
-                                         cfg.loss.alpha_hard, cfg.loss.alpha_cos, teacher_model)
+                                         cfg.loss.alpha_hard, cfg.loss.alpha_cos, teacher_model,
+                                         hidden_pairs=pairs)
 
     return finetune(cfg.finetune, make_objective=objective,
                     metadata={"distillation": {"teacher": cfg.teacher, **to_dict(cfg.loss)}})
