@@ -16,11 +16,14 @@ the Prune OFA paper (BERT-base distilled into a pruned BERT-base); its MLM head 
 general distillation from the 12L MPNet teacher is repeated with pruning); ~4x the CPU time.
 
     python benchmarks/prune.py [--threads 2] [--base minilm-l6] [--gd-steps 150] [--ft-steps 203]
+    python benchmarks/prune.py --work DIR --only unstructured:0.90 --variants ofa   # one cell
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +47,6 @@ from distilprune.jobs.finetune import FinetuneConfig, finetune
 from distilprune.prune import PruneConfig
 from distilprune.train import TrainConfig
 
-OUT = WORK / "prune"
 DISTILL = WORK / "distill"
 CORPUS = CorpusConfig(max_length=64, heldout=500, seed=0)
 SPARSITIES = (0.8, 0.85, 0.9)
@@ -56,6 +58,19 @@ METHODS = ("block", "unstructured")
 def schedule(method: str, sparsity: float) -> PruneConfig:
     return PruneConfig(method=method, final_sparsity=sparsity, block_size=4, start_fraction=0.0,
                        end_fraction=0.7, frequency=10)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Steps, learning rates and loss options shared by every cell of one run."""
+
+    out: Path
+    gd_steps: int
+    ft_steps: int
+    gd_lr: float
+    ft_lr: float
+    gd_cos_layers: str
+    task_cos: float
 
 
 def train_config(steps: int, lr: float) -> TrainConfig:
@@ -72,13 +87,13 @@ class Base:
     loss: DistillLoss
 
 
-def prepare_base(name: str, head_steps: int) -> Base:
+def prepare_base(name: str, head_steps: int, out: Path) -> Base:
     """Fit MiniLM's MLM head (once), or reuse the distillation benchmark's MPNet teacher + student."""
     if name == "mpnet-student":
         if load_summary(DISTILL / "student-gd") is None:
             raise SystemExit("run benchmarks/distill.py --stages head,gd first")
         return Base(name, DISTILL / "mpnet-mlm", DISTILL / "student-gd", DistillLoss())
-    mlm = OUT / f"{name}-mlm"
+    mlm = out / f"{name}-mlm"
     staged(mlm, lambda: fit_mlm_head(MLMHeadConfig(
         teacher=name, out=str(mlm), corpus=CORPUS, overwrite=True,
         train=TrainConfig(max_steps=head_steps, lr=2e-3, batch_size=32, patience=None, seed=0))))
@@ -87,25 +102,27 @@ def prepare_base(name: str, head_steps: int) -> Base:
     return Base(name, mlm, name, DistillLoss(alpha_mlm=0.0))
 
 
-def ofa_pretrain(base: Base, method: str, sparsity: float, gd_steps: int) -> dict:
-    out = OUT / f"gd-{method}-{sparsity:.2f}"
+def ofa_pretrain(base: Base, budget: Budget, method: str, sparsity: float) -> dict:
+    out = budget.out / f"gd-{method}-{sparsity:.2f}"
+    loss = dataclasses.replace(base.loss, cos_layers=budget.gd_cos_layers)
     cfg = GeneralDistillConfig(teacher=str(base.mlm_teacher), out=str(out),
-                               student_layers=STUDENT_LAYERS, corpus=CORPUS, loss=base.loss,
-                               train=train_config(gd_steps, 1e-4), prune=schedule(method, sparsity),
-                               overwrite=True)
+                               student_layers=STUDENT_LAYERS, corpus=CORPUS, loss=loss,
+                               train=train_config(budget.gd_steps, budget.gd_lr),
+                               prune=schedule(method, sparsity), overwrite=True)
     return staged(out, lambda: general_distill(cfg))
 
 
-def downstream(name: str, model: Path | str, ft_steps: int, lock: bool = False,
-               prune: PruneConfig | None = None, teacher: Path | None = None) -> dict:
-    """Fine-tune on the tweets; with ``teacher``, task-distilled from its cached logits."""
-    out = OUT / name
+def downstream(budget: Budget, name: str, model: Path | str, lock: bool = False,
+               prune: PruneConfig | None = None, distill: bool = True) -> dict:
+    """Fine-tune on the tweets; with ``distill``, task-distilled from the dense fine-tune."""
+    out = budget.out / name
     cfg = FinetuneConfig(model=str(model), out=str(out), data=data_config(False),
-                         train=train_config(ft_steps, 8e-5), lock_sparsity=lock, prune=prune,
-                         overwrite=True)
-    if teacher is None:
+                         train=train_config(budget.ft_steps, budget.ft_lr), lock_sparsity=lock,
+                         prune=prune, overwrite=True)
+    if not distill:
         return staged(out, lambda: finetune(cfg))
-    task = TaskDistillConfig(teacher=str(teacher), finetune=cfg, loss=KD_LOSS)
+    loss = dataclasses.replace(KD_LOSS, alpha_cos=budget.task_cos, cos_layers="all")
+    task = TaskDistillConfig(teacher=str(budget.out / "dense"), finetune=cfg, loss=loss)
     return staged(out, lambda: distill_task(task))
 
 
@@ -116,50 +133,88 @@ def row(name: str, method: str, sparsity: float, summary: dict, dense_acc: float
             "f1": summary["metrics"]["f1"], "retention": acc / dense_acc, "seconds": seconds}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--base", choices=("minilm-l6", "mpnet-student"), default="minilm-l6")
+    parser.add_argument("--work", type=Path, default=WORK / "prune", help="stage directory (resumable)")
+    parser.add_argument("--name", default="prune", help="results file stem")
     parser.add_argument("--head-steps", type=int, default=300, help="MLM head fit (minilm-l6 base)")
     parser.add_argument("--gd-steps", type=int, default=150)
     parser.add_argument("--ft-steps", type=int, default=203)
-    args = parser.parse_args()
+    parser.add_argument("--gd-lr", type=float, default=1e-4)
+    parser.add_argument("--ft-lr", type=float, default=8e-5)
+    parser.add_argument("--gd-cos-layers", choices=("last", "all"), default="last",
+                        help="hidden-state cosine of the sparse pre-training on the last or every layer")
+    parser.add_argument("--task-cos", type=float, default=0.0,
+                        help="weight of an every-layer cosine to the dense fine-tune while fine-tuning")
+    parser.add_argument("--only", nargs="+", metavar="METHOD:SPARSITY",
+                        help="run only these cells, e.g. unstructured:0.90")
+    parser.add_argument("--variants", nargs="+", choices=("ofa", "gmp"), default=["ofa", "gmp"])
+    return parser.parse_args()
+
+
+def cells(only: list[str] | None) -> list[tuple[str, float]]:
+    """(method, sparsity) pairs, most sparse first (the speed benchmark needs ``ofa-block-0.90``)."""
+    every = [(m, s) for m in METHODS for s in sorted(SPARSITIES, reverse=True)]
+    if not only:
+        return every
+    wanted = {(m, round(float(s), 2)) for m, _, s in (item.partition(":") for item in only)}
+    return [(m, s) for m, s in every if (m, round(s, 2)) in wanted]
+
+
+def main() -> None:
+    args = parse_args()
     require_data()
     torch.set_num_threads(args.threads)
-    base = prepare_base(args.base, args.head_steps)
-    dense = downstream("dense", base.dense, args.ft_steps)
+    budget = Budget(args.work, args.gd_steps, args.ft_steps, args.gd_lr, args.ft_lr, args.gd_cos_layers,
+                    args.task_cos)
+    base = prepare_base(args.base, args.head_steps, args.work)
+    dense = downstream(budget, "dense", base.dense, distill=False)
     dense_acc = dense["metrics"]["accuracy"]
     rows = [row("dense (FT)", "-", 0.0, dense, dense_acc, dense["train"]["seconds"])]
-    for method in METHODS:
-        for sparsity in sorted(SPARSITIES, reverse=True):
-            gd = ofa_pretrain(base, method, sparsity, args.gd_steps)
-            ofa = downstream(f"ofa-{method}-{sparsity:.2f}", OUT / f"gd-{method}-{sparsity:.2f}",
-                             args.ft_steps, lock=True, teacher=OUT / "dense")
+    for method, sparsity in cells(args.only):
+        tag = f"{method}-{sparsity:.2f}"
+        if "ofa" in args.variants:
+            gd = ofa_pretrain(base, budget, method, sparsity)
+            ofa = downstream(budget, f"ofa-{tag}", args.work / f"gd-{tag}", lock=True)
             rows.append(row("(a) Prune OFA", method, sparsity, ofa, dense_acc,
                             gd["train"]["seconds"] + ofa["train"]["seconds"]))
-            gmp = downstream(f"gmp-{method}-{sparsity:.2f}", base.dense, args.ft_steps,
-                             prune=schedule(method, sparsity), teacher=OUT / "dense")
+        if "gmp" in args.variants:
+            gmp = downstream(budget, f"gmp-{tag}", base.dense, prune=schedule(method, sparsity))
             rows.append(row("(b) GMP on task", method, sparsity, gmp, dense_acc, gmp["train"]["seconds"]))
     rows[1:] = sorted(rows[1:], key=lambda r: (r["variant"], r["method"], r["target_sparsity"]))
-    plot(rows, RESULTS / "prune_accuracy.png")
+    report(args, budget, base, rows)
+
+
+def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict]) -> None:
+    """``results/<name>.{json,md}`` and the accuracy-vs-sparsity PNG."""
+    plot(rows, RESULTS / f"{args.name}_accuracy.png")
+    gd_loss = dataclasses.replace(base.loss, cos_layers=budget.gd_cos_layers)
+    task_loss = dataclasses.replace(KD_LOSS, alpha_cos=budget.task_cos, cos_layers="all")
     payload = {"benchmark": "prune", "threads": args.threads, "base": args.base,
-               "budgets": {"general_distillation_steps": args.gd_steps, "finetune_steps": args.ft_steps,
+               "budgets": {"general_distillation_steps": budget.gd_steps, "finetune_steps": budget.ft_steps,
+                           "general_distillation_lr": budget.gd_lr, "finetune_lr": budget.ft_lr,
                            "mlm_head_steps": args.head_steps, "batch_size": 32,
                            "schedule": "cubic, 0 -> target over the first 70% of steps, "
                                        "masks updated every 10 steps"},
-               "general_distillation_loss": vars(base.loss), "finetune_kd": vars(KD_LOSS),
-               "rows": rows, "command": "python benchmarks/prune.py"}
+               "general_distillation_loss": vars(gd_loss), "finetune_kd": vars(task_loss),
+               "rows": rows, "command": " ".join(["python benchmarks/prune.py", *sys.argv[1:]])}
+    cos = f"; plus {budget.task_cos:g} x every-layer cosine to it" if budget.task_cos else ""
     md = (f"# Prune OFA vs downstream GMP ({args.base}, disaster tweets validation)\n\n"
           + markdown_table(rows, ["variant", "method", "target_sparsity", "measured_sparsity",
                                   "accuracy", "f1", "retention", "seconds"])
-          + f"\nBudgets: {args.threads} thread(s); (a) masked-LM distillation {args.gd_steps} steps x 32 "
-          f"texts (seq <= 64) with pruning, then fine-tuning {args.ft_steps} steps with the mask locked; (b) "
-          f"fine-tuning {args.ft_steps} steps with pruning; batch 32, lr 8e-5, same schedule (cubic, "
-          "0 -> target over the first 70% of steps, masks updated every 10 steps); both sparse variants are "
-          f"task-distilled from the dense fine-tune (T=2, 0.5 soft + 0.5 hard); distillation loss "
-          f"α={base.loss.alpha_ce:g}, β={base.loss.alpha_mlm:g}, γ={base.loss.alpha_cos:g}. "
-          "`seconds` = training wall time (a: distillation + fine-tuning). Plot: `prune_accuracy.png`.\n")
-    write_results("prune", payload, md)
+          + f"\nBudgets: {args.threads} thread(s); (a) masked-LM distillation {budget.gd_steps} steps x 32 "
+          f"texts (seq <= 64, lr {budget.gd_lr:g}) with pruning, then fine-tuning {budget.ft_steps} steps "
+          f"with the mask locked; (b) fine-tuning {budget.ft_steps} steps with pruning; batch 32, "
+          f"lr {budget.ft_lr:g}, same schedule (cubic, 0 -> target over the first 70% of steps, masks "
+          "updated every 10 steps); both sparse variants are task-distilled from the dense fine-tune "
+          f"(T=2, 0.5 soft + 0.5 hard{cos}); distillation loss α={gd_loss.alpha_ce:g}, "
+          f"β={gd_loss.alpha_mlm:g}, γ={gd_loss.alpha_cos:g} (cosine on the {gd_loss.cos_layers} "
+          f"layer(s)). `seconds` = training wall time (a: distillation + fine-tuning). "
+          f"Plot: `{args.name}_accuracy.png`. Command: `{payload['command']}`.\n")
+    write_results(args.name, payload, md)
     print(md)
 
 
