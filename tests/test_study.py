@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from conftest import ARCHITECTURES, REPO_ROOT, SAMPLE_TEXTS
 
-from distilprune.config import from_dict
+from distilprune.config import from_dict, to_dict
 from distilprune.data.coverage import vocabulary_coverage, word_kind
 from distilprune.errors import UserError
 from distilprune.jobs.study import (
     StudyConfig,
     aggregate,
     grid,
+    learning_rates_line,
     load_study_recipe,
     model_labels,
     run_config,
@@ -114,7 +115,8 @@ def test_max_runs_changed_lr_and_best_lr(tiny_model_factory, tiny_csv, tmp_path)
     check_aggregation(Path(cfg.out), result)
     (best,) = result["best"]
     assert best == max(result["cells"], key=lambda c: (c["accuracy_mean"], c["f1_mean"]))
-    assert f"| {best['lr']:g} |" in (Path(cfg.out) / "study.md").read_text()
+    markdown = (Path(cfg.out) / "study.md").read_text()
+    assert f"| {best['lr']:g} |" in markdown and f"Learning rates: {LR:g}, 1e-05." in markdown
 
 
 def test_run_hash_tracks_what_changes_results(tiny_model_factory, tiny_csv, tmp_path):
@@ -167,6 +169,7 @@ def test_per_model_learning_rates_and_shipped_recipe(tmp_path):
     cfg = from_dict(StudyConfig, {"models": ["a", "b"], "learning_rates": [1e-4, 5e-5],
                                   "model_learning_rates": {"b": ["3e-5"]}, "seeds": [1]})
     assert [(c.model, c.lr) for c in grid(cfg)] == [("a", 1e-4), ("a", 5e-5), ("b", 3e-5)]
+    assert learning_rates_line(to_dict(cfg)) == "Learning rates: 0.0001, 5e-05 (b: 3e-05)."
     cfg = load_study_recipe(REPO_ROOT / "recipes" / "disaster-study.yaml")
     per_model = {m: len([c for c in grid(cfg) if c.model == m]) for m in cfg.models}
     assert per_model == {"minilm-l6": 36, "mpnet-base": 18} and cfg.train.max_steps

@@ -356,14 +356,23 @@ def _validation(data: dict[str, Any]) -> str:
     return f"a stratified {data['val_fraction']:.0%} validation split (seed {data['split_seed']})"
 
 
+def learning_rates_line(cfg: dict[str, Any]) -> str:
+    """``Learning rates: 5e-05, 0.0001 (mpnet-base: 5e-05).``"""
+    labels = model_labels(cfg["models"])
+    own = "; ".join(f"{labels.get(m, m)}: {', '.join(f'{lr:g}' for lr in lrs)}"
+                    for m, lrs in cfg.get("model_learning_rates", {}).items())
+    shared = ", ".join(f"{lr:g}" for lr in cfg["learning_rates"])
+    return f"Learning rates: {shared}" + (f" ({own})." if own else ".")
+
+
 def render_markdown(payload: dict[str, Any]) -> str:
     """``study.md``: best-lr table, all cells, coverage and the most split words."""
     cfg, counts = payload["config"], payload["counts"]
     lines = ["# Disaster-tweet comparison study (after Ojo et al., 2023)", "",
              f"Runs: {counts['done']}/{counts['total']} done ({counts['ran']} trained now, "
              f"{counts['skipped']} reused, {counts['pending']} pending). Budget per run: "
-             f"{payload['budget']}. Seeds: {cfg['seeds']}. Metrics on {_validation(cfg['data'])}, "
-             "mean ± sample std over seeds.", "",
+             f"{payload['budget']}. Seeds: {cfg['seeds']}. {learning_rates_line(cfg)} Metrics on "
+             f"{_validation(cfg['data'])}, mean ± sample std over seeds.", "",
              "## Best learning rate per model × preprocessing × imbalance", "",
              "The lr is chosen on the same validation split that is reported (optimistic by a "
              "little); compare configurations, not absolute numbers.", ""]
