@@ -231,6 +231,8 @@ def plot(rows: list[dict], path: Path) -> None:
     for variant in ("(a) Prune OFA", "(b) GMP on task"):
         for method, marker in (("unstructured", "o"), ("block", "s")):
             pts = [r for r in rows if r["variant"] == variant and r["method"] == method]
+            if not pts:
+                continue
             ax.plot([r["target_sparsity"] for r in pts], [r["accuracy"] for r in pts], marker=marker,
                     label=f"{variant}, {method}")
     ax.set_xlabel("sparsity")
