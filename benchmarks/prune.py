@@ -72,6 +72,14 @@ class Budget:
     gd_cos_layers: str
     task_cos: float
 
+    def gd_loss(self, base_loss: DistillLoss) -> DistillLoss:
+        """The base's sparse pre-training loss with this run's cosine layers."""
+        return dataclasses.replace(base_loss, cos_layers=self.gd_cos_layers)
+
+    def task_loss(self) -> TaskLoss:
+        """Task distillation from the dense fine-tune, plus the optional every-layer cosine."""
+        return dataclasses.replace(KD_LOSS, alpha_cos=self.task_cos, cos_layers="all")
+
 
 def train_config(steps: int, lr: float) -> TrainConfig:
     return TrainConfig(max_steps=steps, lr=lr, batch_size=32, patience=None, seed=42, warmup_ratio=0.05)
@@ -104,9 +112,8 @@ def prepare_base(name: str, head_steps: int, out: Path) -> Base:
 
 def ofa_pretrain(base: Base, budget: Budget, method: str, sparsity: float) -> dict:
     out = budget.out / f"gd-{method}-{sparsity:.2f}"
-    loss = dataclasses.replace(base.loss, cos_layers=budget.gd_cos_layers)
     cfg = GeneralDistillConfig(teacher=str(base.mlm_teacher), out=str(out),
-                               student_layers=STUDENT_LAYERS, corpus=CORPUS, loss=loss,
+                               student_layers=STUDENT_LAYERS, corpus=CORPUS, loss=budget.gd_loss(base.loss),
                                train=train_config(budget.gd_steps, budget.gd_lr),
                                prune=schedule(method, sparsity), overwrite=True)
     return staged(out, lambda: general_distill(cfg))
@@ -121,8 +128,7 @@ def downstream(budget: Budget, name: str, model: Path | str, lock: bool = False,
                          prune=prune, overwrite=True)
     if not distill:
         return staged(out, lambda: finetune(cfg))
-    loss = dataclasses.replace(KD_LOSS, alpha_cos=budget.task_cos, cos_layers="all")
-    task = TaskDistillConfig(teacher=str(budget.out / "dense"), finetune=cfg, loss=loss)
+    task = TaskDistillConfig(teacher=str(budget.out / "dense"), finetune=cfg, loss=budget.task_loss())
     return staged(out, lambda: distill_task(task))
 
 
@@ -191,8 +197,7 @@ def main() -> None:
 def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict]) -> None:
     """``results/<name>.{json,md}`` and the accuracy-vs-sparsity PNG."""
     plot(rows, RESULTS / f"{args.name}_accuracy.png")
-    gd_loss = dataclasses.replace(base.loss, cos_layers=budget.gd_cos_layers)
-    task_loss = dataclasses.replace(KD_LOSS, alpha_cos=budget.task_cos, cos_layers="all")
+    gd_loss, task_loss = budget.gd_loss(base.loss), budget.task_loss()
     payload = {"benchmark": "prune", "threads": args.threads, "base": args.base,
                "budgets": {"general_distillation_steps": budget.gd_steps, "finetune_steps": budget.ft_steps,
                            "general_distillation_lr": budget.gd_lr, "finetune_lr": budget.ft_lr,

@@ -13,6 +13,7 @@ vocabulary coverage) and the bar chart to ``results/<name>.json``, ``results/<na
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import re
 import shutil
@@ -55,12 +56,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_study_recipe(args.recipe)
     cfg.out, cfg.data.train = str(args.out), str(DISASTER_TRAIN)
-    cfg.models = args.models or cfg.models
-    cfg.seeds = args.seeds or cfg.seeds
-    cfg.learning_rates = args.learning_rates or cfg.learning_rates
-    cfg.model_learning_rates = {m: lrs for m, lrs in cfg.model_learning_rates.items() if m in cfg.models}
-    cfg.model_learning_rates.update(parse_model_lrs(args.model_lr))
-    cfg.__post_init__()  # validate the overrides like the recipe
+    models = args.models or cfg.models
+    own_lrs = {m: lrs for m, lrs in cfg.model_learning_rates.items() if m in models}
+    cfg = dataclasses.replace(  # re-validated like the recipe
+        cfg, models=models, seeds=args.seeds or cfg.seeds,
+        learning_rates=args.learning_rates or cfg.learning_rates,
+        model_learning_rates={**own_lrs, **parse_model_lrs(args.model_lr)})
     cfg.lock_sparsity = args.lock_sparsity or cfg.lock_sparsity
     cfg.data.limit = args.limit or cfg.data.limit
     cfg.train.max_steps = args.max_steps or cfg.train.max_steps

@@ -95,6 +95,13 @@ def hidden_cosine_loss(
 COS_LAYERS = ("last", "all")
 
 
+def check_cos_layers(which: str) -> str:
+    """``which`` if it names a cosine layer choice (``last`` or ``all``), else a :class:`UserError`."""
+    if which not in COS_LAYERS:
+        raise UserError(f"cos_layers must be one of {', '.join(COS_LAYERS)}, got {which!r}")
+    return which
+
+
 def hidden_layer_pairs(student_layers: int, teacher_layers: int,
                        which: str = "last") -> list[tuple[int, int]]:
     """``(student, teacher)`` indices into ``hidden_states`` for the cosine term.
@@ -103,9 +110,7 @@ def hidden_layer_pairs(student_layers: int, teacher_layers: int,
     layer ``m·T/S`` (TinyBERT's uniform map; the identity for a pruned copy of the teacher), so
     each layer, not only the last, is pulled towards its dense counterpart.
     """
-    if which not in COS_LAYERS:
-        raise UserError(f"cos_layers must be one of {', '.join(COS_LAYERS)}, got {which!r}")
-    if which == "last":
+    if check_cos_layers(which) == "last":
         return [(student_layers, teacher_layers)]
     return [(m, m * teacher_layers // student_layers) for m in range(1, student_layers + 1)]
 

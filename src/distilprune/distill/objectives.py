@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,8 +12,8 @@ from distilprune.distill.losses import layerwise_cosine_loss, mask_tokens, mlm_l
 from distilprune.evaluate import model_inputs
 
 Batch = dict[str, torch.Tensor]
-Pairs = list[tuple[int, int]]
-LAST: Pairs = [(-1, -1)]
+Pairs = Sequence[tuple[int, int]]
+LAST: Pairs = ((-1, -1),)  # the last student layer against the last teacher layer
 
 
 class ClassificationObjective:

@@ -20,7 +20,7 @@ from distilprune.config import to_dict
 from distilprune.data.batching import EncodedDataset, encode, make_loader
 from distilprune.data.corpus import default_corpus, load_corpus
 from distilprune.data.loading import TextTable, file_sha256
-from distilprune.distill.losses import hidden_layer_pairs
+from distilprune.distill.losses import check_cos_layers, hidden_layer_pairs
 from distilprune.distill.objectives import (
     DynamicMasker,
     MLMDistillationObjective,
@@ -183,7 +183,7 @@ class DistillLoss:
     cos_layers: str = "last"  # "all": every student layer against its mapped teacher layer
 
     def __post_init__(self) -> None:
-        hidden_layer_pairs(1, 1, self.cos_layers)  # validates the name
+        check_cos_layers(self.cos_layers)
 
 
 @dataclass
@@ -265,7 +265,7 @@ class TaskLoss:
     cos_layers: str = "last"  # "all": every student layer against its mapped teacher layer
 
     def __post_init__(self) -> None:
-        hidden_layer_pairs(1, 1, self.cos_layers)  # validates the name
+        check_cos_layers(self.cos_layers)
 
 
 @dataclass
