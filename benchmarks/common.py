@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,30 @@ def load_summary(model_dir: Path) -> dict[str, Any] | None:
     return json.loads(meta.read_text()) if meta.is_file() else None
 
 
-def staged(out: Path, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``run()`` unless ``out`` already holds a finished model (benchmarks resume)."""
+def stage_mismatch(summary: Mapping[str, Any], expect: Mapping[str, Any]) -> str | None:
+    """The first ``dotted.key=value`` of ``expect`` that ``summary`` disagrees with (paths compared
+    resolved, so a stage linked in from another work directory still matches), else None."""
+    for key, want in expect.items():
+        have: Any = summary
+        for part in key.split("."):
+            have = have.get(part) if isinstance(have, Mapping) else None
+        if isinstance(want, Path):
+            have, want = (Path(have).resolve() if have else None), want.resolve()
+        if have != want:
+            return f"{key}={have!r}, this run asks for {want!r}"
+    return None
+
+
+def staged(out: Path, run: Callable[[], dict[str, Any]], expect: Mapping[str, Any] | None = None
+           ) -> dict[str, Any]:
+    """Run ``run()`` unless ``out`` already holds a finished model (benchmarks resume).
+
+    A finished model is reused only if its ``distilprune.json`` agrees with ``expect``
+    (e.g. ``{"config.train.max_steps": 1015}``); otherwise the run stops with a one-line error.
+    """
     summary = load_summary(out)
+    if summary is not None and expect and (why := stage_mismatch(summary, expect)):
+        raise SystemExit(f"{out} was made with {why}: use a fresh --work directory")
     if summary is None:
         start = time.perf_counter()
         summary = run()

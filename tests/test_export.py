@@ -84,12 +84,14 @@ def test_inputs_are_what_tokenizer_and_model_share(arch, expected, tiny_model_fa
 
 def test_shrunk_and_compact_models_export(bert_export, tmp_path):
     from distilprune.export.storage import save_compact
-    from distilprune.shrink import prune_heads_and_neurons
+    from distilprune.jobs.common import read_metadata
+    from distilprune.shrink import shrink_dir
 
-    model, tokenizer = onnx_export.load_for_export(bert_export[0])
-    prune_heads_and_neurons(model, head_fraction=0.25, neuron_fraction=0.5)
-    model.save_pretrained(tmp_path / "shrunk")
-    tokenizer.save_pretrained(tmp_path / "shrunk")
+    report = shrink_dir(bert_export[0], tmp_path / "shrunk", head_fraction=0.25, neuron_fraction=0.5)
+    assert report.params_after < report.params_before and report.heads_removed
+    assert read_metadata(tmp_path / "shrunk")["shrink"]["params_after"] == report.params_after
+    with pytest.raises(UserError, match="exists"):
+        shrink_dir(bert_export[0], tmp_path / "shrunk", head_fraction=0.25)
     save_compact(tmp_path / "shrunk", tmp_path / "compact", int8=True)
     for source in ("shrunk", "compact"):
         result = export_onnx(tmp_path / source, tmp_path / f"{source}-onnx", parity_texts=TEXTS)

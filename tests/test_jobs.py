@@ -250,6 +250,18 @@ def test_mlm_distill_prune_lock_and_task_distill(
     assert any(not torch.equal(tuned[k], pruned[k]) for k in pruned), "fine-tuning changed nothing"
     assert read_json(locked / "distilprune.json")["sparsity"] == pytest.approx(0.5, abs=0.03)
 
+    # structured shrinking of the sparse model, then a locked recovery fine-tune keeps its zeros
+    shrunk, recovered = tmp_path / "shrunk", tmp_path / "recovered"
+    cli_ok(monkeypatch, capsys, "shrink", "--model", locked, "--out", shrunk, "--heads", "0.25",
+           "--neurons", "0.5")
+    assert read_json(shrunk / "config.json")["pruned_heads"]
+    cli_ok(monkeypatch, capsys, "finetune", "--model", shrunk, "--data", tiny_csv, "--out", recovered,
+           "--lock-sparsity", "--lr", "1e-3", *TRAIN)
+    cut, regrown = encoder_weights(shrunk), encoder_weights(recovered)
+    assert sum(w.numel() for w in cut.values()) < sum(w.numel() for w in tuned.values())
+    for key in cut:
+        assert torch.equal(regrown[key] == 0, cut[key] == 0), key
+
     # task distillation from a classifier teacher; its logits are cached under DISTILPRUNE_HOME
     kd = tmp_path / "kd"
     cli_ok(

@@ -411,17 +411,9 @@ def shrink(
     overwrite: Annotated[bool, Opt()] = False,
 ) -> None:
     """Physically remove the least important heads / FFN neurons (smaller matrices)."""
-    from distilprune.io import atomic_dir
-    from distilprune.jobs.common import read_metadata, save_model_dir
-    from distilprune.jobs.finetune import check_output_dir
-    from distilprune.models.loading import load_tokenizer
-    from distilprune.shrink import load_shrunk, prune_heads_and_neurons
+    from distilprune.shrink import shrink_dir
 
-    check_output_dir(out, overwrite)
-    net = load_shrunk(model)
-    report = prune_heads_and_neurons(net, heads, neurons)
-    with atomic_dir(out, overwrite) as tmp:
-        save_model_dir(tmp, net, load_tokenizer(model), {**read_metadata(model), "shrink": vars(report)})
+    report = shrink_dir(model, out, heads, neurons, overwrite)
     out_console.print(f"parameters {report.params_before:,} -> {report.params_after:,} -> {out} "
                       "(fine-tune it again to recover accuracy)")
 

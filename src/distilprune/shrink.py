@@ -248,6 +248,22 @@ def prune_heads_and_neurons(
     return report
 
 
+def shrink_dir(model: str | Path, out: str | Path, head_fraction: float = 0.0,
+               neuron_fraction: float = 0.0, overwrite: bool = False) -> ShrinkReport:
+    """Shrink the classifier directory ``model`` into ``out`` (written atomically, metadata kept)."""
+    from distilprune.io import atomic_dir
+    from distilprune.jobs.common import read_metadata, save_model_dir
+    from distilprune.jobs.finetune import check_output_dir
+    from distilprune.models.loading import load_tokenizer
+
+    check_output_dir(Path(out), overwrite)
+    net = load_shrunk(model)
+    report = prune_heads_and_neurons(net, head_fraction, neuron_fraction)
+    with atomic_dir(Path(out), overwrite) as tmp:
+        save_model_dir(tmp, net, load_tokenizer(str(model)), {**read_metadata(model), "shrink": vars(report)})
+    return report
+
+
 def apply_pruned_heads(model: nn.Module) -> nn.Module:
     """Give a freshly built model the head structure recorded in ``config.pruned_heads``."""
     pruned = getattr(model.config, "pruned_heads", None) or {}
