@@ -57,7 +57,8 @@ def test_best_compressed_keeps_accuracy_then_speed_within_the_candidates() -> No
     assert best["name"] == "sparse-b" and best["meets_targets"]
     # nothing keeps 98%: the most accurate candidate is reported, with the targets missed
     best = speed.best_compressed(rows, rows[2:3])
-    assert best["name"] == "sparse-a" and not best["meets_targets"]
+    assert best["name"] == "sparse-a" and not best["meets_targets"] and not best["kept_accuracy"]
+    assert "none keeps 98%" in speed.best_line(best, "Best sparse")
 
 
 def test_target_checks_pick_the_best_row_per_sparsity() -> None:
