@@ -182,6 +182,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", metavar="METHOD:SPARSITY",
                         help="run only these cells, e.g. unstructured:0.90")
     parser.add_argument("--variants", nargs="+", choices=("ofa", "gmp"), default=["ofa", "gmp"])
+    parser.add_argument("--report-only", action="store_true",
+                        help="report the finished cells of --work (train nothing; list the missing ones)")
     return parser.parse_args()
 
 
@@ -204,21 +206,28 @@ def main() -> None:
     dense = downstream(budget, "dense", base.dense, distill=False, steps=budget.dense_steps)
     dense_acc = dense["metrics"]["accuracy"]
     rows = [row("dense (FT)", "-", 0.0, dense, dense_acc, dense["train"]["seconds"])]
+    missing = []
     for method, sparsity in cells(args.only):
         tag = f"{method}-{sparsity:.2f}"
-        if "ofa" in args.variants:
+        if args.report_only:  # report the finished stages, train nothing
+            missing += [f"{v}-{tag}" for v in args.variants if load_summary(args.work / f"{v}-{tag}") is None]
+            variants = [v for v in args.variants if f"{v}-{tag}" not in missing]
+        else:
+            variants = args.variants
+        if "ofa" in variants:
             gd = ofa_pretrain(base, budget, method, sparsity)
             ofa = downstream(budget, f"ofa-{tag}", args.work / f"gd-{tag}", lock=True)
             rows.append(row("(a) Prune OFA", method, sparsity, ofa, dense_acc,
                             gd["train"]["seconds"] + ofa["train"]["seconds"]))
-        if "gmp" in args.variants:
+        if "gmp" in variants:
             gmp = downstream(budget, f"gmp-{tag}", base.dense, prune=schedule(method, sparsity))
             rows.append(row("(b) GMP on task", method, sparsity, gmp, dense_acc, gmp["train"]["seconds"]))
     rows[1:] = sorted(rows[1:], key=lambda r: (r["variant"], r["method"], r["target_sparsity"]))
-    report(args, budget, base, rows)
+    report(args, budget, base, rows, missing)
 
 
-def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict]) -> None:
+def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict],
+           missing: list[str]) -> None:
     """``results/<name>.{json,md}`` and the accuracy-vs-sparsity PNG."""
     plot(rows, RESULTS / f"{args.name}_accuracy.png")
     gd_loss, task_loss = budget.gd_loss(base.loss), budget.task_loss()
@@ -232,7 +241,7 @@ def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict
                            "schedule": "cubic, 0 -> target over the first 70% of steps, "
                                        "masks updated every 10 steps"},
                "general_distillation_loss": vars(gd_loss), "finetune_kd": vars(task_loss),
-               "rows": rows, "targets": checks,
+               "rows": rows, "not_run": missing, "targets": checks,
                "command": " ".join(["python benchmarks/prune.py", *sys.argv[1:]])}
     cos = f"; plus {budget.task_cos:g} x every-layer cosine to it" if budget.task_cos else ""
     md = (f"# Prune OFA vs downstream GMP ({args.base}, disaster tweets validation)\n\n"
@@ -250,7 +259,8 @@ def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict
           "final sparsity) is kept; `seconds` = training wall time (a: distillation + fine-tuning). "
           f"Plot: `{args.name}_accuracy.png`. Command: `{payload['command']}`.\n\n"
           + "".join(f"- {c['sparsity']:.0%} sparse: best {c['best']} retains {c['retention']:.1%} of dense "
-                    f"(target {c['target']:.1%}): {'met' if c['met'] else 'NOT met'}\n" for c in checks))
+                    f"(target {c['target']:.1%}): {'met' if c['met'] else 'NOT met'}\n" for c in checks)
+          + (f"- not run at this budget: {', '.join(missing)}\n" if missing else ""))
     write_results(args.name, payload, md)
     print(md)
 

@@ -130,6 +130,8 @@ def parse_args() -> argparse.Namespace:
                         help="fraction of FFN neurons physically removed from the sparse model")
     parser.add_argument("--shrink-steps", type=int, default=406, help="recovery fine-tuning after shrinking")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="train and export the compressed models, then stop (benchmark them later)")
     return parser.parse_args()
 
 
@@ -165,6 +167,8 @@ def main() -> None:
     compact = save_compact(qat, out / "sparse-qat-compact", int8=True, overwrite=True)
     extra_rows = [row for extra in extras for row in extra_sparse_rows(
         extra, WORK / "speed" / f"{args.prune_work.name}-{extra.name}", args.qat_steps, val.texts[:500])]
+    if args.prepare_only:
+        return
     from distilprune.benchmark import run_benchmark
 
     models = [str(teacher), str(student), str(small), str(dense), str(sparse), f"{sparse}@int8",
