@@ -96,11 +96,10 @@ def shrink_then_finetune(sparse: Path, out: Path, heads: float, neurons: float, 
     locked_finetune(shrunk, out, steps, lr=1e-4, qat=False)
 
 
-def extra_sparse_rows(sparse: Path, out: Path, qat_steps: int, parity_texts: list[str]) -> list[Path]:
-    """An extra sparse model: its fp32 row and its QAT (mask locked) ONNX int8 row."""
-    qat, onnx = out / f"{sparse.name}-qat", out / f"{sparse.name}-qat-int8-onnx"
-    staged(qat, lambda: locked_finetune(sparse, qat, qat_steps, lr=2e-5, qat=True))
-    staged(onnx, lambda: export_onnx(qat, onnx, int8=True, max_length=128, parity_texts=parity_texts,
+def extra_sparse_rows(sparse: Path, out: Path, parity_texts: list[str]) -> list[Path]:
+    """An extra sparse model: its fp32 row and its ONNX Runtime dynamic int8 row."""
+    onnx = out / f"{sparse.name}-ptq-int8-onnx"
+    staged(onnx, lambda: export_onnx(sparse, onnx, int8=True, max_length=128, parity_texts=parity_texts,
                                      overwrite=True))
     return [sparse, onnx]
 
@@ -119,7 +118,7 @@ def parse_args() -> argparse.Namespace:
                         help="stage directory of benchmarks/prune.py holding --sparse and --dense")
     parser.add_argument("--sparse", default="ofa-block-0.90", help="sparse model under --prune-work")
     parser.add_argument("--extra-sparse", nargs="*", default=[], metavar="NAME",
-                        help="more sparse models under --prune-work: fp32 and QAT ONNX int8 rows each")
+                        help="more sparse models under --prune-work: fp32 and ONNX dynamic int8 rows each")
     parser.add_argument("--dense", default="dense", help="its dense counterpart under --prune-work")
     parser.add_argument("--student", default="student-c-gd-td", help="model under benchmarks/work/distill")
     parser.add_argument("--small", default="minilm-l6-raw",
@@ -166,7 +165,7 @@ def main() -> None:
                                                   parity_texts=val.texts[:500]))
     compact = save_compact(qat, out / "sparse-qat-compact", int8=True, overwrite=True)
     extra_rows = [row for extra in extras for row in extra_sparse_rows(
-        extra, WORK / "speed" / f"{args.prune_work.name}-{extra.name}", args.qat_steps, val.texts[:500])]
+        extra, WORK / "speed" / f"{args.prune_work.name}-{extra.name}", val.texts[:500])]
     if args.prepare_only:
         return
     from distilprune.benchmark import run_benchmark
@@ -200,8 +199,8 @@ def main() -> None:
           f"the sparse model with {args.shrink_heads:.0%} of its heads and {args.shrink_neurons:.0%} of its "
           f"FFN neurons removed, {args.shrink_steps} recovery steps (mask locked, task-distilled), then "
           "ONNX dynamic int8"
-          + "".join(f"; `{p.name}`: {args.qat_steps} QAT steps of `{p.name.removesuffix('-qat-int8-onnx')}`, "
-                    "then ONNX int8" for p in extra_rows[1::2]) + ".\n"
+          + "".join(f"; `{p.name}`: `{p.name.removesuffix('-ptq-int8-onnx')}` (`prune.py`) as ONNX Runtime "
+                    "dynamic int8" for p in extra_rows[1::2]) + ".\n"
           + best_line(best_sparse, "Best sparse compressed model (targets judged here)")
           + best_line(best, "Best compressed model of any kind")
           + f"\nCompact sparse int8 storage of the QAT model: {compact['compact_bytes'] / 1e6:.1f} MB "
