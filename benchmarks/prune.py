@@ -75,6 +75,10 @@ class Budget:
     dense_steps: int | None = None  # default: ft_steps
 
     @property
+    def dense_ft_steps(self) -> int:
+        return self.dense_steps or self.ft_steps
+
+    @property
     def teacher(self) -> Path:
         """The fine-tuned classifier the sparse models are task-distilled from."""
         return self.kd_teacher or self.out / "dense"
@@ -203,17 +207,16 @@ def main() -> None:
     budget = Budget(args.work, args.gd_steps, args.ft_steps, args.gd_lr, args.ft_lr, args.gd_cos_layers,
                     args.task_cos, args.kd_teacher, args.dense_steps)
     base = prepare_base(args.base, args.head_steps, args.work)
-    dense = downstream(budget, "dense", base.dense, distill=False, steps=budget.dense_steps)
+    dense = downstream(budget, "dense", base.dense, distill=False, steps=budget.dense_ft_steps)
     dense_acc = dense["metrics"]["accuracy"]
     rows = [row("dense (FT)", "-", 0.0, dense, dense_acc, dense["train"]["seconds"])]
     missing = []
     for method, sparsity in cells(args.only):
         tag = f"{method}-{sparsity:.2f}"
+        variants = args.variants
         if args.report_only:  # report the finished stages, train nothing
-            missing += [f"{v}-{tag}" for v in args.variants if load_summary(args.work / f"{v}-{tag}") is None]
-            variants = [v for v in args.variants if f"{v}-{tag}" not in missing]
-        else:
-            variants = args.variants
+            variants = [v for v in variants if load_summary(args.work / f"{v}-{tag}") is not None]
+            missing += [f"{v}-{tag}" for v in args.variants if v not in variants]
         if "ofa" in variants:
             gd = ofa_pretrain(base, budget, method, sparsity)
             ofa = downstream(budget, f"ofa-{tag}", args.work / f"gd-{tag}", lock=True)
@@ -231,7 +234,7 @@ def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict
     """``results/<name>.{json,md}`` and the accuracy-vs-sparsity PNG."""
     plot(rows, RESULTS / f"{args.name}_accuracy.png")
     gd_loss, task_loss = budget.gd_loss(base.loss), budget.task_loss()
-    dense_steps = budget.dense_steps or budget.ft_steps
+    dense_steps = budget.dense_ft_steps
     checks = target_checks(rows)
     payload = {"benchmark": "prune", "threads": args.threads, "base": args.base,
                "budgets": {"general_distillation_steps": budget.gd_steps, "finetune_steps": budget.ft_steps,
