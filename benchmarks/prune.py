@@ -55,9 +55,9 @@ KD_LOSS = TaskLoss(temperature=2.0, alpha_soft=0.5, alpha_hard=0.5)  # teacher: 
 METHODS = ("block", "unstructured")
 
 
-def schedule(method: str, sparsity: float) -> PruneConfig:
+def schedule(method: str, sparsity: float, scope: str = "layer") -> PruneConfig:
     return PruneConfig(method=method, final_sparsity=sparsity, block_size=4, start_fraction=0.0,
-                       end_fraction=0.7, frequency=10)
+                       end_fraction=0.7, frequency=10, scope=scope)
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ class Budget:
     task_cos: float
     kd_teacher: Path | None = None  # default: the dense fine-tune of this run
     dense_steps: int | None = None  # default: ft_steps
+    seed: int = 42  # of the fine-tunings (the sparse pre-trainings always use 42)
+    scope: str = "layer"  # pruning threshold per tensor ("layer") or across all ("global")
 
     @property
     def dense_ft_steps(self) -> int:
@@ -92,15 +94,18 @@ class Budget:
         return dataclasses.replace(KD_LOSS, alpha_cos=self.task_cos, cos_layers="all")
 
 
-def train_config(steps: int, lr: float) -> TrainConfig:
-    return TrainConfig(max_steps=steps, lr=lr, batch_size=32, patience=None, seed=42, warmup_ratio=0.05)
+def train_config(steps: int, lr: float, seed: int = 42) -> TrainConfig:
+    return TrainConfig(max_steps=steps, lr=lr, batch_size=32, patience=None, seed=seed, warmup_ratio=0.05)
 
 
-def expected(steps: int, lr: float, prune: PruneConfig | None = None, teacher: Path | None = None) -> dict:
+def expected(steps: int, lr: float, prune: PruneConfig | None = None, teacher: Path | None = None,
+             seed: int = 42) -> dict:
     """What a reused stage must have been made with (``common.staged`` checks it)."""
-    keys: dict = {"config.train.max_steps": steps, "config.train.lr": lr}
+    keys: dict = {"config.train.max_steps": steps, "config.train.lr": lr, "config.train.seed": seed}
     if prune is not None:
         keys |= {"config.prune.method": prune.method, "config.prune.final_sparsity": prune.final_sparsity}
+        if prune.scope != "layer":  # stages made before the option existed are layer-scoped
+            keys["config.prune.scope"] = prune.scope
     if teacher is not None:
         keys["distillation.teacher"] = teacher
     return keys
@@ -133,7 +138,7 @@ def prepare_base(name: str, head_steps: int, out: Path) -> Base:
 
 def ofa_pretrain(base: Base, budget: Budget, method: str, sparsity: float) -> dict:
     out = budget.out / f"gd-{method}-{sparsity:.2f}"
-    prune = schedule(method, sparsity)
+    prune = schedule(method, sparsity, budget.scope)
     cfg = GeneralDistillConfig(teacher=str(base.mlm_teacher), out=str(out),
                                student_layers=STUDENT_LAYERS, corpus=CORPUS, loss=budget.gd_loss(base.loss),
                                train=train_config(budget.gd_steps, budget.gd_lr), prune=prune, overwrite=True)
@@ -147,12 +152,13 @@ def downstream(budget: Budget, name: str, model: Path | str, lock: bool = False,
     out = budget.out / name
     steps = steps or budget.ft_steps
     cfg = FinetuneConfig(model=str(model), out=str(out), data=data_config(False),
-                         train=train_config(steps, budget.ft_lr), lock_sparsity=lock,
+                         train=train_config(steps, budget.ft_lr, budget.seed), lock_sparsity=lock,
                          prune=prune, overwrite=True)
     if not distill:
-        return staged(out, lambda: finetune(cfg), expected(steps, budget.ft_lr, prune))
+        return staged(out, lambda: finetune(cfg), expected(steps, budget.ft_lr, prune, seed=budget.seed))
     task = TaskDistillConfig(teacher=str(budget.teacher), finetune=cfg, loss=budget.task_loss())
-    return staged(out, lambda: distill_task(task), expected(steps, budget.ft_lr, prune, budget.teacher))
+    return staged(out, lambda: distill_task(task),
+                  expected(steps, budget.ft_lr, prune, budget.teacher, budget.seed))
 
 
 def row(name: str, method: str, sparsity: float, summary: dict, dense_acc: float, seconds: float) -> dict:
@@ -183,6 +189,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kd-teacher", type=Path,
                         help="fine-tuned classifier to task-distil from (any tokenizer; "
                              "default: the dense fine-tune)")
+    parser.add_argument("--scope", choices=("layer", "global"), default="layer",
+                        help="magnitude threshold per weight tensor, or one across all of them")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed of the fine-tunings (data order, classifier init, dropout)")
     parser.add_argument("--only", nargs="+", metavar="METHOD:SPARSITY",
                         help="run only these cells, e.g. unstructured:0.90")
     parser.add_argument("--variants", nargs="+", choices=("ofa", "gmp"), default=["ofa", "gmp"])
@@ -205,7 +215,8 @@ def main() -> None:
     require_data()
     torch.set_num_threads(args.threads)
     budget = Budget(args.work, args.gd_steps, args.ft_steps, args.gd_lr, args.ft_lr, args.gd_cos_layers,
-                    args.task_cos, args.kd_teacher, args.dense_steps)
+                    args.task_cos, args.kd_teacher, args.dense_steps, args.seed,
+                    args.scope)
     base = prepare_base(args.base, args.head_steps, args.work)
     dense = downstream(budget, "dense", base.dense, distill=False, steps=budget.dense_ft_steps)
     dense_acc = dense["metrics"]["accuracy"]
@@ -223,7 +234,7 @@ def main() -> None:
             rows.append(row("(a) Prune OFA", method, sparsity, ofa, dense_acc,
                             gd["train"]["seconds"] + ofa["train"]["seconds"]))
         if "gmp" in variants:
-            gmp = downstream(budget, f"gmp-{tag}", base.dense, prune=schedule(method, sparsity))
+            gmp = downstream(budget, f"gmp-{tag}", base.dense, prune=schedule(method, sparsity, budget.scope))
             rows.append(row("(b) GMP on task", method, sparsity, gmp, dense_acc, gmp["train"]["seconds"]))
     rows[1:] = sorted(rows[1:], key=lambda r: (r["variant"], r["method"], r["target_sparsity"]))
     report(args, budget, base, rows, missing)
@@ -242,11 +253,13 @@ def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict
                            "general_distillation_lr": budget.gd_lr, "finetune_lr": budget.ft_lr,
                            "mlm_head_steps": args.head_steps, "batch_size": 32,
                            "schedule": "cubic, 0 -> target over the first 70% of steps, "
-                                       "masks updated every 10 steps"},
+                                       "masks updated every 10 steps", "scope": budget.scope,
+                           "finetune_seed": budget.seed},
                "general_distillation_loss": vars(gd_loss), "finetune_kd": vars(task_loss),
                "rows": rows, "not_run": missing, "targets": checks,
                "command": " ".join(["python benchmarks/prune.py", *sys.argv[1:]])}
     cos = f"; plus {budget.task_cos:g} x every-layer cosine to it" if budget.task_cos else ""
+    threshold = "one global magnitude threshold" if budget.scope == "global" else "a threshold per tensor"
     md = (f"# Prune OFA vs downstream GMP ({args.base}, disaster tweets validation)\n\n"
           + markdown_table(rows, ["variant", "method", "target_sparsity", "measured_sparsity",
                                   "accuracy", "f1", "retention", "best_step", "seconds"])
@@ -254,11 +267,13 @@ def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict
           f"texts (seq <= 64, lr {budget.gd_lr:g}) with pruning, then fine-tuning {budget.ft_steps} steps "
           f"with the mask locked; (b) fine-tuning {budget.ft_steps} steps with pruning; batch 32, "
           f"lr {budget.ft_lr:g}, same schedule (cubic, 0 -> target over the first 70% of steps, masks "
-          f"updated every 10 steps); dense fine-tune {dense_steps} steps; both sparse variants are "
+          f"updated every 10 steps, {threshold}); fine-tuning seed "
+          f"{budget.seed}; dense fine-tune {dense_steps} steps; both sparse variants are "
           f"task-distilled from `{budget.teacher.name}` (T=2, 0.5 soft + 0.5 hard{cos}); "
           f"distillation loss α={gd_loss.alpha_ce:g}, "
-          f"β={gd_loss.alpha_mlm:g}, γ={gd_loss.alpha_cos:g} (cosine on the {gd_loss.cos_layers} "
-          f"layer(s)). `best_step`: the fine-tuning step whose checkpoint (evaluated every epoch, at the "
+          f"β={gd_loss.alpha_mlm:g}, γ={gd_loss.alpha_cos:g} (cosine on "
+          f"{'every layer' if gd_loss.cos_layers == 'all' else 'the last layer'}). "
+          "`best_step`: the fine-tuning step whose checkpoint (evaluated every epoch, at the "
           "final sparsity) is kept; `seconds` = training wall time (a: distillation + fine-tuning). "
           f"Plot: `{args.name}_accuracy.png`. Command: `{payload['command']}`.\n\n"
           + "".join(f"- {c['sparsity']:.0%} sparse: best {c['best']} retains {c['retention']:.1%} of dense "

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from common import RESULTS, WORK, load_summary, require_data, write_results
+from common import staged as staged_model
 from finetune import data_config
 
 from distilprune.export import export_onnx
@@ -40,6 +41,7 @@ SPARSE_INT8 = ("sparse-ptq-int8-onnx", "sparse-qat-int8-onnx", "sparse-static-in
 
 
 def staged(out: Path, run) -> None:
+    """Run ``run()`` unless ``out`` exists (exports; trained models use ``staged_model``)."""
     if not out.exists():
         start = time.perf_counter()
         run()
@@ -74,12 +76,14 @@ def best_line(best: dict, what: str) -> str:
             f"{'met' if best['meets_targets'] else 'NOT met'}.\n")
 
 
-def locked_finetune(model: Path, out: Path, steps: int, lr: float, qat: bool) -> None:
+def locked_finetune(model: Path, out: Path, steps: int, lr: float, qat: bool,
+                    eval_every: int | None = None) -> None:
     """Fine-tune ``model`` with its mask locked (optionally QAT), task-distilled from the teacher
-    recorded in its ``distilprune.json`` if it had one."""
+    recorded in its ``distilprune.json`` if it had one; the best evaluation's weights are kept."""
     cfg = FinetuneConfig(model=str(model), out=str(out), data=data_config(False), lock_sparsity=True,
                          qat=QATConfig() if qat else None, overwrite=True,
-                         train=TrainConfig(max_steps=steps, lr=lr, batch_size=32, patience=None, seed=42))
+                         train=TrainConfig(max_steps=steps, lr=lr, batch_size=32, patience=None, seed=42,
+                                           eval_every=eval_every))
     kd = (load_summary(model) or {}).get("distillation")
     if kd is None:
         finetune(cfg)
@@ -114,6 +118,9 @@ def parse_args() -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--qat-steps", type=int, default=100)
+    parser.add_argument("--qat-lr", type=float, default=1e-5)
+    parser.add_argument("--qat-eval-every", type=int, default=25,
+                        help="QAT evaluates every N steps and keeps the best (fake-quantized) weights")
     parser.add_argument("--prune-work", type=Path, default=WORK / "prune",
                         help="stage directory of benchmarks/prune.py holding --sparse and --dense")
     parser.add_argument("--sparse", default="ofa-block-0.90", help="sparse model under --prune-work")
@@ -149,7 +156,9 @@ def main() -> None:
     data = prepare_data(data_config(False))
     val = data.val
     qat = out / "sparse-qat"
-    staged(qat, lambda: locked_finetune(sparse, qat, args.qat_steps, lr=2e-5, qat=True))
+    staged_model(qat, lambda: locked_finetune(sparse, qat, args.qat_steps, args.qat_lr, qat=True,
+                                              eval_every=args.qat_eval_every),
+                 {"config.train.max_steps": args.qat_steps, "config.train.lr": args.qat_lr})
     shrunk = out / "sparse-shrunk"
     staged(shrunk, lambda: shrink_then_finetune(sparse, shrunk, args.shrink_heads, args.shrink_neurons,
                                                 args.shrink_steps))
@@ -194,7 +203,8 @@ def main() -> None:
           f"fine-tuned dense ({trained_steps(dense)}) / Prune-OFA sparse ({trained_steps(sparse)}, "
           "`prune.py`); `@int8` = torch dynamic int8; `sparse-fp32-onnx` = ONNX Runtime fp32; "
           "`sparse-ptq-int8-onnx` / `sparse-static-int8-onnx` = ONNX Runtime post-training dynamic / static "
-          f"(calibrated) int8; `sparse-qat-int8-onnx` = {args.qat_steps} QAT steps (mask locked, "
+          f"(calibrated) int8; `sparse-qat-int8-onnx` = {args.qat_steps} QAT steps (lr {args.qat_lr:g}, the "
+          f"best of evaluations every {args.qat_eval_every} steps; mask locked, "
           "task-distilled from the sparse model's teacher), then ONNX int8; `sparse-shrunk-int8-onnx` = "
           f"the sparse model with {args.shrink_heads:.0%} of its heads and {args.shrink_neurons:.0%} of its "
           f"FFN neurons removed, {args.shrink_steps} recovery steps (mask locked, task-distilled), then "

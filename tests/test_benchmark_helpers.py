@@ -12,13 +12,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import common  # noqa: E402
 import prune  # noqa: E402
+import prune_seeds  # noqa: E402
 import speed  # noqa: E402
 
 
-def _finished(out: Path, steps: int, teacher: Path) -> Path:
+def _finished(out: Path, steps: int, teacher: Path, seed: int = 42, accuracy: float = 0.8) -> Path:
     out.mkdir(parents=True)
-    summary = {"config": {"train": {"max_steps": steps, "lr": 1e-4}},
-               "distillation": {"teacher": str(teacher)}}
+    summary = {"config": {"train": {"max_steps": steps, "lr": 1e-4, "seed": seed}},
+               "distillation": {"teacher": str(teacher)}, "metrics": {"accuracy": accuracy}}
     (out / "distilprune.json").write_text(json.dumps(summary))
     return out
 
@@ -38,6 +39,29 @@ def test_staged_refuses_a_stage_made_with_another_budget(tmp_path: Path) -> None
     stage = _finished(tmp_path / "ofa", 609, tmp_path)
     with pytest.raises(SystemExit, match="max_steps=609, this run asks for 1015"):
         common.staged(stage, lambda: {}, prune.expected(1015, 1e-4))
+
+
+def test_staged_refuses_a_stage_fine_tuned_with_another_seed(tmp_path: Path) -> None:
+    stage = _finished(tmp_path / "dense", 609, tmp_path, seed=1)
+    with pytest.raises(SystemExit, match="seed=1, this run asks for 2"):
+        common.staged(stage, lambda: {}, prune.expected(609, 1e-4, seed=2))
+
+
+def test_seed_summary_reports_mean_spread_and_retention_of_means(tmp_path: Path) -> None:
+    runs = []
+    for seed, (dense, sparse) in {42: (0.84, 0.82), 1: (0.82, 0.83)}.items():
+        run = tmp_path / f"seed{seed}"
+        _finished(run / "dense", 609, tmp_path, seed, dense)
+        _finished(run / "ofa-unstructured-0.85", 1015, tmp_path, seed, sparse)
+        runs.append(run)
+    rows = prune_seeds.summarise(runs, ["dense", "ofa-unstructured-0.85"])
+    assert rows[1]["sparsity"] == 0.85 and rows[1]["seeds"] == [42, 1]
+    assert rows[0]["mean"] == pytest.approx(0.83) and rows[1]["mean"] == pytest.approx(0.825)
+    assert rows[1]["std"] == pytest.approx(0.00707, abs=1e-5)
+    (check,) = prune_seeds.checks(rows)
+    assert check["retention"] == pytest.approx(0.825 / 0.83) and check["met"]  # 99.4% >= 99%
+    with pytest.raises(SystemExit, match="share a seed"):
+        prune_seeds.summarise([runs[0], runs[0]], ["dense"])
 
 
 def test_staged_runs_a_missing_stage(tmp_path: Path) -> None:

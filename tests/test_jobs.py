@@ -205,6 +205,8 @@ def test_mlm_distill_prune_lock_and_task_distill(
         "block",
         "--final-sparsity",
         "0.5",
+        "--prune-scope",
+        "global",
         "--steps",
         "4",
         "--cos-layers",
@@ -213,7 +215,8 @@ def test_mlm_distill_prune_lock_and_task_distill(
     )
     config = read_json(student / "config.json")
     assert config.get("num_hidden_layers", config.get("n_layers")) == 2
-    assert read_json(student / "distilprune.json")["config"]["loss"]["cos_layers"] == "all"
+    run_config = read_json(student / "distilprune.json")["config"]
+    assert run_config["loss"]["cos_layers"] == "all" and run_config["prune"]["scope"] == "global"
     assert (student / "sparsity.json").is_file() and is_png(student / "sparsity.png")
 
     report_dir = tmp_path / "report"

@@ -23,6 +23,7 @@ from distilprune.prune import (
     current_masks,
     detect_block_pattern,
     finalize,
+    global_masks,
     has_masks,
     is_update_step,
     lock_sparsity,
@@ -147,11 +148,46 @@ def test_compute_mask_rejects_unknown_method():
 @pytest.mark.parametrize("kwargs", [
     {"final_sparsity": 1.0}, {"initial_sparsity": -0.1}, {"method": "channels"},
     {"start_fraction": 0.8, "end_fraction": 0.5}, {"block_norm": "linf"}, {"frequency": 0},
-    {"initial_sparsity": 0.6, "final_sparsity": 0.5},
+    {"initial_sparsity": 0.6, "final_sparsity": 0.5}, {"scope": "network"},
 ])
 def test_prune_config_validation(kwargs):
     with pytest.raises(UserError):
         PruneConfig(**kwargs)
+
+
+def test_global_masks_one_threshold_across_tensors():
+    torch.manual_seed(0)
+    small, large = torch.randn(8, 16) * 0.1, torch.randn(8, 16)
+    masks = global_masks([(small, False), (large, False)], 0.5)
+    assert sum(int((~m).sum()) for m in masks) == 128  # exactly half of all 256 entries
+    assert int((~masks[0]).sum()) > int((~masks[1]).sum())  # the small-scale tensor loses more
+    kept = torch.cat([w[m].abs() for w, m in zip((small, large), masks, strict=True)])
+    pruned = torch.cat([w[~m].abs() for w, m in zip((small, large), masks, strict=True)])
+    assert kept.min() >= pruned.max()
+    # the same tensors pruned one by one are each exactly half sparse
+    assert all(int((~compute_mask(w, 0.5)).sum()) == 64 for w in (small, large))
+
+
+def test_global_block_masks_keep_whole_blocks_and_input_first_layout():
+    torch.manual_seed(0)
+    plain, transposed = torch.randn(6, 8), torch.randn(8, 6) * 3
+    masks = global_masks([(plain, False), (transposed, True)], 0.5, "block", 4)
+    assert sum(int((~m).sum()) for m in masks) == 48
+    assert detect_block_pattern(plain * masks[0], 4)
+    assert detect_block_pattern(transposed * masks[1], 4, input_first=True)
+    assert int((~masks[0]).sum()) > int((~masks[1]).sum())
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlnet"])
+def test_global_scope_prunes_layers_unevenly_to_the_global_target(arch, tiny_model_factory):
+    model = load_classifier(tiny_model_factory(arch, LAYERS))
+    attach_masks(model)
+    update_masks(model, 0.6, "unstructured", scope="global")
+    masks = current_masks(model).values()
+    assert sum(int((~m).sum()) for m in masks) == round(0.6 * sum(m.numel() for m in masks))
+    assert len({round(float((~m).float().mean()), 3) for m in masks}) > 1
+    with pytest.raises(UserError, match="scope"):
+        update_masks(model, 0.6, scope="network")
 
 
 # --- parametrized masks on every architecture ---------------------------------------------------

@@ -31,11 +31,12 @@ FinalSparsity = Annotated[float | None, Opt(help="final sparsity of the pruned w
 BlockSize = Annotated[int | None, Opt(help="block size for --prune block (1xN along the input)")]
 PruneEnd = Annotated[float | None, Opt(help="fraction of steps at which final sparsity is reached")]
 PruneEvery = Annotated[int | None, Opt(help="update masks every N steps")]
+PruneScope = Annotated[str | None, Opt(help="layer: every tensor equally sparse | global: one threshold")]
 
 
-def _prune_overrides(method, final_sparsity, block_size, prune_end, prune_every) -> dict | None:
+def _prune_overrides(method, final_sparsity, block_size, prune_end, prune_every, scope) -> dict | None:
     values = {"method": method, "final_sparsity": final_sparsity, "block_size": block_size,
-              "end_fraction": prune_end, "frequency": prune_every}
+              "end_fraction": prune_end, "frequency": prune_every, "scope": scope}
     return values if method else None
 
 
@@ -131,6 +132,7 @@ def finetune(
     block_size: BlockSize = None,
     prune_end: PruneEnd = None,
     prune_every: PruneEvery = None,
+    prune_scope: PruneScope = None,
     teacher: Annotated[str | None, Opt(help="task distillation: fine-tuned teacher directory")] = None,
     temperature: Annotated[float | None, Opt(help="task distillation temperature")] = None,
     alpha_soft: Annotated[float | None, Opt(help="task distillation soft-target weight")] = None,
@@ -143,7 +145,7 @@ def finetune(
     from distilprune.jobs.finetune import finetune as run
 
     overrides = {
-        "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every),
+        "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope),
         "qat": {} if qat else None,
         "model": model, "out": str(out) if out else None, "overwrite": overwrite or None,
         "lock_sparsity": lock_sparsity or None,
@@ -245,6 +247,7 @@ def distill_mlm(
     block_size: BlockSize = None,
     prune_end: PruneEnd = None,
     prune_every: PruneEvery = None,
+    prune_scope: PruneScope = None,
     checkpoint_every: Annotated[int | None, Opt(help="save a resumable checkpoint every N steps")] = None,
     resume: Annotated[bool, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = False,
     recipe: Annotated[Path | None, Opt()] = None,
@@ -263,7 +266,7 @@ def distill_mlm(
         "train": {"max_steps": steps, "epochs": epochs, "batch_size": batch_size,
                   "grad_accum": grad_accum, "lr": lr, "checkpoint_every": checkpoint_every,
                   "resume": resume or None},
-        "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every),
+        "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope),
     }
     cfg = from_dict(GeneralDistillConfig, merge(_recipe(recipe, "distill_mlm"), overrides), "distill_mlm")
     if not cfg.teacher or not cfg.out:

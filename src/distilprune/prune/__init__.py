@@ -6,6 +6,7 @@ from distilprune.prune.masks import (
     block_magnitude_mask,
     compute_mask,
     detect_block_pattern,
+    global_masks,
     magnitude_mask,
 )
 from distilprune.prune.parametrize import (
@@ -39,6 +40,7 @@ __all__ = [
     "current_masks",
     "detect_block_pattern",
     "finalize",
+    "global_masks",
     "has_masks",
     "is_update_step",
     "lock_sparsity",

@@ -9,6 +9,7 @@ from torch import nn
 from distilprune.errors import UserError, require
 from distilprune.prune.masks import METHODS, NORMS
 from distilprune.prune.parametrize import (
+    SCOPES,
     attach_masks,
     finalize,
     lock_sparsity,
@@ -31,6 +32,7 @@ class PruneConfig:
     start_fraction: float = 0.0
     end_fraction: float = 0.7
     frequency: int = 10
+    scope: str = "layer"
     include: list[str] | None = None
     exclude: list[str] | None = None
 
@@ -43,6 +45,8 @@ class PruneConfig:
                 f"unknown pruning method {self.method!r}; choose one of {', '.join(METHODS)}")
         require(self.block_norm in NORMS,
                 f"unknown block norm {self.block_norm!r}; choose one of {', '.join(NORMS)}")
+        require(self.scope in SCOPES,
+                f"unknown pruning scope {self.scope!r}; choose one of {', '.join(SCOPES)}")
         require(self.block_size >= 1, f"block size must be >= 1, got {self.block_size}")
         require(self.frequency >= 1, f"pruning frequency must be >= 1, got {self.frequency}")
         for name in ("initial_sparsity", "final_sparsity"):
@@ -88,7 +92,7 @@ class PruningHook(Hook):
         sparsity = self.target_sparsity(step)
         if sparsity != self.current_sparsity or not self.history:
             cfg = self.config
-            update_masks(model, sparsity, cfg.method, cfg.block_size, cfg.block_norm)
+            update_masks(model, sparsity, cfg.method, cfg.block_size, cfg.block_norm, cfg.scope)
             self.current_sparsity = sparsity
             self.history.append((step, sparsity))
 

@@ -13,6 +13,7 @@ is the input instead and the matrix is transposed (XLNet's ``q/k/v/r``, used as
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,15 +42,42 @@ def _check_sparsity(sparsity: float) -> None:
         raise UserError(f"sparsity must be in [0, 1], got {sparsity}")
 
 
+def mask_scores(weight: torch.Tensor, method: str = "unstructured", block_size: int = 4,
+                norm: str = "l2", input_first: bool = False) -> torch.Tensor:
+    """Flat importance scores of the pruning units of ``weight``: ``|w|`` per entry
+    (``"unstructured"``) or the norm of every 1 x ``block_size`` block (``"block"``)."""
+    if method == "unstructured":
+        return weight.detach().abs().flatten().float()
+    if method == "block":
+        if block_size < 1:
+            raise UserError(f"block size must be >= 1, got {block_size}")
+        return block_scores(as_matrix(weight, input_first), block_size, norm).flatten()
+    raise UserError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def mask_from_units(keep: torch.Tensor, weight: torch.Tensor, method: str = "unstructured",
+                    block_size: int = 4, input_first: bool = False) -> torch.Tensor:
+    """Expand a flat keep-flag per pruning unit (see :func:`mask_scores`) to a weight mask."""
+    if method == "unstructured":
+        return keep.reshape(weight.shape)
+    rows = as_matrix(weight, input_first).shape
+    keep = keep.reshape(rows[0], -1, 1).expand(-1, -1, block_size).reshape(rows[0], -1)[:, : rows[1]]
+    return from_matrix(keep, weight.shape, input_first)
+
+
+def lowest_off(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-flags zeroing exactly ``round(sparsity * n)`` lowest ``scores`` (stable on ties)."""
+    _check_sparsity(sparsity)
+    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    n_zero = int(round(sparsity * scores.numel()))
+    if n_zero:
+        keep[torch.argsort(scores, stable=True)[:n_zero]] = False
+    return keep
+
+
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Unstructured mask zeroing exactly ``round(sparsity * numel)`` smallest-|w| entries."""
-    _check_sparsity(sparsity)
-    n_zero = int(round(sparsity * weight.numel()))
-    mask = torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
-    if n_zero:
-        scores = weight.detach().abs().flatten().float()
-        mask[torch.argsort(scores, stable=True)[:n_zero]] = False
-    return mask.reshape(weight.shape)
+    return mask_from_units(lowest_off(mask_scores(weight), sparsity), weight)
 
 
 def _block_view(matrix: torch.Tensor, block_size: int) -> tuple[torch.Tensor, int]:
@@ -89,17 +117,8 @@ def block_magnitude_mask(
     to rounding to whole blocks.
     """
     _check_sparsity(sparsity)
-    if block_size < 1:
-        raise UserError(f"block size must be >= 1, got {block_size}")
-    matrix = as_matrix(weight, input_first)
-    scores = block_scores(matrix, block_size, norm).flatten()
-    n_zero = int(round(sparsity * scores.numel()))
-    keep = torch.ones(scores.numel(), dtype=torch.bool, device=weight.device)
-    if n_zero:
-        keep[torch.argsort(scores, stable=True)[:n_zero]] = False
-    keep = keep.reshape(matrix.shape[0], -1, 1).expand(-1, -1, block_size)
-    keep = keep.reshape(matrix.shape[0], -1)[:, : matrix.shape[1]]
-    return from_matrix(keep, weight.shape, input_first)
+    scores = mask_scores(weight, "block", block_size, norm, input_first)
+    return mask_from_units(lowest_off(scores, sparsity), weight, "block", block_size, input_first)
 
 
 def compute_mask(
@@ -116,6 +135,22 @@ def compute_mask(
     if method == "block":
         return block_magnitude_mask(weight, sparsity, block_size, norm, input_first)
     raise UserError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def global_masks(
+    weights: Sequence[tuple[torch.Tensor, bool]],
+    sparsity: float,
+    method: str = "unstructured",
+    block_size: int = 4,
+    norm: str = "l2",
+) -> list[torch.Tensor]:
+    """Masks for ``(weight, input_first)`` pairs with *one* threshold across all of them (as
+    ``torch.nn.utils.prune.global_unstructured``): ``round(sparsity * units)`` lowest-scoring
+    entries or blocks of the whole set are zeroed, so layers end up unevenly sparse."""
+    scores = [mask_scores(w, method, block_size, norm, first) for w, first in weights]
+    keep = lowest_off(torch.cat(scores), sparsity).split([s.numel() for s in scores])
+    return [mask_from_units(k, w, method, block_size, first)
+            for k, (w, first) in zip(keep, weights, strict=True)]
 
 
 def detect_block_pattern(weight: torch.Tensor, block_size: int, input_first: bool = False) -> bool:

@@ -23,13 +23,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from distilprune.errors import UserError
-from distilprune.prune.masks import compute_mask
+from distilprune.prune.masks import compute_mask, global_masks
 
 Target = tuple[nn.Module, str, str]
 """``(module, parameter name, qualified name)`` of one prunable tensor."""
 
 BLOCK_PATTERN = re.compile(r"(^|\.)layers?\.\d+\.")
 DEFAULT_EXCLUDE = (r"norm", r"bias", r"embed")
+SCOPES = ("layer", "global")
 # Parameters whose dimension 0 is the matmul input (XLNet: einsum "ibh,hnd->ibnd").
 INPUT_FIRST = {"XLNetRelativeAttention": frozenset({"q", "k", "v", "r"})}
 
@@ -162,12 +163,21 @@ def update_masks(
     method: str = "unstructured",
     block_size: int = 4,
     norm: str = "l2",
+    scope: str = "layer",
 ) -> None:
     """Recompute every attached mask at ``sparsity`` from the magnitudes of the *masked*
-    weights, so pruned weights stay pruned while sparsity grows (no regrowth)."""
-    for module, name, _, wm in masked_parameters(model):
-        wm.mask.copy_(compute_mask(getattr(module, name), sparsity, method, block_size, norm,
-                                   wm.input_first))
+    weights, so pruned weights stay pruned while sparsity grows (no regrowth). ``scope``:
+    ``"layer"`` prunes every tensor to ``sparsity``; ``"global"`` ranks all of them together."""
+    masked = masked_parameters(model)
+    weights = [(getattr(module, name), wm.input_first) for module, name, _, wm in masked]
+    if scope == "global":
+        masks = global_masks(weights, sparsity, method, block_size, norm)
+    elif scope == "layer":
+        masks = [compute_mask(w, sparsity, method, block_size, norm, first) for w, first in weights]
+    else:
+        raise UserError(f"unknown pruning scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    for (_, _, _, wm), mask in zip(masked, masks, strict=True):
+        wm.mask.copy_(mask)
 
 
 @torch.no_grad()
