@@ -77,7 +77,7 @@ def lowest_off(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Unstructured mask zeroing exactly ``round(sparsity * numel)`` smallest-|w| entries."""
-    return mask_from_units(lowest_off(mask_scores(weight), sparsity), weight)
+    return compute_mask(weight, sparsity)
 
 
 def _block_view(matrix: torch.Tensor, block_size: int) -> tuple[torch.Tensor, int]:
@@ -116,9 +116,7 @@ def block_magnitude_mask(
     along the input dimension. With ``in % block_size == 0`` the element sparsity is exact up
     to rounding to whole blocks.
     """
-    _check_sparsity(sparsity)
-    scores = mask_scores(weight, "block", block_size, norm, input_first)
-    return mask_from_units(lowest_off(scores, sparsity), weight, "block", block_size, input_first)
+    return compute_mask(weight, sparsity, "block", block_size, norm, input_first)
 
 
 def compute_mask(
@@ -129,12 +127,10 @@ def compute_mask(
     norm: str = "l2",
     input_first: bool = False,
 ) -> torch.Tensor:
-    """Dispatch to :func:`magnitude_mask` (``"unstructured"``) or :func:`block_magnitude_mask`."""
-    if method == "unstructured":
-        return magnitude_mask(weight, sparsity)
-    if method == "block":
-        return block_magnitude_mask(weight, sparsity, block_size, norm, input_first)
-    raise UserError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    """Mask zeroing the ``round(sparsity * units)`` lowest-scoring entries (``"unstructured"``,
+    :func:`magnitude_mask`) or 1 x ``block_size`` blocks (``"block"``, :func:`block_magnitude_mask`)."""
+    scores = mask_scores(weight, method, block_size, norm, input_first)
+    return mask_from_units(lowest_off(scores, sparsity), weight, method, block_size, input_first)
 
 
 def global_masks(
