@@ -49,9 +49,10 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> None:
         handle.write(markdown)
 
 
-def load_summary(model_dir: Path) -> dict[str, Any] | None:
-    """The saved ``distilprune.json`` of a finished run (benchmarks resume by skipping it)."""
-    meta = model_dir / "distilprune.json"
+def load_summary(model_dir: Path, name: str = "distilprune.json") -> dict[str, Any] | None:
+    """The saved summary of a finished run, ``distilprune.json`` (``export.json`` for an
+    export), or None (benchmarks resume by skipping finished runs)."""
+    meta = model_dir / name
     return json.loads(meta.read_text()) if meta.is_file() else None
 
 
@@ -69,14 +70,15 @@ def stage_mismatch(summary: Mapping[str, Any], expect: Mapping[str, Any]) -> str
     return None
 
 
-def staged(out: Path, run: Callable[[], dict[str, Any]], expect: Mapping[str, Any] | None = None
-           ) -> dict[str, Any]:
-    """Run ``run()`` unless ``out`` already holds a finished model (benchmarks resume).
+def staged(out: Path, run: Callable[[], Any], expect: Mapping[str, Any] | None = None,
+           summary_name: str = "distilprune.json") -> Any:
+    """Run ``run()`` unless ``out`` already holds a finished model or export (its
+    ``summary_name`` file exists; benchmarks resume).
 
-    A finished model is reused only if its ``distilprune.json`` agrees with ``expect``
+    A finished stage is reused only if its summary agrees with ``expect``
     (e.g. ``{"config.train.max_steps": 1015}``); otherwise the run stops with a one-line error.
     """
-    summary = load_summary(out)
+    summary = load_summary(out, summary_name)
     if summary is not None and expect and (why := stage_mismatch(summary, expect)):
         raise SystemExit(f"{out} was made with {why}: use a fresh --work directory")
     if summary is None:

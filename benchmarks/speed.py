@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from common import RESULTS, WORK, load_summary, require_data, write_results
-from common import staged as staged_model
+from common import RESULTS, WORK, load_summary, require_data, staged, write_results
 from finetune import data_config
 
 from distilprune.export import export_onnx
@@ -40,12 +38,9 @@ SPARSE_INT8 = ("sparse-ptq-int8-onnx", "sparse-qat-int8-onnx", "sparse-static-in
                "sparse-shrunk-int8-onnx")
 
 
-def staged(out: Path, run) -> None:
-    """Run ``run()`` unless ``out`` exists (exports; trained models use ``staged_model``)."""
-    if not out.exists():
-        start = time.perf_counter()
-        run()
-        print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
+def staged_export(out: Path, run) -> None:
+    """Export unless ``out`` already holds a finished export."""
+    staged(out, run, summary_name="export.json")
 
 
 def best_compressed(rows: list[dict], candidates: list[dict] | None = None,
@@ -103,8 +98,8 @@ def shrink_then_finetune(sparse: Path, out: Path, heads: float, neurons: float, 
 def extra_sparse_rows(sparse: Path, out: Path, parity_texts: list[str]) -> list[Path]:
     """An extra sparse model: its fp32 row and its ONNX Runtime dynamic int8 row."""
     onnx = out / f"{sparse.name}-ptq-int8-onnx"
-    staged(onnx, lambda: export_onnx(sparse, onnx, int8=True, max_length=128, parity_texts=parity_texts,
-                                     overwrite=True))
+    staged_export(onnx, lambda: export_onnx(sparse, onnx, int8=True, max_length=128,
+                                            parity_texts=parity_texts, overwrite=True))
     return [sparse, onnx]
 
 
@@ -156,7 +151,7 @@ def main() -> None:
     data = prepare_data(data_config(False))
     val = data.val
     qat = out / "sparse-qat"
-    staged_model(qat, lambda: locked_finetune(sparse, qat, args.qat_steps, args.qat_lr, qat=True,
+    staged(qat, lambda: locked_finetune(sparse, qat, args.qat_steps, args.qat_lr, qat=True,
                                               eval_every=args.qat_eval_every),
                  {"config.train.max_steps": args.qat_steps, "config.train.lr": args.qat_lr})
     shrunk = out / "sparse-shrunk"
@@ -166,12 +161,13 @@ def main() -> None:
                "sparse-ptq-int8-onnx": (sparse, True), "sparse-qat-int8-onnx": (qat, True),
                "sparse-shrunk-int8-onnx": (shrunk, True)}
     for name, (source, int8) in exports.items():
-        staged(out / name, lambda s=source, n=name, q=int8: export_onnx(
+        staged_export(out / name, lambda s=source, n=name, q=int8: export_onnx(
             s, out / n, int8=q, max_length=128, parity_texts=val.texts[:500], overwrite=True))
     static = out / "sparse-static-int8-onnx"
     # activations calibrated on 200 training tweets; parity against the fp32 export on 500 validation ones
-    staged(static, lambda: static_quantize_export(out / "sparse-fp32-onnx", static, data.train.texts[:200],
-                                                  parity_texts=val.texts[:500]))
+    calibration, parity = data.train.texts[:200], val.texts[:500]
+    staged_export(static, lambda: static_quantize_export(out / "sparse-fp32-onnx", static, calibration,
+                                                         parity_texts=parity))
     compact = save_compact(qat, out / "sparse-qat-compact", int8=True, overwrite=True)
     extra_rows = [row for extra in extras for row in extra_sparse_rows(
         extra, WORK / "speed" / f"{args.prune_work.name}-{extra.name}", val.texts[:500])]
