@@ -17,6 +17,13 @@ general distillation from the 12L MPNet teacher is repeated with pruning); ~4x t
 
     python benchmarks/prune.py [--threads 2] [--base minilm-l6] [--gd-steps 150] [--ft-steps 203]
     python benchmarks/prune.py --work DIR --only unstructured:0.90 --variants ofa   # one cell
+    python benchmarks/prune.py --work DIR --only unstructured:0.50 --variants ofa   # off the matrix
+    python benchmarks/prune.py --work DIR --variants kd   # control: dense, sparse cells' recipe
+
+Trials (each in a fresh ``--work``; link in the stages they share): ``--ft-lr`` / ``--dense-lr``
+(sparse and dense fine-tuning rates apart), ``--gd-alpha-ce 0 --gd-cos-layers all`` (sparse
+pre-training on the every-layer hidden-state cosine alone), ``--no-task-kd`` (sparse fine-tunes on
+the labels only), ``--task-cos``, ``--kd-teacher``, ``--scope global``, ``--seed``.
 """
 
 from __future__ import annotations
@@ -73,12 +80,19 @@ class Budget:
     task_cos: float
     kd_teacher: Path | None = None  # default: the dense fine-tune of this run
     dense_steps: int | None = None  # default: ft_steps
+    dense_lr: float | None = None  # default: ft_lr
     seed: int = 42  # of the fine-tunings (the sparse pre-trainings always use 42)
     scope: str = "layer"  # pruning threshold per tensor ("layer") or across all ("global")
+    gd_alpha_ce: float | None = None  # default: the base's soft-target weight
+    task_kd: bool = True  # sparse fine-tunes task-distilled from ``teacher`` (else labels only)
 
     @property
     def dense_ft_steps(self) -> int:
         return self.dense_steps or self.ft_steps
+
+    @property
+    def dense_ft_lr(self) -> float:
+        return self.dense_lr or self.ft_lr
 
     @property
     def teacher(self) -> Path:
@@ -86,8 +100,9 @@ class Budget:
         return self.kd_teacher or self.out / "dense"
 
     def gd_loss(self, base_loss: DistillLoss) -> DistillLoss:
-        """The base's sparse pre-training loss with this run's cosine layers."""
-        return dataclasses.replace(base_loss, cos_layers=self.gd_cos_layers)
+        """The base's sparse pre-training loss with this run's cosine layers (and soft-target weight)."""
+        alpha_ce = base_loss.alpha_ce if self.gd_alpha_ce is None else self.gd_alpha_ce
+        return dataclasses.replace(base_loss, cos_layers=self.gd_cos_layers, alpha_ce=alpha_ce)
 
     def task_loss(self) -> TaskLoss:
         """Task distillation from the dense fine-tune, plus the optional every-layer cosine."""
@@ -138,27 +153,28 @@ def prepare_base(name: str, head_steps: int, out: Path) -> Base:
 
 def ofa_pretrain(base: Base, budget: Budget, method: str, sparsity: float) -> dict:
     out = budget.out / f"gd-{method}-{sparsity:.2f}"
-    prune = schedule(method, sparsity, budget.scope)
+    prune, loss = schedule(method, sparsity, budget.scope), budget.gd_loss(base.loss)
     cfg = GeneralDistillConfig(teacher=str(base.mlm_teacher), out=str(out),
-                               student_layers=STUDENT_LAYERS, corpus=CORPUS, loss=budget.gd_loss(base.loss),
+                               student_layers=STUDENT_LAYERS, corpus=CORPUS, loss=loss,
                                train=train_config(budget.gd_steps, budget.gd_lr), prune=prune, overwrite=True)
-    return staged(out, lambda: general_distill(cfg), expected(budget.gd_steps, budget.gd_lr, prune))
+    return staged(out, lambda: general_distill(cfg),
+                  expected(budget.gd_steps, budget.gd_lr, prune) | {"config.loss.alpha_ce": loss.alpha_ce})
 
 
 def downstream(budget: Budget, name: str, model: Path | str, lock: bool = False,
-               prune: PruneConfig | None = None, distill: bool = True, steps: int | None = None) -> dict:
-    """Fine-tune on the tweets (``steps``, default the budget's); with ``distill``, task-distilled
-    from the budget's teacher."""
+               prune: PruneConfig | None = None, distill: bool = True, steps: int | None = None,
+               lr: float | None = None) -> dict:
+    """Fine-tune on the tweets (``steps`` and ``lr``, default the budget's); with ``distill``,
+    task-distilled from the budget's teacher."""
     out = budget.out / name
-    steps = steps or budget.ft_steps
+    steps, lr = steps or budget.ft_steps, lr or budget.ft_lr
     cfg = FinetuneConfig(model=str(model), out=str(out), data=data_config(False),
-                         train=train_config(steps, budget.ft_lr, budget.seed), lock_sparsity=lock,
+                         train=train_config(steps, lr, budget.seed), lock_sparsity=lock,
                          prune=prune, overwrite=True)
-    if not distill:
-        return staged(out, lambda: finetune(cfg), expected(steps, budget.ft_lr, prune, seed=budget.seed))
+    if not (distill and budget.task_kd):
+        return staged(out, lambda: finetune(cfg), expected(steps, lr, prune, seed=budget.seed))
     task = TaskDistillConfig(teacher=str(budget.teacher), finetune=cfg, loss=budget.task_loss())
-    return staged(out, lambda: distill_task(task),
-                  expected(steps, budget.ft_lr, prune, budget.teacher, budget.seed))
+    return staged(out, lambda: distill_task(task), expected(steps, lr, prune, budget.teacher, budget.seed))
 
 
 def row(name: str, method: str, sparsity: float, summary: dict, dense_acc: float, seconds: float) -> dict:
@@ -182,8 +198,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gd-lr", type=float, default=1e-4)
     parser.add_argument("--ft-lr", type=float, default=8e-5)
     parser.add_argument("--dense-steps", type=int, help="dense fine-tune steps (default: --ft-steps)")
+    parser.add_argument("--dense-lr", type=float, help="dense fine-tune learning rate (default: --ft-lr)")
     parser.add_argument("--gd-cos-layers", choices=("last", "all"), default="last",
                         help="hidden-state cosine of the sparse pre-training on the last or every layer")
+    parser.add_argument("--gd-alpha-ce", type=float,
+                        help="soft-target (MLM head) weight of the sparse pre-training (default: the base's)")
+    parser.add_argument("--no-task-kd", action="store_true",
+                        help="fine-tune the sparse models on the labels only (no task distillation)")
     parser.add_argument("--task-cos", type=float, default=0.0,
                         help="weight of an every-layer cosine to the dense fine-tune while fine-tuning")
     parser.add_argument("--kd-teacher", type=Path,
@@ -195,19 +216,31 @@ def parse_args() -> argparse.Namespace:
                         help="seed of the fine-tunings (data order, classifier init, dropout)")
     parser.add_argument("--only", nargs="+", metavar="METHOD:SPARSITY",
                         help="run only these cells, e.g. unstructured:0.90")
-    parser.add_argument("--variants", nargs="+", choices=("ofa", "gmp"), default=["ofa", "gmp"])
+    parser.add_argument("--variants", nargs="+", choices=("ofa", "gmp", "kd"), default=["ofa", "gmp"],
+                        help="kd: a control, the dense model fine-tuned with the sparse cells' budget "
+                             "and task distillation (no pruning)")
     parser.add_argument("--report-only", action="store_true",
                         help="report the finished cells of --work (train nothing; list the missing ones)")
     return parser.parse_args()
 
 
 def cells(only: list[str] | None) -> list[tuple[str, float]]:
-    """(method, sparsity) pairs, most sparse first (the speed benchmark needs ``ofa-block-0.90``)."""
-    every = [(m, s) for m in METHODS for s in sorted(SPARSITIES, reverse=True)]
+    """(method, sparsity) pairs, most sparse first (the speed benchmark needs ``ofa-block-0.90``);
+    ``only`` picks cells, also at sparsities outside the default matrix (e.g. ``unstructured:0.70``)."""
     if not only:
-        return every
-    wanted = {(m, round(float(s), 2)) for m, _, s in (item.partition(":") for item in only)}
-    return [(m, s) for m, s in every if (m, round(s, 2)) in wanted]
+        return [(m, s) for m in METHODS for s in sorted(SPARSITIES, reverse=True)]
+    wanted = set()
+    for item in only:
+        method, _, sparsity = item.partition(":")
+        try:
+            value = round(float(sparsity), 2)
+        except ValueError:
+            value = -1.0
+        if method not in METHODS or not 0.0 < value < 1.0:
+            raise SystemExit(f"--only {item!r}: expected METHOD:SPARSITY, METHOD in {METHODS}, "
+                             "0 < SPARSITY < 1")
+        wanted.add((method, value))
+    return sorted(wanted, key=lambda cell: (METHODS.index(cell[0]), -cell[1]))
 
 
 def main() -> None:
@@ -215,13 +248,17 @@ def main() -> None:
     require_data()
     torch.set_num_threads(args.threads)
     budget = Budget(args.work, args.gd_steps, args.ft_steps, args.gd_lr, args.ft_lr, args.gd_cos_layers,
-                    args.task_cos, args.kd_teacher, args.dense_steps, args.seed,
-                    args.scope)
+                    args.task_cos, args.kd_teacher, args.dense_steps, args.dense_lr, args.seed,
+                    args.scope, args.gd_alpha_ce, not args.no_task_kd)
     base = prepare_base(args.base, args.head_steps, args.work)
-    dense = downstream(budget, "dense", base.dense, distill=False, steps=budget.dense_ft_steps)
+    dense = downstream(budget, "dense", base.dense, distill=False, steps=budget.dense_ft_steps,
+                       lr=budget.dense_ft_lr)
     dense_acc = dense["metrics"]["accuracy"]
     rows = [row("dense (FT)", "-", 0.0, dense, dense_acc, dense["train"]["seconds"])]
     missing = []
+    if "kd" in args.variants and not (args.report_only and load_summary(args.work / "dense-kd") is None):
+        control = downstream(budget, "dense-kd", base.dense)  # the sparse cells' recipe without pruning
+        rows.append(row(KD_CONTROL, "-", 0.0, control, dense_acc, control["train"]["seconds"]))
     for method, sparsity in cells(args.only):
         tag = f"{method}-{sparsity:.2f}"
         variants = args.variants
@@ -249,7 +286,8 @@ def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict
     checks = target_checks(rows)
     payload = {"benchmark": "prune", "threads": args.threads, "base": args.base,
                "budgets": {"general_distillation_steps": budget.gd_steps, "finetune_steps": budget.ft_steps,
-                           "dense_finetune_steps": dense_steps, "kd_teacher": str(budget.teacher),
+                           "dense_finetune_steps": dense_steps, "dense_finetune_lr": budget.dense_ft_lr,
+                           "kd_teacher": str(budget.teacher) if budget.task_kd else None,
                            "general_distillation_lr": budget.gd_lr, "finetune_lr": budget.ft_lr,
                            "mlm_head_steps": args.head_steps, "batch_size": 32,
                            "schedule": "cubic, 0 -> target over the first 70% of steps, "
@@ -268,9 +306,11 @@ def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict
           f"with the mask locked; (b) fine-tuning {budget.ft_steps} steps with pruning; batch 32, "
           f"lr {budget.ft_lr:g}, same schedule (cubic, 0 -> target over the first 70% of steps, masks "
           f"updated every 10 steps, {threshold}); fine-tuning seed "
-          f"{budget.seed}; dense fine-tune {dense_steps} steps; both sparse variants are "
-          f"task-distilled from `{budget.teacher.name}` (T=2, 0.5 soft + 0.5 hard{cos}); "
-          f"distillation loss α={gd_loss.alpha_ce:g}, "
+          f"{budget.seed}; dense fine-tune {dense_steps} steps at lr {budget.dense_ft_lr:g}; "
+          "both sparse variants are "
+          + (f"task-distilled from `{budget.teacher.name}` (T=2, 0.5 soft + 0.5 hard{cos}); "
+             if budget.task_kd else "fine-tuned on the labels only (no task distillation); ")
+          + f"distillation loss α={gd_loss.alpha_ce:g}, "
           f"β={gd_loss.alpha_mlm:g}, γ={gd_loss.alpha_cos:g} (cosine on "
           f"{'every layer' if gd_loss.cos_layers == 'all' else 'the last layer'}). "
           "`best_step`: the fine-tuning step whose checkpoint (evaluated every epoch, at the "
@@ -283,6 +323,7 @@ def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict
     print(md)
 
 
+KD_CONTROL = "(c) dense, task-distilled"
 TARGETS = {0.85: 0.99, 0.9: 0.985}  # the issue's retention targets per sparsity
 
 
@@ -308,6 +349,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     dense = rows[0]["accuracy"]
     ax.axhline(dense, color="gray", linestyle="--", label="dense")
+    for control in (r for r in rows if r["variant"] == KD_CONTROL):
+        ax.axhline(control["accuracy"], color="gray", linestyle=":", label=KD_CONTROL)
     for variant in ("(a) Prune OFA", "(b) GMP on task"):
         for method, marker in (("unstructured", "o"), ("block", "s")):
             pts = [r for r in rows if r["variant"] == variant and r["method"] == method]

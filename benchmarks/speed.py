@@ -120,7 +120,8 @@ def parse_args() -> argparse.Namespace:
                         help="stage directory of benchmarks/prune.py holding --sparse and --dense")
     parser.add_argument("--sparse", default="ofa-block-0.90", help="sparse model under --prune-work")
     parser.add_argument("--extra-sparse", nargs="*", default=[], metavar="NAME",
-                        help="more sparse models under --prune-work: fp32 and ONNX dynamic int8 rows each")
+                        help="more sparse models under --prune-work (or ../<other work>/NAME): "
+                             "fp32 and ONNX dynamic int8 rows each")
     parser.add_argument("--dense", default="dense", help="its dense counterpart under --prune-work")
     parser.add_argument("--student", default="student-c-gd-td", help="model under benchmarks/work/distill")
     parser.add_argument("--small", default="minilm-l6-raw",
@@ -170,7 +171,7 @@ def main() -> None:
                                                          parity_texts=parity))
     compact = save_compact(qat, out / "sparse-qat-compact", int8=True, overwrite=True)
     extra_rows = [row for extra in extras for row in extra_sparse_rows(
-        extra, WORK / "speed" / f"{args.prune_work.name}-{extra.name}", val.texts[:500])]
+        extra, WORK / "speed" / f"{extra.parent.name}-{extra.name}", val.texts[:500])]
     if args.prepare_only:
         return
     from distilprune.benchmark import run_benchmark
