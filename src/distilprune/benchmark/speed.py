@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from distilprune.errors import UserError, require
 from distilprune.export.runtime import (
@@ -284,7 +285,9 @@ def benchmark_models(paths: Sequence[str], texts: Sequence[str] | None = None,
     with tempfile.TemporaryDirectory(prefix="distilprune-bench-") as tmp:
         data = Path(tmp) / "data.json"
         write_json(data, {"texts": texts, "labels": None if labels is None else list(labels)})
-        for spec, name in zip(paths, names, strict=True):
+        progress = tqdm(list(zip(paths, names, strict=True)), desc="benchmark", unit="model")
+        for spec, name in progress:
+            progress.set_postfix_str(name)
             _check_spec(spec)
             settings = {"threads": threads, "batch_sizes": list(batch_sizes),
                         "seq_len": seq_len, "warmup": warmup, "repeats": repeats}
