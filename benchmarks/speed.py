@@ -65,7 +65,7 @@ def best_line(best: dict, what: str) -> str:
     how = ("the fastest at batch 8 with >= 98% of the teacher's accuracy" if best["kept_accuracy"]
            else "none keeps 98% of the teacher's accuracy; the most accurate")
     return (f"\n{what} ({how}): `{best['name']}`: accuracy {best['accuracy']:.4f} "
-            f"({best['accuracy_retention']:.1%} of the teacher's), "
+            f"({best['accuracy_retention']:.2%} of the teacher's), "
             f"{best['speedup_b8']:.1f}x faster at batch 8 ({best['speedup_b1']:.1f}x at batch 1), "
             f"{best['size_ratio']:.1f}x smaller on disk; targets (10x, 10x, 98%) "
             f"{'met' if best['meets_targets'] else 'NOT met'}.\n")
