@@ -247,9 +247,11 @@ def main() -> None:
     args = parse_args()
     require_data()
     torch.set_num_threads(args.threads)
-    budget = Budget(args.work, args.gd_steps, args.ft_steps, args.gd_lr, args.ft_lr, args.gd_cos_layers,
-                    args.task_cos, args.kd_teacher, args.dense_steps, args.dense_lr, args.seed,
-                    args.scope, args.gd_alpha_ce, not args.no_task_kd)
+    budget = Budget(out=args.work, gd_steps=args.gd_steps, ft_steps=args.ft_steps, gd_lr=args.gd_lr,
+                    ft_lr=args.ft_lr, gd_cos_layers=args.gd_cos_layers, task_cos=args.task_cos,
+                    kd_teacher=args.kd_teacher, dense_steps=args.dense_steps, dense_lr=args.dense_lr,
+                    seed=args.seed, scope=args.scope, gd_alpha_ce=args.gd_alpha_ce,
+                    task_kd=not args.no_task_kd)
     base = prepare_base(args.base, args.head_steps, args.work)
     dense = downstream(budget, "dense", base.dense, distill=False, steps=budget.dense_ft_steps,
                        lr=budget.dense_ft_lr)
