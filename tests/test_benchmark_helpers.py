@@ -95,3 +95,23 @@ def test_target_checks_pick_the_best_row_per_sparsity() -> None:
     # (a) retains 0.79 / 0.8 = 98.75%: below the 99% target at 85%, above the 98.5% one at 90%
     assert checks[0.85]["best"].startswith("(a)") and not checks[0.85]["met"]
     assert checks[0.9]["met"]
+
+
+def test_cells_take_any_sparsity_and_reject_bad_ones() -> None:
+    assert prune.cells(["unstructured:0.5", "block:0.90", "unstructured:0.70"]) == [
+        ("block", 0.9), ("unstructured", 0.7), ("unstructured", 0.5)]
+    assert len(prune.cells(None)) == len(prune.METHODS) * len(prune.SPARSITIES)
+    for bad in ("movement:0.9", "unstructured:1.0", "unstructured:x"):
+        with pytest.raises(SystemExit, match="METHOD:SPARSITY"):
+            prune.cells([bad])
+
+
+def test_budget_overrides_the_sparse_pretraining_soft_weight(tmp_path: Path) -> None:
+    base_loss = prune.DistillLoss(alpha_ce=5.0, alpha_mlm=0.0)
+    budget = prune.Budget(out=tmp_path, gd_steps=1, ft_steps=1, gd_lr=1e-4, ft_lr=1e-4, gd_cos_layers="all",
+                          task_cos=0.0)
+    assert budget.gd_loss(base_loss).alpha_ce == 5.0 and budget.dense_ft_lr == 1e-4
+    tuned = prune.Budget(out=tmp_path, gd_steps=1, ft_steps=1, gd_lr=1e-4, ft_lr=2e-4, gd_cos_layers="all",
+                         task_cos=0.0, dense_lr=1e-4, gd_alpha_ce=0.0)
+    loss = tuned.gd_loss(base_loss)
+    assert (loss.alpha_ce, loss.cos_layers, tuned.dense_ft_lr) == (0.0, "all", 1e-4)
