@@ -115,14 +115,14 @@ def train_config(steps: int, lr: float, seed: int = 42) -> TrainConfig:
 
 def expected(steps: int, lr: float, prune: PruneConfig | None = None, teacher: Path | None = None,
              seed: int = 42) -> dict:
-    """What a reused stage must have been made with (``common.staged`` checks it)."""
-    keys: dict = {"config.train.max_steps": steps, "config.train.lr": lr, "config.train.seed": seed}
+    """What a reused stage must have been made with (``common.staged`` checks it); ``teacher=None``
+    asks for a stage made without task distillation."""
+    keys: dict = {"config.train.max_steps": steps, "config.train.lr": lr, "config.train.seed": seed,
+                  "distillation.teacher": teacher}
     if prune is not None:
         keys |= {"config.prune.method": prune.method, "config.prune.final_sparsity": prune.final_sparsity}
         if prune.scope != "layer":  # stages made before the option existed are layer-scoped
             keys["config.prune.scope"] = prune.scope
-    if teacher is not None:
-        keys["distillation.teacher"] = teacher
     return keys
 
 
@@ -245,6 +245,8 @@ def cells(only: list[str] | None) -> list[tuple[str, float]]:
 
 def main() -> None:
     args = parse_args()
+    if args.no_task_kd and "kd" in args.variants:
+        raise SystemExit("--variants kd is the task-distilled dense control: drop --no-task-kd")
     require_data()
     torch.set_num_threads(args.threads)
     budget = Budget(out=args.work, gd_steps=args.gd_steps, ft_steps=args.ft_steps, gd_lr=args.gd_lr,
@@ -261,12 +263,13 @@ def main() -> None:
     if "kd" in args.variants and not (args.report_only and load_summary(args.work / "dense-kd") is None):
         control = downstream(budget, "dense-kd", base.dense)  # the sparse cells' recipe without pruning
         rows.append(row(KD_CONTROL, "-", 0.0, control, dense_acc, control["train"]["seconds"]))
+    per_cell = [v for v in args.variants if v != "kd"]  # the kd control is one dense row, not a cell
     for method, sparsity in cells(args.only):
         tag = f"{method}-{sparsity:.2f}"
-        variants = args.variants
+        variants = per_cell
         if args.report_only:  # report the finished stages, train nothing
             variants = [v for v in variants if load_summary(args.work / f"{v}-{tag}") is not None]
-            missing += [f"{v}-{tag}" for v in args.variants if v not in variants]
+            missing += [f"{v}-{tag}" for v in per_cell if v not in variants]
         if "ofa" in variants:
             gd = ofa_pretrain(base, budget, method, sparsity)
             ofa = downstream(budget, f"ofa-{tag}", args.work / f"gd-{tag}", lock=True)

@@ -41,6 +41,12 @@ def test_staged_refuses_a_stage_made_with_another_budget(tmp_path: Path) -> None
         common.staged(stage, lambda: {}, prune.expected(1015, 1e-4))
 
 
+def test_staged_refuses_a_distilled_stage_for_a_labels_only_run(tmp_path: Path) -> None:
+    stage = _finished(tmp_path / "ofa", 1015, tmp_path / "dense")
+    with pytest.raises(SystemExit, match="distillation.teacher=.*this run asks for None"):
+        common.staged(stage, lambda: {}, prune.expected(1015, 1e-4))
+
+
 def test_staged_refuses_a_stage_fine_tuned_with_another_seed(tmp_path: Path) -> None:
     stage = _finished(tmp_path / "dense", 609, tmp_path, seed=1)
     with pytest.raises(SystemExit, match="seed=1, this run asks for 2"):
