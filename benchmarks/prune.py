@@ -174,7 +174,9 @@ def downstream(budget: Budget, name: str, model: Path | str, lock: bool = False,
     if not (distill and budget.task_kd):
         return staged(out, lambda: finetune(cfg), expected(steps, lr, prune, seed=budget.seed))
     task = TaskDistillConfig(teacher=str(budget.teacher), finetune=cfg, loss=budget.task_loss())
-    return staged(out, lambda: distill_task(task), expected(steps, lr, prune, budget.teacher, budget.seed))
+    keys = expected(steps, lr, prune, budget.teacher, budget.seed)
+    keys["distillation.alpha_cos"] = budget.task_cos
+    return staged(out, lambda: distill_task(task), keys)
 
 
 def row(name: str, method: str, sparsity: float, summary: dict, dense_acc: float, seconds: float) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -121,3 +122,16 @@ def test_budget_overrides_the_sparse_pretraining_soft_weight(tmp_path: Path) -> 
                          task_cos=0.0, dense_lr=1e-4, gd_alpha_ce=0.0)
     loss = tuned.gd_loss(base_loss)
     assert (loss.alpha_ce, loss.cos_layers, tuned.dense_ft_lr) == (0.0, "all", 1e-4)
+
+
+def test_downstream_refuses_a_stage_distilled_without_the_asked_hidden_cosine(tmp_path: Path) -> None:
+    stage = _finished(tmp_path / "ofa", 1015, tmp_path / "dense")
+    summary = json.loads((stage / "distilprune.json").read_text())
+    summary["distillation"]["alpha_cos"] = 0.0
+    (stage / "distilprune.json").write_text(json.dumps(summary))
+    budget = prune.Budget(out=tmp_path, gd_steps=1, ft_steps=1015, gd_lr=1e-4, ft_lr=1e-4,
+                          gd_cos_layers="last", task_cos=1.0)
+    with pytest.raises(SystemExit, match="alpha_cos=0.0, this run asks for 1.0"):
+        prune.downstream(budget, "ofa", tmp_path / "gd", lock=True)
+    summary = prune.downstream(dataclasses.replace(budget, task_cos=0.0), "ofa", tmp_path / "gd", lock=True)
+    assert summary["distillation"]["alpha_cos"] == 0.0
