@@ -181,8 +181,9 @@ def main() -> None:
     report = run_benchmark(models, val.texts, val.labels, RESULTS / "speed_raw", threads=args.threads,
                            batch_sizes=(1, 8), seq_len=128, repeats=args.repeats)
     rows = report["models"]
-    int8_names = {*SPARSE_INT8, f"{sparse.name}@int8", *(p.name for p in extra_rows[1::2])}
-    sparse_int8 = [r for r in rows if r["name"] in int8_names]
+    shown = dict(zip(models, (r["name"] for r in rows), strict=True))  # spec -> (unique) row name
+    int8_specs = {*(str(out / n) for n in SPARSE_INT8), f"{sparse}@int8", *map(str, extra_rows[1::2])}
+    sparse_int8 = [r for spec, r in zip(models, rows, strict=True) if spec in int8_specs]
     best_sparse, best = best_compressed(rows, sparse_int8), best_compressed(rows)
     teacher_bytes = sum(p.stat().st_size for p in teacher.glob("*.safetensors"))
     command = " ".join(["python benchmarks/speed.py", *sys.argv[1:]])
@@ -206,8 +207,9 @@ def main() -> None:
           f"the sparse model with {args.shrink_heads:.0%} of its heads and {args.shrink_neurons:.0%} of its "
           f"FFN neurons removed, {args.shrink_steps} recovery steps (mask locked, task-distilled), then "
           "ONNX dynamic int8"
-          + "".join(f"; `{p.name}`: `{p.name.removesuffix('-ptq-int8-onnx')}` (`prune.py`) as ONNX Runtime "
-                    "dynamic int8" for p in extra_rows[1::2]) + ".\n"
+          + "".join(f"; `{shown[str(onnx)]}`: `{shown[str(fp32)]}` (`prune.py`, {trained_steps(fp32)}) as "
+                    "ONNX Runtime dynamic int8" for fp32, onnx in zip(extra_rows[::2], extra_rows[1::2],
+                                                                      strict=True)) + ".\n"
           + best_line(best_sparse, "Best sparse compressed model (targets judged here)")
           + best_line(best, "Best compressed model of any kind")
           + f"\nCompact sparse int8 storage of the QAT model: {compact['compact_bytes'] / 1e6:.1f} MB "
