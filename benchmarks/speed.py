@@ -61,6 +61,12 @@ def best_compressed(rows: list[dict], candidates: list[dict] | None = None,
                                   and teacher["size_bytes"] >= 10 * best["size_bytes"])}
 
 
+def rows_of(models: list[str], rows: list[dict], specs: set[str]) -> list[dict]:
+    """The benchmark rows of the model ``specs`` (rows come in ``models`` order; their names may
+    have been lengthened to stay unique, so they are matched by spec, not by name)."""
+    return [row for spec, row in zip(models, rows, strict=True) if spec in specs]
+
+
 def best_line(best: dict, what: str) -> str:
     how = ("the fastest at batch 8 with >= 98% of the teacher's accuracy" if best["kept_accuracy"]
            else "none keeps 98% of the teacher's accuracy; the most accurate")
@@ -183,7 +189,7 @@ def main() -> None:
     rows = report["models"]
     shown = dict(zip(models, (r["name"] for r in rows), strict=True))  # spec -> (unique) row name
     int8_specs = {*(str(out / n) for n in SPARSE_INT8), f"{sparse}@int8", *map(str, extra_rows[1::2])}
-    sparse_int8 = [r for spec, r in zip(models, rows, strict=True) if spec in int8_specs]
+    sparse_int8 = rows_of(models, rows, int8_specs)
     best_sparse, best = best_compressed(rows, sparse_int8), best_compressed(rows)
     teacher_bytes = sum(p.stat().st_size for p in teacher.glob("*.safetensors"))
     command = " ".join(["python benchmarks/speed.py", *sys.argv[1:]])

@@ -92,6 +92,18 @@ def test_best_compressed_keeps_accuracy_then_speed_within_the_candidates() -> No
     assert "none keeps 98%" in speed.best_line(best, "Best sparse")
 
 
+def test_int8_candidates_are_matched_by_model_path_even_when_names_collide() -> None:
+    from distilprune.benchmark.speed import model_names
+
+    models = ["/w/teacher", "/w/a/ofa-0.50", "/w/s/a-ofa-0.50/ofa-0.50-int8", "/w/b/ofa-0.50",
+              "/w/s/b-ofa-0.50/ofa-0.50-int8"]
+    names = model_names(models)
+    assert len(set(names)) == len(names) and "ofa-0.50-int8" not in names  # lengthened to stay unique
+    rows = [{"name": n} for n in names]
+    picked = speed.rows_of(models, rows, {models[2], models[4]})
+    assert [r["name"] for r in picked] == [names[2], names[4]]
+
+
 def test_target_checks_pick_the_best_row_per_sparsity() -> None:
     rows = [{"variant": "dense", "method": "-", "target_sparsity": 0.0, "accuracy": 0.8, "retention": 1.0}]
     for variant, acc in (("(a)", 0.79), ("(b)", 0.78)):
