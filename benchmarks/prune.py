@@ -114,11 +114,13 @@ def train_config(steps: int, lr: float, seed: int = 42) -> TrainConfig:
 
 
 def expected(steps: int, lr: float, prune: PruneConfig | None = None, teacher: Path | None = None,
-             seed: int = 42) -> dict:
+             seed: int = 42, task_cos: float = 0.0) -> dict:
     """What a reused stage must have been made with (``common.staged`` checks it); ``teacher=None``
-    asks for a stage made without task distillation."""
+    asks for a stage made without task distillation, else one distilled with ``task_cos``."""
     keys: dict = {"config.train.max_steps": steps, "config.train.lr": lr, "config.train.seed": seed,
                   "distillation.teacher": teacher}
+    if teacher is not None:
+        keys["distillation.alpha_cos"] = task_cos
     if prune is not None:
         keys |= {"config.prune.method": prune.method, "config.prune.final_sparsity": prune.final_sparsity}
         if prune.scope != "layer":  # stages made before the option existed are layer-scoped
@@ -174,9 +176,8 @@ def downstream(budget: Budget, name: str, model: Path | str, lock: bool = False,
     if not (distill and budget.task_kd):
         return staged(out, lambda: finetune(cfg), expected(steps, lr, prune, seed=budget.seed))
     task = TaskDistillConfig(teacher=str(budget.teacher), finetune=cfg, loss=budget.task_loss())
-    keys = expected(steps, lr, prune, budget.teacher, budget.seed)
-    keys["distillation.alpha_cos"] = budget.task_cos
-    return staged(out, lambda: distill_task(task), keys)
+    return staged(out, lambda: distill_task(task),
+                  expected(steps, lr, prune, budget.teacher, budget.seed, budget.task_cos))
 
 
 def row(name: str, method: str, sparsity: float, summary: dict, dense_acc: float, seconds: float) -> dict:

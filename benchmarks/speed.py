@@ -61,10 +61,10 @@ def best_compressed(rows: list[dict], candidates: list[dict] | None = None,
                                   and teacher["size_bytes"] >= 10 * best["size_bytes"])}
 
 
-def rows_of(models: list[str], rows: list[dict], specs: set[str]) -> list[dict]:
-    """The benchmark rows of the model ``specs`` (rows come in ``models`` order; their names may
-    have been lengthened to stay unique, so they are matched by spec, not by name)."""
-    return [row for spec, row in zip(models, rows, strict=True) if spec in specs]
+def rows_by_spec(models: list[str], rows: list[dict]) -> dict[str, dict]:
+    """Each model spec's benchmark row (rows come in ``models`` order; their names may have been
+    lengthened to stay unique, so rows are looked up by spec, not by name)."""
+    return dict(zip(models, rows, strict=True))
 
 
 def best_line(best: dict, what: str) -> str:
@@ -187,9 +187,9 @@ def main() -> None:
     report = run_benchmark(models, val.texts, val.labels, RESULTS / "speed_raw", threads=args.threads,
                            batch_sizes=(1, 8), seq_len=128, repeats=args.repeats)
     rows = report["models"]
-    shown = dict(zip(models, (r["name"] for r in rows), strict=True))  # spec -> (unique) row name
+    row_of = rows_by_spec(models, rows)
     int8_specs = {*(str(out / n) for n in SPARSE_INT8), f"{sparse}@int8", *map(str, extra_rows[1::2])}
-    sparse_int8 = rows_of(models, rows, int8_specs)
+    sparse_int8 = [row_of[spec] for spec in models if spec in int8_specs]
     best_sparse, best = best_compressed(rows, sparse_int8), best_compressed(rows)
     teacher_bytes = sum(p.stat().st_size for p in teacher.glob("*.safetensors"))
     command = " ".join(["python benchmarks/speed.py", *sys.argv[1:]])
@@ -213,9 +213,9 @@ def main() -> None:
           f"the sparse model with {args.shrink_heads:.0%} of its heads and {args.shrink_neurons:.0%} of its "
           f"FFN neurons removed, {args.shrink_steps} recovery steps (mask locked, task-distilled), then "
           "ONNX dynamic int8"
-          + "".join(f"; `{shown[str(onnx)]}`: `{shown[str(fp32)]}` (`prune.py`, {trained_steps(fp32)}) as "
-                    "ONNX Runtime dynamic int8" for fp32, onnx in zip(extra_rows[::2], extra_rows[1::2],
-                                                                      strict=True)) + ".\n"
+          + "".join(f"; `{row_of[str(onnx)]['name']}`: `{row_of[str(fp32)]['name']}` (`prune.py`, "
+                    f"{trained_steps(fp32)}) as ONNX Runtime dynamic int8"
+                    for fp32, onnx in zip(extra_rows[::2], extra_rows[1::2], strict=True)) + ".\n"
           + best_line(best_sparse, "Best sparse compressed model (targets judged here)")
           + best_line(best, "Best compressed model of any kind")
           + f"\nCompact sparse int8 storage of the QAT model: {compact['compact_bytes'] / 1e6:.1f} MB "

@@ -20,7 +20,7 @@ import speed  # noqa: E402
 def _finished(out: Path, steps: int, teacher: Path, seed: int = 42, accuracy: float = 0.8) -> Path:
     out.mkdir(parents=True)
     summary = {"config": {"train": {"max_steps": steps, "lr": 1e-4, "seed": seed}},
-               "distillation": {"teacher": str(teacher)}, "metrics": {"accuracy": accuracy}}
+               "distillation": {"teacher": str(teacher), "alpha_cos": 0.0}, "metrics": {"accuracy": accuracy}}
     (out / "distilprune.json").write_text(json.dumps(summary))
     return out
 
@@ -100,7 +100,8 @@ def test_int8_candidates_are_matched_by_model_path_even_when_names_collide() -> 
     names = model_names(models)
     assert len(set(names)) == len(names) and "ofa-0.50-int8" not in names  # lengthened to stay unique
     rows = [{"name": n} for n in names]
-    picked = speed.rows_of(models, rows, {models[2], models[4]})
+    row_of = speed.rows_by_spec(models, rows)
+    picked = [row_of[spec] for spec in models if spec in {models[2], models[4]}]
     assert [r["name"] for r in picked] == [names[2], names[4]]
 
 
@@ -137,10 +138,7 @@ def test_budget_overrides_the_sparse_pretraining_soft_weight(tmp_path: Path) -> 
 
 
 def test_downstream_refuses_a_stage_distilled_without_the_asked_hidden_cosine(tmp_path: Path) -> None:
-    stage = _finished(tmp_path / "ofa", 1015, tmp_path / "dense")
-    summary = json.loads((stage / "distilprune.json").read_text())
-    summary["distillation"]["alpha_cos"] = 0.0
-    (stage / "distilprune.json").write_text(json.dumps(summary))
+    _finished(tmp_path / "ofa", 1015, tmp_path / "dense")  # distilled with alpha_cos 0.0
     budget = prune.Budget(out=tmp_path, gd_steps=1, ft_steps=1015, gd_lr=1e-4, ft_lr=1e-4,
                           gd_cos_layers="last", task_cos=1.0)
     with pytest.raises(SystemExit, match="alpha_cos=0.0, this run asks for 1.0"):
