@@ -4,13 +4,18 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean deepsparse
 
-$(STAMP): pyproject.toml
+KERNELS := setup.py src/distilprune/engine/csrc/sparse_int8.cpp
+
+$(STAMP): pyproject.toml $(KERNELS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet "setuptools>=77" wheel
+	# --no-build-isolation: the C++ kernels build against the torch installed above
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev]"
+	$(PY) -c "from distilprune.engine.kernels import kernel_status as s; print('sparse kernels:', s())"
 	$(VENV)/bin/distilprune models install
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
@@ -30,5 +35,24 @@ lint: install
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/finetune.py
 
+# Optional DeepSparse 1.8.0 engine (Python 3.11 only) in its own venv: it pins onnx<1.15 and
+# (through sparsezoo) numpy<2, which the main venv cannot hold. Not part of `install`.
+DS_PYTHON ?= python3.11
+DS_VENV   := .venv-deepsparse
+DS_STAMP  := $(DS_VENV)/.installed-deepsparse-1.8.0
+
+$(DS_STAMP):
+	@command -v $(DS_PYTHON) >/dev/null || { echo "error: DeepSparse 1.8.0 needs Python 3.11 ($(DS_PYTHON) not found; set DS_PYTHON=...)" >&2; exit 1; }
+	@$(DS_PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "error: DeepSparse 1.8.0 needs Python 3.11, $(DS_PYTHON) is not" >&2; exit 1; }
+	test -x $(DS_VENV)/bin/python || $(DS_PYTHON) -m venv $(DS_VENV)
+	$(DS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DS_VENV)/bin/python -m pip install --quiet "deepsparse==1.8.0" tokenizers tqdm pyyaml
+	# distilprune itself by path (a .pth), not pip: its build needs torch and a C++ compiler
+	$(DS_VENV)/bin/python -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'distilprune-src.pth').write_text(str(pathlib.Path('src').resolve()) + '\\n')"
+	$(DS_VENV)/bin/python -c "import deepsparse, distilprune.engine.deepsparse; print('deepsparse', deepsparse.__version__)"
+	touch $(DS_STAMP)
+
+deepsparse: $(DS_STAMP)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DS_VENV) runs .pytest_cache .ruff_cache

@@ -123,6 +123,8 @@ def expected(steps: int, lr: float, prune: PruneConfig | None = None, teacher: P
         keys["distillation.alpha_cos"] = task_cos
     if prune is not None:
         keys |= {"config.prune.method": prune.method, "config.prune.final_sparsity": prune.final_sparsity}
+        if prune.method == "structured":
+            keys |= {"config.prune.heads": prune.heads, "config.prune.neurons": prune.neurons}
         if prune.scope != "layer":  # stages made before the option existed are layer-scoped
             keys["config.prune.scope"] = prune.scope
     return keys
@@ -153,9 +155,9 @@ def prepare_base(name: str, head_steps: int, out: Path) -> Base:
     return Base(name, mlm, name, DistillLoss(alpha_mlm=0.0))
 
 
-def ofa_pretrain(base: Base, budget: Budget, method: str, sparsity: float) -> dict:
-    out = budget.out / f"gd-{method}-{sparsity:.2f}"
-    prune, loss = schedule(method, sparsity, budget.scope), budget.gd_loss(base.loss)
+def ofa_pretrain(base: Base, budget: Budget, prune: PruneConfig, tag: str) -> dict:
+    """Masked-LM distillation of the base into its copy pruned by ``prune``, in ``gd-<tag>``."""
+    out, loss = budget.out / f"gd-{tag}", budget.gd_loss(base.loss)
     cfg = GeneralDistillConfig(teacher=str(base.mlm_teacher), out=str(out),
                                student_layers=STUDENT_LAYERS, corpus=CORPUS, loss=loss,
                                train=train_config(budget.gd_steps, budget.gd_lr), prune=prune, overwrite=True)
@@ -274,7 +276,7 @@ def main() -> None:
             variants = [v for v in variants if load_summary(args.work / f"{v}-{tag}") is not None]
             missing += [f"{v}-{tag}" for v in per_cell if v not in variants]
         if "ofa" in variants:
-            gd = ofa_pretrain(base, budget, method, sparsity)
+            gd = ofa_pretrain(base, budget, schedule(method, sparsity, budget.scope), tag)
             ofa = downstream(budget, f"ofa-{tag}", args.work / f"gd-{tag}", lock=True)
             rows.append(row("(a) Prune OFA", method, sparsity, ofa, dense_acc,
                             gd["train"]["seconds"] + ofa["train"]["seconds"]))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,21 @@ def tiny_csv(tmp_path) -> Path:
             label = int(any(w in text.lower() for w in ("fire", "earthquake", "evacuation", "shelter")))
             writer.writerow([i, "fire" if label else "", "", f"{text} #{i}", label])
     return path
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def run_cli(monkeypatch, capfd, *args: str | Path) -> tuple[int, str, str]:
+    """Run ``distilprune ARGS`` in-process; returns ``(exit code, stdout, stderr)``."""
+    capfd.readouterr()
+    monkeypatch.setattr(sys, "argv", ["distilprune", *map(str, args)])
+    code = 0
+    try:
+        from distilprune import cli
+
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capfd.readouterr()
+    return code, ANSI.sub("", out), ANSI.sub("", err)

@@ -6,29 +6,10 @@ would re-import torch every time).
 
 from __future__ import annotations
 
-import re
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE_TEXTS
-
-from distilprune import cli
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def run_cli(monkeypatch, capfd, *args: str | Path) -> tuple[int, str, str]:
-    """Run ``distilprune ARGS`` in-process; returns ``(exit code, stdout, stderr)``."""
-    capfd.readouterr()
-    monkeypatch.setattr(sys, "argv", ["distilprune", *map(str, args)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capfd.readouterr()
-    return code, ANSI.sub("", out), ANSI.sub("", err)
+from conftest import SAMPLE_TEXTS, run_cli
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:

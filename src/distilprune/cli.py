@@ -26,17 +26,24 @@ out_console = Console()
 
 Opt = typer.Option
 
-PruneMethod = Annotated[str | None, Opt("--prune", help="prune while training: unstructured | block")]
+PruneMethod = Annotated[str | None, Opt("--prune", help="prune while training: unstructured | block | "
+                                                        "structured (whole heads / FFN neurons)")]
+PruneHeads = Annotated[float | None, Opt(help="--prune structured: share of all attention heads to remove")]
+PruneNeurons = Annotated[float | None, Opt(help="--prune structured: FFN neurons removed per layer")]
 FinalSparsity = Annotated[float | None, Opt(help="final sparsity of the pruned weights")]
 BlockSize = Annotated[int | None, Opt(help="block size for --prune block (1xN along the input)")]
 PruneEnd = Annotated[float | None, Opt(help="fraction of steps at which final sparsity is reached")]
 PruneEvery = Annotated[int | None, Opt(help="update masks every N steps")]
+Engine = Annotated[str, Opt(help="auto: the model's own format | torch | sparse: int8 block-sparse "
+                                  "kernels on every encoder Linear")]
 PruneScope = Annotated[str | None, Opt(help="layer: every tensor equally sparse | global: one threshold")]
 
 
-def _prune_overrides(method, final_sparsity, block_size, prune_end, prune_every, scope) -> dict | None:
+def _prune_overrides(method, final_sparsity, block_size, prune_end, prune_every, scope,
+                     heads=None, neurons=None) -> dict | None:
     values = {"method": method, "final_sparsity": final_sparsity, "block_size": block_size,
-              "end_fraction": prune_end, "frequency": prune_every, "scope": scope}
+              "end_fraction": prune_end, "frequency": prune_every, "scope": scope,
+              "heads": heads, "neurons": neurons}
     return values if method else None
 
 
@@ -133,6 +140,8 @@ def finetune(
     prune_end: PruneEnd = None,
     prune_every: PruneEvery = None,
     prune_scope: PruneScope = None,
+    prune_heads: PruneHeads = None,
+    prune_neurons: PruneNeurons = None,
     teacher: Annotated[str | None, Opt(help="task distillation: fine-tuned teacher directory")] = None,
     temperature: Annotated[float | None, Opt(help="task distillation temperature")] = None,
     alpha_soft: Annotated[float | None, Opt(help="task distillation soft-target weight")] = None,
@@ -145,7 +154,8 @@ def finetune(
     from distilprune.jobs.finetune import finetune as run
 
     overrides = {
-        "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope),
+        "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope,
+                                  prune_heads, prune_neurons),
         "qat": {} if qat else None,
         "model": model, "out": str(out) if out else None, "overwrite": overwrite or None,
         "lock_sparsity": lock_sparsity or None,
@@ -248,6 +258,8 @@ def distill_mlm(
     prune_end: PruneEnd = None,
     prune_every: PruneEvery = None,
     prune_scope: PruneScope = None,
+    prune_heads: PruneHeads = None,
+    prune_neurons: PruneNeurons = None,
     checkpoint_every: Annotated[int | None, Opt(help="save a resumable checkpoint every N steps")] = None,
     resume: Annotated[bool, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = False,
     recipe: Annotated[Path | None, Opt()] = None,
@@ -266,7 +278,8 @@ def distill_mlm(
         "train": {"max_steps": steps, "epochs": epochs, "batch_size": batch_size,
                   "grad_accum": grad_accum, "lr": lr, "checkpoint_every": checkpoint_every,
                   "resume": resume or None},
-        "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope),
+        "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope,
+                                  prune_heads, prune_neurons),
     }
     cfg = from_dict(GeneralDistillConfig, merge(_recipe(recipe, "distill_mlm"), overrides), "distill_mlm")
     if not cfg.teacher or not cfg.out:
@@ -321,14 +334,34 @@ def _texts_for(model_dir: Path, data: Path | None, limit: int | None,
 def export(
     model: Annotated[Path, Opt(help="fine-tuned model directory")],
     out: Annotated[Path, Opt(help="output directory")],
-    format: Annotated[str, Opt(help="onnx | compact (sparse bitmask safetensors)")] = "onnx",
+    format: Annotated[str, Opt(help="onnx | compact (sparse bitmask safetensors) | sparse (the sparse "
+                                    "int8 engine's packed format) | deepsparse (static fp32 ONNX)")] = "onnx",
     int8: Annotated[bool, Opt(help="int8 weights (ONNX Runtime dynamic / compact int8)")] = False,
     data: Annotated[Path | None, Opt(help="texts for the parity check (default built-in)")] = None,
     limit: Annotated[int, Opt(help="parity texts to use from --data")] = 500,
     max_length: Annotated[int, Opt()] = 128,
     overwrite: Annotated[bool, Opt()] = False,
 ) -> None:
-    """Export to ONNX (parity-checked, optionally int8) or to compact sparse storage."""
+    """Export to ONNX (parity-checked, optionally int8), compact storage or the sparse engine."""
+    if format == "sparse":
+        from distilprune.export.sparse import export_sparse
+
+        texts, _ = _texts_for(model, data, limit)
+        result = export_sparse(model, out, parity_texts=texts, max_length=max_length, overwrite=overwrite)
+        _copy_metadata(model, out)
+        parity = result["parity"]
+        out_console.print(
+            f"sparse engine -> {out}: {result['size_bytes'] / 1e6:.1f} MB, block density "
+            f"{result['block_density']:.3f}; parity on {parity['n_texts']} texts: max |Δlogit| "
+            f"{parity['max_abs_diff']:.2e}, agreement {parity['agreement']:.4f}")
+        return
+    if format == "deepsparse":
+        from distilprune.engine.deepsparse import export_for_deepsparse
+
+        export_for_deepsparse(model, out, seq_len=max_length)
+        _copy_metadata(model, out)
+        out_console.print(f"DeepSparse fp32 ONNX (seq {max_length}) -> {out}")
+        return
     if format == "compact":
         from distilprune.export.storage import save_compact
 
@@ -337,7 +370,7 @@ def export(
                           f"{report['dense_bytes'] / 1e6:.1f} MB ({report['ratio']:.1f}x smaller) -> {out}")
         return
     if format != "onnx":
-        raise UserError(f"unknown export format {format!r}: use onnx or compact")
+        raise UserError(f"unknown export format {format!r}: use onnx, compact, sparse or deepsparse")
     from distilprune.export import export_onnx
 
     texts, _ = _texts_for(model, data, limit)
@@ -396,7 +429,11 @@ def benchmark(
     repeats: Annotated[int, Opt()] = 20,
     warmup: Annotated[int, Opt()] = 3,
 ) -> None:
-    """Latency p50/p95, throughput, peak RSS, size, parameters and accuracy, side by side."""
+    """Latency p50/p95, throughput, peak RSS, size, parameters and accuracy, side by side.
+
+    A model directory may carry a suffix: DIR@int8 (PyTorch dynamic int8) or DIR@sparse (the
+    sparse int8 engine); a directory written by export --format sparse runs on it by itself.
+    """
     from distilprune.benchmark import run_benchmark
 
     texts, labels = _texts_for(Path(models[0].split("@")[0]), data, limit)
@@ -429,11 +466,12 @@ def evaluate(
     out: Annotated[Path | None, Opt(help="report directory (default MODEL/eval_<data>)")] = None,
     text_column: Annotated[str | None, Opt()] = None,
     label_column: Annotated[str | None, Opt()] = None,
+    engine: Engine = "auto",
 ) -> None:
     """Accuracy, F1, precision, recall, confusion matrix (JSON + PNG) on labelled data."""
     from distilprune.jobs.inference import evaluate_model
 
-    metrics = evaluate_model(model, data, out, text_column, label_column)
+    metrics = evaluate_model(model, data, out, text_column, label_column, engine=engine)
     _print_metrics(f"{data} -> {metrics['out']}", metrics)
 
 
@@ -445,17 +483,18 @@ def predict(
     text: Annotated[list[str] | None, Opt(help="text(s) to label, repeatable")] = None,
     text_column: Annotated[str | None, Opt()] = None,
     overwrite: Annotated[bool, Opt()] = False,
+    engine: Engine = "auto",
 ) -> None:
     """Label a file (Kaggle-style ``id,target`` CSV) or texts given with ``--text``."""
     from distilprune.jobs.inference import predict_file, predict_text
 
     if text:
-        for row in predict_text(model, text):
+        for row in predict_text(model, text, engine):
             print(json.dumps(row), flush=True)
         return
     if data is None or out is None:
         raise UserError("predict needs --data and --out, or --text")
-    n = predict_file(model, data, out, text_column, overwrite)
+    n = predict_file(model, data, out, text_column, overwrite, engine)
     out_console.print(f"wrote {n} predictions to {out}")
 
 
@@ -487,12 +526,13 @@ def serve(
     max_batch: Annotated[int, Opt(help="most texts per /predict request")] = 64,
     max_text_chars: Annotated[int, Opt(help="longest text accepted (characters)")] = 2000,
     threads: Annotated[int, Opt(help="inference threads")] = 1,
+    engine: Engine = "auto",
 ) -> None:
     """Serve a classifier over HTTP: GET /health, POST /predict with JSON {"texts": list}."""
     from distilprune.serve import serve as run_server
 
     run_server(model, host=host, port=port, max_batch=max_batch,
-               max_text_chars=max_text_chars, threads=threads)
+               max_text_chars=max_text_chars, threads=threads, engine=engine)
 
 
 def _enable_logging() -> None:

@@ -205,6 +205,10 @@ def _sparsity_blocks(cfg: Any, records: dict[str, dict], figures: dict[str, Path
     final = _summary(records, final_stage(cfg))
     if prune is None:
         target = "no pruning configured (dense student)"
+    elif prune.method == "structured":
+        target = (f"{prune.heads:.0%} of the attention heads and {prune.neurons:.0%} of the FFN "
+                  f"neurons pruned on the cubic schedule (reached at {prune.end_fraction:.0%} of the "
+                  "distillation steps), then removed from the weight matrices")
     else:
         pattern = f"1×{prune.block_size} blocks ({prune.block_norm} norm)" if prune.method == "block" \
             else "unstructured"

@@ -26,7 +26,7 @@ from distilprune.export.runtime import ONNX_FILENAME, OnnxClassifier, resolve_on
 
 TRAINING_METADATA = "distilprune.json"  # = distilprune.jobs.common.METADATA_FILE (imports torch)
 
-Backend = Literal["torch", "onnx"]
+Backend = Literal["torch", "onnx", "sparse", "deepsparse"]
 
 
 @dataclass
@@ -54,8 +54,15 @@ def _training_metadata(folder: Path) -> dict[str, Any]:
 
 def _load_onnx(path: Path, threads: int) -> LoadedModel:
     """An ONNX export, with the training preprocessing, max length and labels when recorded."""
+    from distilprune.engine.deepsparse import DeepSparseRunner, is_deepsparse_export
+
     onnx_file, folder = resolve_onnx(path)
     meta = _training_metadata(folder)
+    if is_deepsparse_export(folder):
+        runner = DeepSparseRunner(folder, threads)
+        labels = meta.get("label_names") or runner.metadata.get("labels") or ["0", "1"]
+        return LoadedModel(str(path), "deepsparse", [str(x) for x in labels],
+                           _with_preprocessing(runner.predict_logits, meta.get("preprocess")))
     clf = OnnxClassifier(onnx_file, threads=threads, max_length=meta.get("max_length"))
     labels = meta.get("label_names") or [str(clf.id2label[i]) for i in sorted(clf.id2label)]
     return LoadedModel(str(path), "onnx", [str(x) for x in labels],
@@ -73,7 +80,7 @@ def _with_preprocessing(logits: Callable[[Sequence[str]], np.ndarray],
     return lambda texts: logits([clean(t, {}) for t in texts])
 
 
-def _load_torch(path: Path, threads: int) -> LoadedModel:
+def _load_torch(path: Path, threads: int, engine: str = "auto") -> LoadedModel:
     import torch
 
     from distilprune.jobs.inference import SavedClassifier
@@ -82,10 +89,11 @@ def _load_torch(path: Path, threads: int) -> LoadedModel:
             f"{path} is not a model directory, an ONNX export directory or a .onnx file")
     torch.set_num_threads(threads)
     try:
-        clf = SavedClassifier(path)
+        clf = SavedClassifier(path, engine)
     except (OSError, ValueError) as exc:  # transformers: missing weights / tokenizer files
         raise UserError(f"cannot load model {path}: {exc}") from exc
-    return LoadedModel(str(path), "torch", list(clf.label_names), clf.logits)
+    backend = "sparse" if engine == "sparse" or (path / "model.sparse.safetensors").is_file() else "torch"
+    return LoadedModel(str(path), backend, list(clf.label_names), clf.logits)
 
 
 def _resolve_path(model_path: str | Path) -> Path:
@@ -100,11 +108,17 @@ def _resolve_path(model_path: str | Path) -> Path:
     return path
 
 
-def load_model(model_path: str | Path, threads: int = 1) -> LoadedModel:
-    """Load a PyTorch model directory (or alias), an ONNX export directory or a ``.onnx`` file."""
+def load_model(model_path: str | Path, threads: int = 1, engine: str = "auto") -> LoadedModel:
+    """Load a PyTorch model directory (or alias), an ONNX export directory or a ``.onnx`` file.
+
+    ``engine="sparse"`` runs a PyTorch model on the sparse int8 kernels (see ``engine/``).
+    """
     path = _resolve_path(model_path)
     require(threads >= 1, "threads must be at least 1")
-    return _load_onnx(path, threads) if _is_onnx(path) else _load_torch(path, threads)
+    if _is_onnx(path):
+        require(engine == "auto", f"{path} is an ONNX export: it runs on its own engine (no --engine)")
+        return _load_onnx(path, threads)
+    return _load_torch(path, threads, engine)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -209,11 +223,11 @@ def _replay(body: bytes, receive: Callable) -> Callable:
 
 # ----------------------------------------------------------------------------- the app
 def create_app(model_path: str | Path, *, max_batch: int = 64, max_text_chars: int = 2000,
-               max_body_bytes: int = 1_000_000, threads: int = 1) -> FastAPI:
+               max_body_bytes: int = 1_000_000, threads: int = 1, engine: str = "auto") -> FastAPI:
     """A FastAPI app serving the classifier at ``model_path`` (loaded now; UserError if bad)."""
     require(max_batch >= 1 and max_text_chars >= 1 and max_body_bytes >= 1,
             "max_batch, max_text_chars and max_body_bytes must be positive")
-    model = load_model(model_path, threads)
+    model = load_model(model_path, threads, engine)
     lock = threading.Lock()
     body_model = request_model(max_batch, max_text_chars)
     app = FastAPI(title="distilprune classifier", version="1")

@@ -278,9 +278,11 @@ def apply_pruned_heads(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_from_config(config: PretrainedConfig) -> nn.Module:
-    """A randomly initialised classifier with the (possibly shrunk) shapes ``config`` describes."""
-    return apply_pruned_heads(AutoModelForSequenceClassification.from_config(config))
+def build_from_config(config: PretrainedConfig, auto_class: type = AutoModelForSequenceClassification
+                      ) -> nn.Module:
+    """A randomly initialised model (default: classifier) with the (possibly shrunk) shapes
+    ``config`` describes."""
+    return apply_pruned_heads(auto_class.from_config(config))
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -289,18 +291,32 @@ def _weight_files(path: Path) -> list[Path]:
     return files
 
 
-def load_shrunk(path: str | Path) -> nn.Module:
-    """Load a classifier saved with ``save_pretrained``, re-applying ``config.pruned_heads``."""
+def load_shrunk(path: str | Path, config: PretrainedConfig | None = None,
+                auto_class: type = AutoModelForSequenceClassification) -> nn.Module:
+    """Load a model (default: classifier) saved with ``save_pretrained``, re-applying
+    ``config.pruned_heads``. ``config`` (default: the saved one) may ask for another head than
+    the saved one, e.g. a classifier from a shrunk masked-LM: weights the directory lacks outside
+    the encoder (the new head, a pooler) stay freshly initialised, as with ``from_pretrained``."""
+    return load_shrunk_with_info(path, config, auto_class)[0]
+
+
+def load_shrunk_with_info(path: str | Path, config: PretrainedConfig | None = None,
+                          auto_class: type = AutoModelForSequenceClassification
+                          ) -> tuple[nn.Module, list[str]]:
+    """:func:`load_shrunk` plus the names of the weights left freshly initialised."""
     path = Path(path)
-    config = load_config(path)
+    config = config or load_config(path)
     if not getattr(config, "pruned_heads", None):
-        return AutoModelForSequenceClassification.from_pretrained(path).eval()
-    model = build_from_config(config)
+        model, info = auto_class.from_pretrained(path, config=config, output_loading_info=True)
+        return model.eval(), list(info.get("missing_keys", []))
+    model = build_from_config(config, auto_class)
     state: dict[str, torch.Tensor] = {}
     for file in _weight_files(path):
         state.update(load_file(file))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    require(not missing and not unexpected,
-            f"weights in {path} do not match the model: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}")
-    return model.eval()
+    tied, base = set(getattr(model, "all_tied_weights_keys", None) or {}), model.base_model_prefix + "."
+    missing = [k for k in missing if k not in tied]
+    bad = [k for k in missing if k.startswith(base) and ".pooler." not in k]
+    bad += [k for k in unexpected if k.startswith(base)]
+    require(not bad, f"weights in {path} do not match the model: {bad[:3]}")
+    return model.eval(), missing

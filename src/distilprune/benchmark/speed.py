@@ -37,7 +37,8 @@ from distilprune.export.runtime import (
 )
 from distilprune.io import read_json, write_json
 
-TORCH_INT8_SUFFIX = "@int8"
+# ``DIR@int8``: PyTorch dynamic int8; ``DIR@sparse``: the sparse int8 engine (packed at load).
+SPEC_SUFFIXES = {"@int8": "torch-int8", "@sparse": "sparse"}
 
 
 class Runner(Protocol):
@@ -88,26 +89,30 @@ class OnnxRunner:
 
 
 class TorchRunner:
-    """PyTorch runner for a Hugging Face model directory, optionally with dynamic int8 Linears."""
+    """PyTorch runner for a model directory: fp32, dynamic int8 Linears or the sparse engine."""
 
     def __init__(self, path: str | Path, threads: int | None = None, int8: bool = False,
-                 max_length: int = 128) -> None:
+                 max_length: int = 128, engine: str = "auto") -> None:
         import torch
 
+        from distilprune.engine.sparse import is_sparse_dir
         from distilprune.export.source import load_model_and_tokenizer
         from distilprune.models.loading import count_parameters
 
         self.torch, self.path, self.max_length = torch, Path(path), max_length
         if threads:
             torch.set_num_threads(threads)
-        model, self.tokenizer = load_model_and_tokenizer(path)
+        model, self.tokenizer = load_model_and_tokenizer(path, engine)
+        self.sparse = engine == "sparse" or is_sparse_dir(path)
         self.positions = max_sequence_length(model.config.to_dict())
         accepted = set(self.tokenizer.model_input_names)
         self.names = [n for n in ("input_ids", "token_type_ids", "attention_mask")
                       if n in accepted and n in _forward_args(model)]
         self._info = {"params": count_parameters(model),
                       "nonzero_params": count_parameters(model, nonzero=True)}
-        self.kind = "torch-int8" if int8 else "torch"
+        if self.sparse:
+            self._info = _sparse_counts(model, self._info)
+        self.kind = "sparse" if self.sparse else "torch-int8" if int8 else "torch"
         self.model = _quantize_dynamic(model) if int8 else model
 
     def set_threads(self, threads: int) -> None:
@@ -129,9 +134,11 @@ class TorchRunner:
                                for i in range(0, len(texts), batch_size)])
 
     def info(self) -> dict[str, Any]:
-        """Weights on disk (fp32) or the serialized state dict size (dynamic int8)."""
-        if self.kind == "torch":
+        """Weights on disk (fp32, sparse dir), packed size (``@sparse``) or state dict (int8)."""
+        if self.kind == "torch" or (self.sparse and _is_packed_dir(self.path)):
             return {**self._info, "size_bytes": weights_size(self.path)}
+        if self.sparse:
+            return {**self._info, "size_bytes": _sparse_size(self.model)}
         buffer = io.BytesIO()
         self.torch.save(self.model.state_dict(), buffer)
         return {**self._info, "size_bytes": buffer.tell()}
@@ -151,29 +158,64 @@ def _quantize_dynamic(model: Any) -> Any:
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
-def parse_model_spec(spec: str) -> tuple[Path, bool]:
-    """``DIR`` or ``DIR@int8`` (PyTorch dynamic int8) -> ``(path, torch_int8)``."""
-    if spec.endswith(TORCH_INT8_SUFFIX):
-        return Path(spec[: -len(TORCH_INT8_SUFFIX)]), True
-    return Path(spec), False
+def _sparse_counts(model: Any, counts: dict[str, int]) -> dict[str, int]:
+    """Add the weights packed in SparseLinear buffers to the parameter counts."""
+    import torch
+
+    from distilprune.engine.sparse import SparseLinear
+
+    layers = [m for m in model.modules() if isinstance(m, SparseLinear)]
+    return {"params": counts["params"] + sum(m.in_features * m.out_features for m in layers),
+            "nonzero_params": counts["nonzero_params"]
+            + sum(int(m.vals.view(torch.int8).ne(0).sum()) for m in layers)}
+
+
+def _is_packed_dir(path: Path) -> bool:
+    from distilprune.engine.sparse import is_sparse_dir
+
+    return is_sparse_dir(path)
+
+
+def _sparse_size(model: Any) -> int:
+    """Bytes of the sparse-engine weights file the packed model would be saved as."""
+    from distilprune.engine.sparse import save_sparse_weights
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_sparse_weights(model, Path(tmp))["size_bytes"]
+
+
+def parse_model_spec(spec: str) -> tuple[Path, str | None]:
+    """``DIR``, ``DIR@int8`` (PyTorch dynamic int8) or ``DIR@sparse`` -> ``(path, suffix kind)``."""
+    for suffix, kind in SPEC_SUFFIXES.items():
+        if spec.endswith(suffix):
+            return Path(spec[: -len(suffix)]), kind
+    return Path(spec), None
 
 
 def load_runner(path: str | Path, threads: int | None = 2, *, torch_int8: bool = False,
                 max_length: int = 128) -> Runner:
     """Pick a runner by content: export dir / .onnx file -> ONNX, dir with config.json -> torch.
 
-    ``path`` may carry the ``@int8`` suffix to request PyTorch dynamic int8 quantization.
+    ``path`` may carry the ``@int8`` (PyTorch dynamic int8) or ``@sparse`` (sparse int8 engine)
+    suffix.
     """
-    path, suffix_int8 = parse_model_spec(str(path))
-    torch_int8 = torch_int8 or suffix_int8
+    from distilprune.engine.deepsparse import DeepSparseRunner, is_deepsparse_export
+
+    path, kind = parse_model_spec(str(path))
+    torch_int8 = torch_int8 or kind == "torch-int8"
+    if is_deepsparse_export(path):
+        require(kind is None and not torch_int8, f"{path} is a DeepSparse export: no @ suffix")
+        return DeepSparseRunner(path, threads)
     is_onnx = (path / ONNX_FILENAME).is_file() or (path.is_file() and path.suffix == ".onnx")
     if is_onnx:
-        require(not torch_int8, f"{path}: @int8 applies to PyTorch models; export with --int8")
+        require(kind is None and not torch_int8,
+                f"{path}: @int8/@sparse apply to PyTorch models; export with --int8")
         return OnnxRunner(path, threads)
     require(path.is_dir(), f"model not found: {path}")
     require((path / "config.json").is_file(),
             f"{path} holds neither model.onnx nor config.json")
-    return TorchRunner(path, threads, int8=torch_int8, max_length=max_length)
+    engine = "sparse" if kind == "sparse" else "auto"
+    return TorchRunner(path, threads, int8=torch_int8, max_length=max_length, engine=engine)
 
 
 def _batch_texts(texts: Sequence[str], size: int) -> list[str]:
@@ -225,18 +267,52 @@ def measure(runner: Runner, texts: Sequence[str], *, batch_sizes: Sequence[int] 
     }
 
 
+def measure_dynamic(runner: Runner, texts: Sequence[str], *, batch_sizes: Sequence[int] = (1, 8),
+                    max_batches: int = 64, warmup: int = 3) -> dict[str, Any]:
+    """Latency at the texts' real lengths: consecutive batches padded to their longest text.
+
+    Engines with static shapes (DeepSparse) pad every batch to their fixed length anyway.
+    """
+    texts = list(texts) or list(SAMPLE_TEXTS)
+    latency = {}
+    for size in batch_sizes:
+        batches = [runner.encode(_batch_texts(texts[i:] + texts[:i], size))
+                   for i in range(0, min(len(texts), size * max_batches), size)]
+        for batch in batches[:warmup]:
+            runner.run(batch)
+        times = []
+        for batch in batches:
+            start = time.perf_counter()
+            runner.run(batch)
+            times.append((time.perf_counter() - start) * 1000.0)
+        mean = statistics.fmean(times)
+        latency[str(size)] = {"p50_ms": float(np.percentile(times, 50)),
+                              "p95_ms": float(np.percentile(times, 95)), "mean_ms": mean,
+                              "throughput": size * 1000.0 / mean, "batches": len(times)}
+    return latency
+
+
 def accuracy(runner: Runner, texts: Sequence[str], labels: Sequence[int],
              batch_size: int = 32) -> dict[str, float]:
-    """Accuracy and F1 (binary: positive class 1; otherwise macro) on a labelled set."""
-    from sklearn.metrics import accuracy_score, f1_score
+    """Accuracy and F1 (binary: positive class 1; otherwise macro) on a labelled set.
 
+    numpy only: the child process may run in the DeepSparse venv, which has no scikit-learn.
+    """
     require(len(texts) == len(labels) and len(texts) > 0,
             f"need as many labels as texts (got {len(texts)} texts, {len(labels)} labels)")
     preds = runner.predict_logits(texts, batch_size).argmax(axis=-1)
-    average = "binary" if set(labels) | set(preds.tolist()) <= {0, 1} else "macro"
-    return {"accuracy": float(accuracy_score(labels, preds)),
-            "f1": float(f1_score(labels, preds, average=average, zero_division=0)),
-            "n": len(texts)}
+    truth = np.asarray(labels)
+    classes = sorted(set(truth.tolist()) | set(preds.tolist()))
+    scores = [_f1(truth == c, preds == c) for c in classes]
+    f1 = scores[classes.index(1)] if set(classes) <= {0, 1} and 1 in classes else float(np.mean(scores))
+    return {"accuracy": float((preds == truth).mean()), "f1": f1, "n": len(texts)}
+
+
+def _f1(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """F1 of one class from boolean membership arrays (0 when it is never predicted nor true)."""
+    hits = float((truth & predicted).sum())
+    denominator = float(truth.sum() + predicted.sum())
+    return 2 * hits / denominator if denominator else 0.0
 
 
 def peak_rss_mb() -> float:
@@ -256,7 +332,7 @@ def peak_rss_mb() -> float:
 
 def benchmark_one(spec: str, texts: Sequence[str], labels: Sequence[int] | None = None, *,
                   threads: int = 2, batch_sizes: Sequence[int] = (1, 8), seq_len: int = 128,
-                  warmup: int = 3, repeats: int = 20) -> dict[str, Any]:
+                  warmup: int = 3, repeats: int = 20, dynamic: bool = False) -> dict[str, Any]:
     """Load, time and (optionally) score one model in this process (call in a fresh one)."""
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
@@ -264,6 +340,8 @@ def benchmark_one(spec: str, texts: Sequence[str], labels: Sequence[int] | None 
     load_s = time.perf_counter() - start
     result = measure(runner, texts, batch_sizes=batch_sizes, seq_len=seq_len, warmup=warmup,
                      repeats=repeats, threads=threads)
+    if dynamic:
+        result["latency_dynamic"] = measure_dynamic(runner, texts, batch_sizes=batch_sizes, warmup=warmup)
     result.update(peak_rss_mb=peak_rss_mb(), load_s=load_s, spec=spec, load_avg_1m=load_avg,
                   path=str(parse_model_spec(spec)[0]))
     result.update(runner.info())  # after RSS: reading the ONNX graph is not serving memory
@@ -276,7 +354,8 @@ def benchmark_one(spec: str, texts: Sequence[str], labels: Sequence[int] | None 
 def benchmark_models(paths: Sequence[str], texts: Sequence[str] | None = None,
                      labels: Sequence[int] | None = None, *, threads: int = 2,
                      batch_sizes: Sequence[int] = (1, 8), seq_len: int = 128, warmup: int = 3,
-                     repeats: int = 20, timeout: float | None = None) -> list[dict[str, Any]]:
+                     repeats: int = 20, timeout: float | None = None, dynamic: bool = False
+                     ) -> list[dict[str, Any]]:
     """Benchmark each model spec sequentially, each in its own subprocess."""
     require(len(paths) > 0, "give at least one model to benchmark")
     texts = list(texts or SAMPLE_TEXTS)
@@ -289,8 +368,8 @@ def benchmark_models(paths: Sequence[str], texts: Sequence[str] | None = None,
         for spec, name in progress:
             progress.set_postfix_str(name)
             _check_spec(spec)
-            settings = {"threads": threads, "batch_sizes": list(batch_sizes),
-                        "seq_len": seq_len, "warmup": warmup, "repeats": repeats}
+            settings = {"threads": threads, "batch_sizes": list(batch_sizes), "seq_len": seq_len,
+                        "warmup": warmup, "repeats": repeats, "dynamic": dynamic}
             result = _run_child(spec, data, Path(tmp) / "result.json", settings, timeout)
             results.append({"name": name, **result})
     return results
@@ -303,7 +382,7 @@ def _check_spec(spec: str) -> None:
 
 def _run_child(spec: str, data: Path, out: Path, settings: dict[str, Any],
                timeout: float | None) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "distilprune.benchmark", "--model", spec, "--data", str(data),
+    cmd = [_child_python(spec), "-m", "distilprune.benchmark", "--model", spec, "--data", str(data),
            "--json", str(out), "--settings", json.dumps(settings)]
     threads = str(settings["threads"])
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
@@ -318,13 +397,24 @@ def _run_child(spec: str, data: Path, out: Path, settings: dict[str, Any],
     return read_json(out)
 
 
+def _child_python(spec: str) -> str:
+    """The interpreter that measures ``spec``: DeepSparse exports run in its own venv."""
+    from distilprune.engine.deepsparse import deepsparse_python, is_deepsparse_export, require_deepsparse
+
+    if not is_deepsparse_export(parse_model_spec(spec)[0]):
+        return sys.executable
+    require_deepsparse()
+    return str(deepsparse_python() or sys.executable)
+
+
 def model_names(paths: Sequence[str]) -> list[str]:
     """Short unique display names: folder name (or parent/name when ambiguous) + @int8."""
     def short(spec: str, depth: int) -> str:
-        path, int8 = parse_model_spec(spec)
+        path, kind = parse_model_spec(spec)
+        suffix = spec[len(str(path)):] if kind else ""
         path = path.resolve()
         depth += path.suffix == ".onnx"  # a bare model.onnx is named after its folder too
-        return "/".join(path.parts[-depth:]) + (TORCH_INT8_SUFFIX if int8 else "")
+        return "/".join(path.parts[-depth:]) + suffix
 
     names = [short(p, 1) for p in paths]
     for depth in (2, 3):

@@ -272,10 +272,7 @@ def export_onnx(
     from PyTorch raises :class:`UserError`; int8 parity is only reported.
     """
     out = Path(out_path)
-    require(out.suffix != ".onnx", f"--out must be a directory (got file name {out.name})")
-    require(overwrite or not out.exists(),
-            f"output directory {out} already exists (pass --overwrite to replace it)")
-    require(opset >= 14, "ONNX opset must be at least 14")
+    check_export_target(out, overwrite, opset)
     model, tokenizer = load_for_export(model_dir)
     limit = max_sequence_length(model.config.to_dict())
     require(max_length > 1 and (limit is None or max_length <= limit),
@@ -305,11 +302,31 @@ def _write_export(model: torch.nn.Module, tokenizer: Any, names: list[str], tmp:
                                      embeddings=quantize_embeddings)
         quantization["fp32_size_bytes"] = fp32_file.stat().st_size
         fp32_file.unlink()
-    tokenizer.save_pretrained(tmp)
-    model.config.save_pretrained(tmp)
+    meta = export_metadata(model, tokenizer, names, tmp, exporter=exporter, opset=opset,
+                           max_length=max_length, texts=texts, source=source, int8=int8,
+                           quantization=quantization)
+    write_json(tmp / METADATA_FILENAME, meta)
+    return meta
+
+
+def check_export_target(out: Path, overwrite: bool, opset: int) -> None:
+    """One-line errors for an output path that is a file name, exists, or an opset below 14."""
+    require(out.suffix != ".onnx", f"--out must be a directory (got file name {out.name})")
+    require(overwrite or not out.exists(),
+            f"output directory {out} already exists (pass --overwrite to replace it)")
+    require(opset >= 14, "ONNX opset must be at least 14")
+
+
+def export_metadata(model: torch.nn.Module, tokenizer: Any, names: list[str], folder: Path, *,
+                    exporter: str, opset: int, max_length: int, texts: Sequence[str],
+                    source: str | Path, int8: bool = False, quantization: dict | None = None
+                    ) -> dict[str, Any]:
+    """Save tokenizer + config beside ``folder/model.onnx``; the ``export.json`` content."""
+    tokenizer.save_pretrained(folder)
+    model.config.save_pretrained(folder)
     spec = EncoderSpec.from_hf(tokenizer, names)
-    spec.backend = _encoder_backend(tokenizer, tmp, spec, texts, max_length)
-    meta = {
+    spec.backend = _encoder_backend(tokenizer, folder, spec, list(texts), max_length)
+    return {
         "format": "onnx",
         "source": str(resolve_model(source)),
         "architecture": model.config.model_type,
@@ -322,12 +339,10 @@ def _write_export(model: torch.nn.Module, tokenizer: Any, names: list[str], tmp:
         "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
         "int8": int8,
         "quantization": quantization,
-        "size_bytes": onnx_file.stat().st_size,
+        "size_bytes": (folder / ONNX_FILENAME).stat().st_size,
         "source_size_bytes": weights_size(resolve_model(source)),
         "tokenizer": spec.to_dict(),
     }
-    write_json(tmp / METADATA_FILENAME, meta)
-    return meta
 
 
 __all__ = [

@@ -13,21 +13,35 @@ from typing import Any
 
 import torch
 
+from distilprune.errors import require
 from distilprune.models.loading import load_classifier, load_config, load_tokenizer
 from distilprune.models.registry import resolve_model
 
+ENGINES = ("auto", "torch", "sparse")
 
-def load_source_model(model_dir: str | Path) -> torch.nn.Module:
-    """The classifier stored in ``model_dir`` (alias, directory or hub ID), in eval mode."""
+
+def load_source_model(model_dir: str | Path, engine: str = "auto") -> torch.nn.Module:
+    """The classifier stored in ``model_dir`` (alias, directory or hub ID), in eval mode.
+
+    ``engine``: ``auto`` runs each format on its own engine (a sparse-engine directory on the
+    sparse kernels, anything else in PyTorch fp32); ``sparse`` packs a plain model's encoder
+    Linears for the sparse int8 kernels; ``torch`` refuses a sparse-engine directory.
+    """
+    from distilprune.engine.sparse import is_sparse_dir, load_sparse, sparsify
+
+    require(engine in ENGINES, f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     path = resolve_model(model_dir)
+    if is_sparse_dir(path):
+        require(engine != "torch", f"{path} is packed for the sparse engine: use --engine sparse or auto")
+        return load_sparse(path)
     config = load_config(path)
     labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = load_classifier(path, num_labels=config.num_labels, label_names=labels)
-    return model.eval()
+    return sparsify(model) if engine == "sparse" else model.eval()
 
 
-def load_model_and_tokenizer(model_dir: str | Path) -> tuple[torch.nn.Module, Any]:
-    """``(classifier in eval mode, its tokenizer)``."""
-    return load_source_model(model_dir), load_tokenizer(model_dir)
+def load_model_and_tokenizer(model_dir: str | Path, engine: str = "auto") -> tuple[torch.nn.Module, Any]:
+    """``(classifier in eval mode on ``engine``, its tokenizer)``."""
+    return load_source_model(model_dir, engine), load_tokenizer(model_dir)

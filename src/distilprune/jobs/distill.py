@@ -48,6 +48,7 @@ from distilprune.prune import (
     finalize,
     has_masks,
     plot_sparsity_heatmap,
+    remove_pruned,
     sparsity_report,
     write_sparsity_json,
 )
@@ -203,7 +204,8 @@ class GeneralDistillConfig:
 
 
 def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
-    """Distil the masked-LM teacher into a student; prune during it when ``cfg.prune`` is set."""
+    """Distil the masked-LM teacher into a student; prune during it when ``cfg.prune`` is set
+    (structured: the pruned heads/neurons are then removed from the saved student)."""
     out = check_output_dir(cfg.out, cfg.overwrite)
     cfg = dataclasses.replace(cfg, train=checkpoint_beside(cfg.train, out))
     train_texts, heldout = corpus_texts(cfg.corpus)
@@ -224,13 +226,14 @@ def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
     result = train(student, loader, objective, cfg.train, hooks, description="distill")
     if has_masks(student):
         finalize(student)
-    summary = _save_general(cfg, student, teacher, tokenizer, heldout, result, len(train_texts))
+    shrink = vars(remove_pruned(student)) if cfg.prune and cfg.prune.method == "structured" else None
+    summary = _save_general(cfg, student, teacher, tokenizer, heldout, result, len(train_texts), shrink)
     drop_checkpoint(cfg.train)
     return summary
 
 
 def _save_general(cfg: GeneralDistillConfig, student, teacher, tokenizer, heldout: list[str],
-                  result: TrainResult, n_texts: int) -> dict[str, Any]:
+                  result: TrainResult, n_texts: int, shrink: dict | None = None) -> dict[str, Any]:
     report = sparsity_report(student)
     summary = {
         "kind": "masked-lm", "teacher": cfg.teacher, "config": to_dict(cfg),
@@ -240,6 +243,7 @@ def _save_general(cfg: GeneralDistillConfig, student, teacher, tokenizer, heldou
         "masked_accuracy": masked_accuracy(student, tokenizer, heldout, cfg.corpus.max_length),
         "teacher_masked_accuracy": masked_accuracy(teacher, tokenizer, heldout, cfg.corpus.max_length),
         "train": {"steps": result.steps, "seconds": round(result.seconds, 1)},
+        **({"shrink": shrink} if shrink else {}),
     }
     def write(tmp: Path) -> None:
         save_model_dir(tmp, student, tokenizer, summary)

@@ -32,7 +32,14 @@ from distilprune.jobs.common import (
     save_on_main_process,
 )
 from distilprune.models.loading import count_parameters, load_classifier, load_tokenizer
-from distilprune.prune import LockSparsityHook, PruneConfig, PruningHook, finalize, sparsity_report
+from distilprune.prune import (
+    LockSparsityHook,
+    PruneConfig,
+    PruningHook,
+    finalize,
+    remove_pruned,
+    sparsity_report,
+)
 from distilprune.quantize import QATConfig, QATHook
 from distilprune.train import Hook, Objective, TrainConfig, save_losses_plot, train
 
@@ -75,10 +82,12 @@ def _compression_hooks(cfg: FinetuneConfig) -> list[Hook]:
     return hooks
 
 
-def _finalize_compression(model) -> None:
-    """Bake any mask parametrizations into plain weights (a no-op for dense runs)."""
+def _finalize_compression(model, cfg: FinetuneConfig) -> dict | None:
+    """Bake any mask parametrizations into plain weights (a no-op for dense runs); after
+    structured pruning, remove the pruned heads/neurons (returns what was removed)."""
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         finalize(model)
+    return vars(remove_pruned(model)) if cfg.prune and cfg.prune.method == "structured" else None
 
 
 def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None,
@@ -104,7 +113,7 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
 
     result = train(model, loader, objective, cfg.train, [*_compression_hooks(cfg), *hooks],
                    validate, description=f"finetune {Path(cfg.model).name}")
-    _finalize_compression(model)
+    shrink = _finalize_compression(model, cfg)
     logits = predict_logits(model, val_ds, tokenizer, cfg.eval_batch_size)
     metrics = classification_metrics(data.val.labels, logits)
     summary = {
@@ -120,6 +129,7 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
         "nonzero_parameters": count_parameters(model, nonzero=True),
         "sparsity": sparsity_report(model)["prunable"]["sparsity"],
         "train": {"steps": result.steps, "seconds": round(result.seconds, 1), "best": result.best},
+        **({"shrink": shrink} if shrink else {}),
         **(metadata or {}),
     }
     def write(tmp: Path) -> None:

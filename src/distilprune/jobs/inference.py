@@ -27,13 +27,13 @@ from distilprune.models.loading import load_tokenizer
 class SavedClassifier:
     """A fine-tuned model directory with the preprocessing it was trained with."""
 
-    def __init__(self, model_dir: str | Path):
+    def __init__(self, model_dir: str | Path, engine: str = "auto"):
         path = Path(model_dir)
         require(path.is_dir(), f"model directory not found: {path}")
         self.path = path
         self.meta = read_metadata(path)
         self.tokenizer = load_tokenizer(path)
-        self.model = load_source_model(path)
+        self.model = load_source_model(path, engine)
         self.preprocess: list[str] = self.meta.get("preprocess", [])
         self.max_length: int = int(self.meta.get("max_length", 128))
         self.label_names: list[str] = self.meta.get("label_names") or [
@@ -52,9 +52,9 @@ class SavedClassifier:
 
 def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path | None = None,
                    text_column: str | None = None, label_column: str | None = None,
-                   overwrite: bool = True) -> dict[str, Any]:
+                   overwrite: bool = True, engine: str = "auto") -> dict[str, Any]:
     """Metrics (JSON) and plots (confusion matrix, PR curve) of a saved model on labelled data."""
-    clf = SavedClassifier(model_dir)
+    clf = SavedClassifier(model_dir, engine)
     table = load_table(data, text_column, label_column, num_labels=len(clf.label_names))
     logits = clf.logits(table.texts, table.extras or None)
     metrics = classification_metrics(table.labels, logits)
@@ -70,12 +70,12 @@ def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path | No
 
 
 def predict_file(model_dir: str | Path, data: str | Path, out: str | Path,
-                 text_column: str | None = None, overwrite: bool = False) -> int:
+                 text_column: str | None = None, overwrite: bool = False, engine: str = "auto") -> int:
     """Write ``id,target`` predictions (Kaggle style) for every row of ``data``; returns the count."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
-    clf = SavedClassifier(model_dir)
+    clf = SavedClassifier(model_dir, engine)
     table = load_table(data, text_column, require_labels=False, num_labels=len(clf.label_names))
     predictions = clf.logits(table.texts, table.extras or None).argmax(axis=-1)
     with atomic_file(out, "w") as handle:
@@ -85,10 +85,10 @@ def predict_file(model_dir: str | Path, data: str | Path, out: str | Path,
     return len(table)
 
 
-def predict_text(model_dir: str | Path, texts: Sequence[str]) -> list[dict[str, Any]]:
+def predict_text(model_dir: str | Path, texts: Sequence[str], engine: str = "auto") -> list[dict[str, Any]]:
     """Label and class probabilities for each text."""
     require(all(t.strip() for t in texts), "empty text given to --text")
-    clf = SavedClassifier(model_dir)
+    clf = SavedClassifier(model_dir, engine)
     probs = softmax(clf.logits(list(texts)))
     return [
         {"text": t, "label": clf.label_names[int(p.argmax())], "probabilities": p.round(4).tolist()}

@@ -60,22 +60,23 @@ def load_classifier(
 ) -> PreTrainedModel:
     """Load a sequence classifier; a fresh head is added when the checkpoint has none.
 
-    Compact (sparse/int8) directories and structurally shrunk models (``config.pruned_heads``)
-    are rebuilt with their own head.
+    Compact (sparse/int8) directories are rebuilt with their own head; structurally shrunk
+    models (``config.pruned_heads``, classifiers or masked-LMs) are rebuilt by
+    :func:`distilprune.shrink.load_shrunk`.
     """
     from distilprune.export.storage import is_compact, load_compact
 
     if is_compact(resolve_model(name)):
         return load_compact(resolve_model(name)).float()
     config = load_config(name)
-    if getattr(config, "pruned_heads", None):
-        from distilprune.shrink import load_shrunk
-
-        return load_shrunk(resolve_model(name)).float()
     config.num_labels = num_labels
     if label_names:
         config.id2label = dict(enumerate(label_names))
         config.label2id = {n: i for i, n in enumerate(label_names)}
+    if getattr(config, "pruned_heads", None):
+        from distilprune.shrink import load_shrunk
+
+        return load_shrunk(resolve_model(name), config).float()
     model = _load(
         "model", name, AutoModelForSequenceClassification.from_pretrained, config=config
     )
@@ -107,10 +108,16 @@ def load_masked_lm(name: str | Path) -> tuple[PreTrainedModel, bool]:
     config = load_config(name)
     # XLNet has no masked-LM class; its LM head model predicts every position the same way.
     auto = AutoModelForCausalLM if config.model_type == "xlnet" else AutoModelForMaskedLM
-    model, info = _load("masked-LM model", name, auto.from_pretrained,
-                        config=config, output_loading_info=True)
+    if getattr(config, "pruned_heads", None):
+        from distilprune.shrink import load_shrunk_with_info
+
+        model, missing = load_shrunk_with_info(resolve_model(name), config, auto)
+    else:
+        model, info = _load("masked-LM model", name, auto.from_pretrained,
+                            config=config, output_loading_info=True)
+        missing = info.get("missing_keys", [])
     base = model.base_model_prefix + "."
-    head_missing = any(not k.startswith(base) for k in info.get("missing_keys", []))
+    head_missing = any(not k.startswith(base) for k in missing)
     return model.float(), not head_missing
 
 

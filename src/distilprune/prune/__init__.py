@@ -1,5 +1,5 @@
-"""Pruning: Prune Once for All (Zafrir et al. 2021) gradual magnitude pruning, mask-locked
-fine-tuning and sparsity reports."""
+"""Pruning: Prune Once for All (Zafrir et al. 2021) gradual magnitude pruning (weights, blocks or
+whole heads/neurons), mask-locked fine-tuning and sparsity reports."""
 
 from distilprune.prune.hook import LockSparsityHook, PruneConfig, PruningHook
 from distilprune.prune.masks import (
@@ -27,13 +27,21 @@ from distilprune.prune.report import (
     write_sparsity_json,
 )
 from distilprune.prune.schedules import cubic_sparsity, is_update_step
+from distilprune.prune.structured import (
+    StructuredMask,
+    attach_structured_masks,
+    remove_pruned,
+    update_structured_masks,
+)
 
 __all__ = [
     "LockSparsityHook",
     "PruneConfig",
     "PruningHook",
+    "StructuredMask",
     "WeightMask",
     "attach_masks",
+    "attach_structured_masks",
     "block_magnitude_mask",
     "compute_mask",
     "cubic_sparsity",
@@ -48,8 +56,10 @@ __all__ = [
     "masked_parameters",
     "plot_sparsity_heatmap",
     "prunable_parameters",
+    "remove_pruned",
     "sparsity_report",
     "sparsity_table",
     "update_masks",
+    "update_structured_masks",
     "write_sparsity_json",
 ]

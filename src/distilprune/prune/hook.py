@@ -1,4 +1,5 @@
-"""Training-loop hooks: gradual magnitude pruning (Prune Once for All) and sparsity locking."""
+"""Training-loop hooks: gradual magnitude pruning (Prune Once for All), unstructured, 1x4 blocks
+or whole heads/neurons (``method="structured"``), and sparsity locking."""
 
 from __future__ import annotations
 
@@ -17,12 +18,21 @@ from distilprune.prune.parametrize import (
     update_masks,
 )
 from distilprune.prune.schedules import cubic_sparsity, is_update_step
+from distilprune.prune.structured import attach_structured_masks, update_structured_masks
 from distilprune.train import Hook
+
+PRUNE_METHODS = (*METHODS, "structured")
 
 
 @dataclass
 class PruneConfig:
-    """Gradual magnitude pruning settings; fractions are of the planned optimizer steps."""
+    """Gradual magnitude pruning settings; fractions are of the planned optimizer steps.
+
+    ``method="structured"`` prunes the ``heads`` fraction of all attention heads and the
+    ``neurons`` fraction of every layer's FFN neurons (see :mod:`distilprune.prune.structured`),
+    both from 0 on the same cubic schedule; the sparsity, block and scope settings then do not
+    apply, and the jobs remove the pruned heads/neurons physically after training.
+    """
 
     method: str = "unstructured"
     block_size: int = 4
@@ -35,14 +45,16 @@ class PruneConfig:
     scope: str = "layer"
     include: list[str] | None = None
     exclude: list[str] | None = None
+    heads: float = 0.0
+    neurons: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise :class:`UserError` on inconsistent settings."""
-        require(self.method in METHODS,
-                f"unknown pruning method {self.method!r}; choose one of {', '.join(METHODS)}")
+        require(self.method in PRUNE_METHODS, f"unknown pruning method {self.method!r}; "
+                f"choose one of {', '.join(PRUNE_METHODS)}")
         require(self.block_norm in NORMS,
                 f"unknown block norm {self.block_norm!r}; choose one of {', '.join(NORMS)}")
         require(self.scope in SCOPES,
@@ -57,6 +69,14 @@ class PruneConfig:
         require(0.0 <= self.start_fraction <= self.end_fraction <= 1.0,
                 "need 0 <= start_fraction <= end_fraction <= 1, got "
                 f"{self.start_fraction} and {self.end_fraction}")
+        for name in ("heads", "neurons"):
+            value = getattr(self, name)
+            require(0.0 <= value < 1.0, f"{name} fraction must be in [0, 1), got {value}")
+        structured = self.method == "structured"
+        require(structured or not (self.heads or self.neurons),
+                "heads/neurons fractions need the structured pruning method")
+        require(not structured or bool(self.heads or self.neurons),
+                "structured pruning needs a heads and/or neurons fraction above 0")
 
     def to_dict(self) -> dict:
         """Plain dict (for run metadata)."""
@@ -64,7 +84,7 @@ class PruneConfig:
 
 
 class PruningHook(Hook):
-    """Prune the prunable weights on the cubic schedule while training.
+    """Prune the prunable weights (or whole heads/neurons) on the cubic schedule while training.
 
     Masks are attached at train begin (with the initial sparsity applied at step 0) and
     recomputed every ``frequency`` steps between ``start_step`` and ``end_step``. A checkpoint
@@ -81,27 +101,38 @@ class PruningHook(Hook):
         self.current_sparsity = 0.0
         self.history: list[tuple[int, float]] = []
 
+    @property
+    def structured(self) -> bool:
+        """Whether whole heads/neurons are pruned (``method="structured"``)."""
+        return self.config.method == "structured"
+
     def target_sparsity(self, step: int) -> float:
-        """Scheduled sparsity at ``step``."""
+        """Scheduled sparsity at ``step`` (structured: the share of the heads/neurons targets)."""
         cfg = self.config
-        return cubic_sparsity(step, initial=cfg.initial_sparsity, final=cfg.final_sparsity,
-                              start_step=self.start_step, end_step=self.end_step,
-                              frequency=cfg.frequency)
+        initial, final = (0.0, 1.0) if self.structured else (cfg.initial_sparsity, cfg.final_sparsity)
+        return cubic_sparsity(step, initial=initial, final=final, start_step=self.start_step,
+                              end_step=self.end_step, frequency=cfg.frequency)
 
     def _apply(self, model: nn.Module, step: int) -> None:
         sparsity = self.target_sparsity(step)
         if sparsity != self.current_sparsity or not self.history:
             cfg = self.config
-            update_masks(model, sparsity, cfg.method, cfg.block_size, cfg.block_norm, cfg.scope)
+            if self.structured:
+                update_structured_masks(model, cfg.heads * sparsity, cfg.neurons * sparsity)
+            else:
+                update_masks(model, sparsity, cfg.method, cfg.block_size, cfg.block_norm, cfg.scope)
             self.current_sparsity = sparsity
             self.history.append((step, sparsity))
 
     def on_train_begin(self, model: nn.Module, total_steps: int) -> None:
         cfg = self.config
-        targets = prunable_parameters(model, cfg.include, cfg.exclude)
-        if not targets:
-            raise UserError("no prunable parameters matched (check --include/--exclude)")
-        attach_masks(model, targets)
+        if self.structured:
+            attach_structured_masks(model, cfg.heads > 0, cfg.neurons > 0)
+        else:
+            targets = prunable_parameters(model, cfg.include, cfg.exclude)
+            if not targets:
+                raise UserError("no prunable parameters matched (check --include/--exclude)")
+            attach_masks(model, targets)
         self.start_step = round(cfg.start_fraction * total_steps)
         self.end_step = max(self.start_step, round(cfg.end_fraction * total_steps))
         self.current_sparsity, self.history = 0.0, []

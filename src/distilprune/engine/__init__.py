@@ -1,0 +1,1 @@
+"""Inference engines beyond ONNX Runtime and PyTorch (sparse kernels, DeepSparse)."""
