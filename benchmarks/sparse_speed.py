@@ -323,7 +323,10 @@ def summary(payload: dict[str, Any]) -> dict[str, Any]:
     if "kernel" in payload:
         entry = next(e for e in kernel_summary(payload["kernel"])["per_layer"]
                      if e["model"] == "minilm" and e["threads"] == 1)
-        out["kernel_speedup_90"] = entry["speedup90"]
+        out["kernel_speedup_90"] = entry["speedup90"]  # one layer's Linears, fused QKV
+        shapes = shape_table(payload["kernel"])
+        out["kernel_speedup_90_per_shape"] = {e["shape"]: e["speedup90"] for e in shapes
+                                               if e["model"] == "minilm" and e["threads"] == 1}
     if "model" in payload:
         out.update(model_summary(payload["model"]))
     return out
@@ -346,25 +349,34 @@ def main() -> None:
                         help="sparse fine-tunes in --prune-work to measure")
     parser.add_argument("--structured", type=Path, help="structured Prune OFA fine-tune (structured.py)")
     parser.add_argument("--teacher", type=Path, default=TEACHER, help="the baseline row (first)")
+    parser.add_argument("--conditions", default="", help="how the machine was used during the run (report)")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the JSON")
     args = parser.parse_args()
     payload = load_previous()
-    parts = args.part or ["kernel", "model"]
+    parts = [] if args.report_only else args.part or ["kernel", "model"]
     if "kernel" in parts:
-        payload["kernel"] = kernel_part(args.threads, args.repeats)
-        payload["kernel"]["command"] = "python benchmarks/sparse_speed.py --part kernel"
-        plot_kernel(payload["kernel"], RESULTS / f"{NAME}_kernel.png")
+        payload["kernel"] = {**kernel_part(args.threads, args.repeats), "conditions": args.conditions,
+                             "command": "python benchmarks/sparse_speed.py --part kernel"}
     if "model" in parts:
-        payload["model"] = model_part(args)
-        plot_pareto(payload["model"], RESULTS / f"{NAME}_pareto.png")
+        payload["model"] = {**model_part(args), "conditions": args.conditions}
     payload["summary"] = summary(payload)
-    md = "# Sparse int8 engine: kernel and model speed\n\n"
-    if "kernel" in payload:
-        md += kernel_markdown(payload["kernel"]) + f"\nPlot: `{NAME}_kernel.png`.\n"
-    if "model" in payload:
-        md += "\n" + model_markdown(payload["model"]) + f"\nPlot: `{NAME}_pareto.png`.\n"
-    md += "\nSummary: " + json.dumps(payload["summary"]) + "\n"
+    md = render(payload)
     write_results(NAME, payload, md)
     print(md)
+
+
+def render(payload: dict[str, Any]) -> str:
+    """The markdown report (and its plots) of whatever parts the payload holds."""
+    md = "# Sparse int8 engine: kernel and model speed\n\n"
+    if "kernel" in payload:
+        plot_kernel(payload["kernel"], RESULTS / f"{NAME}_kernel.png")
+        md += kernel_markdown(payload["kernel"]) + f"\nPlot: `{NAME}_kernel.png`. "
+        md += f"Conditions: {payload['kernel'].get('conditions') or 'not recorded'}.\n"
+    if "model" in payload:
+        plot_pareto(payload["model"], RESULTS / f"{NAME}_pareto.png")
+        md += "\n" + model_markdown(payload["model"]) + f"\nPlot: `{NAME}_pareto.png`. "
+        md += f"Conditions: {payload['model'].get('conditions') or 'not recorded'}.\n"
+    return md + "\n## Summary\n\n```json\n" + json.dumps(payload["summary"], indent=2) + "\n```\n"
 
 
 if __name__ == "__main__":

@@ -87,3 +87,25 @@ def run_cli(monkeypatch, capfd, *args: str | Path) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     out, err = capfd.readouterr()
     return code, ANSI.sub("", out), ANSI.sub("", err)
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (``None`` for directories)."""
+    return {
+        str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def assert_user_error(monkeypatch, capfd, root: Path, args: list, fragment: str) -> str:
+    """The command fails with exit 2 and one ``error: ...`` line; ``root`` is left unchanged."""
+    before = snapshot(root)
+    code, _out, err = run_cli(monkeypatch, capfd, *args)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert fragment.lower() in lines[0].lower(), err
+    assert snapshot(root) == before, "the failed command changed the file system"
+    return lines[0]

@@ -336,8 +336,8 @@ def test_recipe_drives_finetune_and_flags_override(
         "    max_steps: 2\n"
         "    batch_size: 8\n"
         "    lr: 1.0e-4\n"
-        "other_section:\n"
-        "  ignored: true\n"
+        "distill_mlm:\n"  # another command's section may stand beside it (other top-level keys may not)
+        "  steps: 1\n"
     )
     cli_ok(
         monkeypatch,

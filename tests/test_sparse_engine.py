@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import warnings
 
 import pytest
@@ -165,12 +166,18 @@ def test_without_kernels_the_engine_warns_and_runs_dense_int8(tiny_model_factory
 @needs_kernels
 def test_cli_export_predict_evaluate_on_the_sparse_engine(tiny_model_factory, tiny_csv, tmp_path,
                                                           monkeypatch, capfd):
-    model_dir = tiny_model_factory("bert")
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_factory("bert"), model_dir)
+    (model_dir / "distilprune.json").write_text(json.dumps({"preprocess": ["lowercase"], "max_length": 32}))
     out = tmp_path / "sparse"
     code, stdout, err = run_cli(monkeypatch, capfd, "export", "--model", model_dir, "--out", out,
                                 "--format", "sparse")
     assert code == 0, err
     assert "agreement" in stdout and is_sparse_dir(out)
+    for name in ("config.json", "tokenizer.json", "parity.json"):
+        assert (out / name).is_file(), name
+    # the preprocessing travels with the model
+    assert (out / "distilprune.json").read_bytes() == (model_dir / "distilprune.json").read_bytes()
     for model_arg in ([out], [model_dir, "--engine", "sparse"]):
         code, stdout, err = run_cli(monkeypatch, capfd, "predict", "--model", *model_arg, "--text", TEXTS[0])
         assert code == 0, err

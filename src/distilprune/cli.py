@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,8 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from distilprune.config import from_dict, load_yaml, merge
-from distilprune.errors import UserError
+from distilprune.config import from_dict, merge, recipe_section
+from distilprune.errors import Interrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil, prune, quantize and export transformer text classifiers for CPUs.")
@@ -47,11 +51,8 @@ def _prune_overrides(method, final_sparsity, block_size, prune_end, prune_every,
     return values if method else None
 
 
-def _recipe(path: Path | None, section: str | None = None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    data = load_yaml(path)
-    return data.get(section, data) if section else data
+def _recipe(path: Path | None, section: str) -> dict[str, Any]:
+    return recipe_section(path, section) if path is not None else {}
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
@@ -319,11 +320,12 @@ def _texts_for(model_dir: Path, data: Path | None, limit: int | None,
     if data is None:
         return None, None
     from distilprune.data.loading import load_table
-    from distilprune.jobs.common import preprocess_table, read_metadata
+    from distilprune.jobs.common import label_names_of, preprocess_table, read_metadata
 
     base = model_dir.parent if model_dir.suffix == ".onnx" else model_dir
     meta = read_metadata(base) if base.is_dir() else {}
-    table = load_table(data, text_column, require_labels=False, num_labels=None)
+    names = label_names_of(base) if (base / "config.json").is_file() else None
+    table = load_table(data, text_column, require_labels=False, num_labels=None, label_names=names)
     if limit:
         table = table.subset(list(range(min(limit, len(table)))))
     table = preprocess_table(table, meta.get("preprocess", []))
@@ -343,12 +345,14 @@ def export(
     overwrite: Annotated[bool, Opt()] = False,
 ) -> None:
     """Export to ONNX (parity-checked, optionally int8), compact storage or the sparse engine."""
+    from distilprune.io import check_writable
+
+    check_writable(out)
     if format == "sparse":
         from distilprune.export.sparse import export_sparse
 
         texts, _ = _texts_for(model, data, limit)
         result = export_sparse(model, out, parity_texts=texts, max_length=max_length, overwrite=overwrite)
-        _copy_metadata(model, out)
         parity = result["parity"]
         out_console.print(
             f"sparse engine -> {out}: {result['size_bytes'] / 1e6:.1f} MB, block density "
@@ -358,7 +362,7 @@ def export(
     if format == "deepsparse":
         from distilprune.engine.deepsparse import export_for_deepsparse
 
-        export_for_deepsparse(model, out, seq_len=max_length)
+        export_for_deepsparse(model, out, seq_len=max_length, overwrite=overwrite)
         _copy_metadata(model, out)
         out_console.print(f"DeepSparse fp32 ONNX (seq {max_length}) -> {out}")
         return
@@ -435,7 +439,14 @@ def benchmark(
     sparse int8 engine); a directory written by export --format sparse runs on it by itself.
     """
     from distilprune.benchmark import run_benchmark
+    from distilprune.export.runtime import require_tokenizer_files
+    from distilprune.io import check_writable
 
+    check_writable(out)
+    for spec in models:  # before the first model's subprocess starts
+        path = Path(spec.split("@")[0])
+        if (folder := path.parent if path.suffix == ".onnx" else path).is_dir():
+            require_tokenizer_files(folder)
     texts, labels = _texts_for(Path(models[0].split("@")[0]), data, limit)
     sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     report = run_benchmark(models, texts, labels, out, threads, sizes, seq_len, repeats, warmup)
@@ -608,15 +619,42 @@ def study(
     out_console.print(f"runs: {counts['ran']} trained, {counts['skipped']} reused{pending}")
 
 
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGINT / SIGTERM raise :class:`Interrupted` while the CLI runs (handlers restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _exit_interrupted(signum: int) -> None:
+    """One line and the shell's code for death by signal: 130 for SIGINT, 143 for SIGTERM."""
+    console.print("interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})")
+    sys.exit(128 + signum)
+
+
 def main() -> None:
-    """Console entry point: one-line errors, exit code 2 for bad input."""
+    """Console entry point: one-line errors, exit code 2 for bad input, 130/143 when interrupted."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        app(standalone_mode=False)
+        with _signals_raise():
+            code = app(standalone_mode=False)
     except UserError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Interrupted as exc:
+        _exit_interrupted(exc.signum)
     except (click.exceptions.Exit, typer.Exit) as exc:
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, typer.Abort):
@@ -626,8 +664,11 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
+        _exit_interrupted(signal.SIGINT)
+    if isinstance(code, int) and code:  # typer returns Exit codes (a KeyboardInterrupt's: 130)
+        if code == 130:
+            _exit_interrupted(signal.SIGINT)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,27 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+COMMAND_SECTIONS = ("finetune", "fit_mlm_head", "distill_mlm")
+
+
+def recipe_section(path: str | Path, section: str) -> dict[str, Any]:
+    """The ``section:`` of a command recipe, or the whole file when it has none.
+
+    Beside a section only other commands' sections may stand: any other top-level key would be
+    silently ignored, so it is an error.
+    """
+    data = load_yaml(path)
+    if section not in data:
+        return data
+    stray = sorted(set(data) - set(COMMAND_SECTIONS))
+    if stray:
+        raise UserError(f"{path}: unknown top-level key {stray[0]!r} (settings belong under {section}:)")
+    value = {} if data[section] is None else data[section]
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: {section}: expected a mapping, got {value!r}")
+    return value
+
+
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge ``overrides`` into a copy of ``base`` (``None`` values are ignored)."""
     out = dict(base)

@@ -9,3 +9,15 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`UserError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise UserError(message)
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised in the main thread by the CLI's handlers.
+
+    A ``BaseException`` like ``KeyboardInterrupt`` (no ``except Exception`` swallows it; atomic
+    writers remove their temporary output), but not one: click/typer would turn that into exit 0.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -15,6 +15,21 @@ from typing import Any
 from distilprune.errors import UserError
 
 
+def check_writable(target: str | Path) -> None:
+    """Fail now, not after training, when ``target`` cannot be created: probe its nearest existing
+    parent the way :func:`atomic_dir` / :func:`atomic_file` will write (a temporary entry)."""
+    target = Path(target)
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create {target}: {parent} is a file, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=parent))
+    except OSError as exc:
+        raise UserError(f"cannot create {target}: {parent} is not writable ({exc.strerror})") from exc
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``target``; rename it onto ``target`` on success.

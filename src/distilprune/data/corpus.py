@@ -18,7 +18,7 @@ def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
             return [line.strip() for line in path.read_text().splitlines() if line.strip()]
         except UnicodeDecodeError as exc:
             raise UserError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
-    return load_table(path, text_column, require_labels=False, num_labels=None).texts
+    return load_table(path, text_column, with_labels=False).texts
 
 
 def default_corpus(shared_data: Path) -> list[Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,10 +96,34 @@ def _pick_column(frame: pd.DataFrame, wanted: str | None, candidates: tuple[str,
     return None
 
 
-def encode_labels(values: list[str], path: Path, num_labels: int | None) -> tuple[list[int], list[str]]:
-    """Map raw label values to 0..K-1; integers keep their value, strings are sorted."""
-    raw = [str(v).strip() for v in values]
-    require(all(raw), f"{path} has rows with an empty label")
+def _cell(value: object) -> str:
+    """A cell as text: JSON ``null`` and NaN become "" (never the strings "None" or "nan")."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
+def _row_numbers(rows: list[int]) -> str:
+    shown = ", ".join(str(r + 1) for r in rows[:5])
+    return shown + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+
+
+def _map_to_names(raw: list[str], names: Sequence[str], path: Path) -> tuple[list[int], list[str]]:
+    """Labels as indices of a model's label names; values it was not trained on are an error."""
+    index = {str(name): i for i, name in enumerate(names)}
+    unknown = sorted(set(raw) - set(index))
+    require(not unknown, f"{path}: label values {', '.join(map(repr, unknown[:6]))} are not labels of "
+                         f"the model (its labels: {', '.join(index)})")
+    return [index[v] for v in raw], list(index)
+
+
+def encode_labels(values: list, path: Path, num_labels: int | None,
+                  names: Sequence[str] | None = None) -> tuple[list[int], list[str]]:
+    """Map raw label values to 0..K-1: through ``names`` (a model's labels) when given; otherwise
+    integers keep their value and strings are sorted."""
+    raw = [_cell(v).strip() for v in values]
+    empty = [i for i, v in enumerate(raw) if not v]
+    require(not empty, f"{path} has rows with an empty label (data rows {_row_numbers(empty)})")
+    if names:
+        return _map_to_names(raw, names, path)
     distinct = sorted(set(raw))
     if all(v.lstrip("-").isdigit() for v in distinct):
         ints = [int(v) for v in raw]
@@ -120,24 +145,36 @@ def load_table(
     label_column: str | None = None,
     require_labels: bool = True,
     num_labels: int | None = 2,
+    label_names: Sequence[str] | None = None,
+    with_labels: bool = True,
 ) -> TextTable:
-    """Load a text table; raise :class:`UserError` with a one-line reason on any bad input."""
+    """Load a text table; raise :class:`UserError` with a one-line reason on any bad input.
+
+    ``label_names`` (a trained model's labels) fix the label ids; without them they come from the
+    file. ``with_labels=False`` reads texts only (any label column is ignored). Rows whose text is
+    empty, blank or ``null`` are refused with their row numbers.
+    """
     path = Path(path)
     require(path.is_file(), f"data file not found: {path}")
     require(path.stat().st_size > 0, f"{path} is empty")
     frame = _read_frame(path)
     require(len(frame) > 0, f"{path} has no data rows")
     text_col = _pick_column(frame, text_column, TEXT_COLUMNS, "text", path, required=True)
-    label_col = _pick_column(frame, label_column, LABEL_COLUMNS, "label", path, required=require_labels)
-    texts = [str(t) for t in frame[text_col].tolist()]
+    label_col = (_pick_column(frame, label_column, LABEL_COLUMNS, "label", path, required=require_labels)
+                 if with_labels else None)
+    texts = [_cell(t) for t in frame[text_col].tolist()]
     require(any(t.strip() for t in texts), f"{path}: the text column {text_col!r} is empty")
+    blank = [i for i, t in enumerate(texts) if not t.strip()]
+    require(not blank, f"{path}: {len(blank)} rows have an empty text (data rows {_row_numbers(blank)}); "
+                       "fill or remove them")
     labels, names = None, []
     if label_col is not None:
-        labels, names = encode_labels(frame[label_col].tolist(), path, num_labels)
+        labels, names = encode_labels(frame[label_col].tolist(), path, num_labels, label_names)
     id_col = _pick_column(frame, None, ID_COLUMNS, "id", path, required=False)
-    ids = [str(v) for v in frame[id_col].tolist()] if id_col else [str(i) for i in range(len(frame))]
+    ids = [_cell(v) for v in frame[id_col].tolist()] if id_col else [str(i) for i in range(len(frame))]
     extra_cols = [c for c in EXTRA_COLUMNS if c in frame.columns]
-    extras = [{c: str(frame[c].iat[i]) for c in extra_cols} for i in range(len(frame))] if extra_cols else []
+    rows = range(len(frame))
+    extras = [{c: _cell(frame[c].iat[i]) for c in extra_cols} for i in rows] if extra_cols else []
     return TextTable(texts, labels, ids, extras, names, str(path), file_sha256(path))
 
 

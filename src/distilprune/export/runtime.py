@@ -72,6 +72,17 @@ class EncoderSpec:
         return asdict(self)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
+                   "sentencepiece.bpe.model")
+
+
+def require_tokenizer_files(folder: str | Path) -> None:
+    """Refuse a model folder without its tokenizer (transformers would build an empty one)."""
+    require(any((Path(folder) / name).is_file() for name in TOKENIZER_FILES),
+            f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): a model only "
+            "runs with the tokenizer it was trained with; copy them from its base model")
+
+
 class TextEncoder:
     """Tokenize texts into numpy int64 arrays with the :mod:`tokenizers` library (thread-safe)."""
 
@@ -80,6 +91,7 @@ class TextEncoder:
         self._lock = threading.Lock()
         self._state: tuple[int, int | None] | None = None
         self._hf = None
+        require_tokenizer_files(tokenizer_dir)
         tokenizer_json = Path(tokenizer_dir) / "tokenizer.json"
         if spec.backend == "tokenizers" and tokenizer_json.is_file():
             from tokenizers import Tokenizer

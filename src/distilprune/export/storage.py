@@ -36,11 +36,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from distilprune.errors import UserError, require
 from distilprune.io import atomic_dir
-from distilprune.models.loading import load_config
+from distilprune.models.loading import load_config, load_tokenizer
 
 FORMAT = "distilprune-compact/1"
 WEIGHTS_NAME = "model.compact.safetensors"
@@ -176,13 +176,7 @@ def _load_source(model_or_dir: nn.Module | str | Path, tokenizer: PreTrainedToke
         return model_or_dir, tokenizer
     from distilprune.shrink import load_shrunk
 
-    model = load_shrunk(model_or_dir)
-    if tokenizer is None:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model_or_dir)
-        except (OSError, ValueError):
-            tokenizer = None
-    return model, tokenizer
+    return load_shrunk(model_or_dir), tokenizer or load_tokenizer(model_or_dir)
 
 
 def save_compact(

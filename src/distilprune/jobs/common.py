@@ -8,7 +8,7 @@ import platform
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,12 +71,26 @@ def preprocess_table(table: TextTable, steps: list[str]) -> TextTable:
     return table
 
 
-def prepare_data(cfg: DataConfig) -> PreparedData:
-    """Load, split (stratified, seeded) and preprocess the training data."""
-    full = load_table(cfg.train, cfg.text_column, cfg.label_column, num_labels=cfg.num_labels)
+def require_classes(table: TextTable) -> None:
+    """Refuse training labels that hold a single class (nothing to learn, metrics meaningless)."""
+    present = sorted(set(table.labels or []))
+    require(len(present) > 1, f"{table.source}: every label is {table.label_names[present[0]]!r}; "
+                              "a classifier needs at least two classes")
+
+
+def prepare_data(cfg: DataConfig, label_names: Sequence[str] | None = None) -> PreparedData:
+    """Load, split (stratified, seeded) and preprocess the training data.
+
+    ``label_names`` (e.g. a teacher's) fix the label ids; the validation file always maps through
+    the training labels, so a file holding a subset of the classes keeps their ids.
+    """
+    full = load_table(cfg.train, cfg.text_column, cfg.label_column, num_labels=cfg.num_labels,
+                      label_names=label_names)
+    require_classes(full)
     if cfg.validation:
         train = full
-        val = load_table(cfg.validation, cfg.text_column, cfg.label_column, num_labels=cfg.num_labels)
+        val = load_table(cfg.validation, cfg.text_column, cfg.label_column, num_labels=cfg.num_labels,
+                         label_names=full.label_names)
         split = {"mode": "file", "validation": cfg.validation, "validation_sha256": val.sha256}
     else:
         train_idx, val_idx = stratified_split(full.labels, cfg.val_fraction, cfg.split_seed)
@@ -129,6 +143,26 @@ def save_model_dir(out: Path, model: PreTrainedModel, tokenizer: PreTrainedToken
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_json(out / METADATA_FILE, {**metadata, "environment": environment()})
+
+
+def trained_label_names(meta: dict[str, Any], id2label: Mapping[Any, Any]) -> list[str] | None:
+    """The labels a classifier was trained with: its ``distilprune.json``, else a ``config.id2label``
+    other than transformers' default ``LABEL_i``; ``None`` when it never recorded any."""
+    if meta.get("label_names"):
+        return [str(name) for name in meta["label_names"]]
+    names = [str(id2label[key]) for key in sorted(id2label, key=int)]
+    return names if names and names != [f"LABEL_{i}" for i in range(len(names))] else None
+
+
+def label_names_of(model: str | Path) -> list[str] | None:
+    """:func:`trained_label_names` of a model directory, alias or ONNX export (``None`` if unknown)."""
+    from distilprune.export.runtime import read_config
+    from distilprune.models.registry import resolve_model
+
+    path = Path(resolve_model(model))
+    if not path.is_dir():
+        return None
+    return trained_label_names(read_metadata(path), read_config(path).get("id2label") or {})
 
 
 def read_metadata(model_dir: str | Path) -> dict[str, Any]:

@@ -30,7 +30,13 @@ from distilprune.distill.objectives import (
 from distilprune.errors import UserError, require
 from distilprune.evaluate import predict_texts
 from distilprune.io import atomic_file, stable_hash, write_json
-from distilprune.jobs.common import checkpoint_beside, drop_checkpoint, save_model_dir, save_on_main_process
+from distilprune.jobs.common import (
+    checkpoint_beside,
+    drop_checkpoint,
+    label_names_of,
+    save_model_dir,
+    save_on_main_process,
+)
 from distilprune.jobs.finetune import FinetuneConfig, check_output_dir, finetune
 from distilprune.models.loading import (
     count_parameters,
@@ -324,7 +330,8 @@ def distill_task(cfg: TaskDistillConfig) -> dict[str, Any]:
                                          hidden_pairs=pairs)
 
     return finetune(cfg.finetune, make_objective=objective,
-                    metadata={"distillation": {"teacher": cfg.teacher, **to_dict(cfg.loss)}})
+                    metadata={"distillation": {"teacher": cfg.teacher, **to_dict(cfg.loss)}},
+                    label_names=label_names_of(cfg.teacher))
 
 
 __all__ = [

@@ -21,7 +21,7 @@ from distilprune.evaluate import (
     plot_pr_curve,
     predict_logits,
 )
-from distilprune.io import write_json
+from distilprune.io import check_writable, write_json
 from distilprune.jobs.common import (
     DataConfig,
     checkpoint_beside,
@@ -63,12 +63,14 @@ ObjectiveFactory = Callable[[EncodedDataset, TextTable], Objective]
 
 
 def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """Fail early (before any training) when ``out`` exists and may not be replaced."""
+    """Fail early (before any training) when ``out`` exists and may not be replaced, or cannot be
+    created at all."""
     out = Path(out)
     if not str(out):
         raise UserError("an output directory is required (--out)")
     if out.exists() and not overwrite:
         raise UserError(f"output directory {out} already exists (pass --overwrite to replace it)")
+    check_writable(out)
     return out
 
 
@@ -91,11 +93,15 @@ def _finalize_compression(model, cfg: FinetuneConfig) -> dict | None:
 
 
 def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None,
-             hooks: Sequence[Hook] = (), metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``cfg.data``; save model, metrics, split and plots to ``cfg.out``."""
+             hooks: Sequence[Hook] = (), metadata: dict[str, Any] | None = None,
+             label_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data``; save model, metrics, split and plots to ``cfg.out``.
+
+    ``label_names`` (a teacher's) fix the label ids; by default they come from the training file.
+    """
     out = check_output_dir(cfg.out, cfg.overwrite)
     cfg = dataclasses.replace(cfg, train=checkpoint_beside(cfg.train, out))
-    data = prepare_data(cfg.data)
+    data = prepare_data(cfg.data, label_names)
     tokenizer = load_tokenizer(cfg.model)
     model = load_classifier(cfg.model, cfg.data.num_labels, data.train.label_names)
     train_ds = encode_table(tokenizer, data.train, cfg.data.max_length)

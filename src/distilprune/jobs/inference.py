@@ -19,8 +19,8 @@ from distilprune.evaluate import (
     softmax,
 )
 from distilprune.export.source import load_source_model
-from distilprune.io import atomic_dir, atomic_file, write_json
-from distilprune.jobs.common import read_metadata
+from distilprune.io import atomic_dir, atomic_file, check_writable, write_json
+from distilprune.jobs.common import read_metadata, trained_label_names
 from distilprune.models.loading import load_tokenizer
 
 
@@ -36,7 +36,7 @@ class SavedClassifier:
         self.model = load_source_model(path, engine)
         self.preprocess: list[str] = self.meta.get("preprocess", [])
         self.max_length: int = int(self.meta.get("max_length", 128))
-        self.label_names: list[str] = self.meta.get("label_names") or [
+        self.label_names: list[str] = trained_label_names(self.meta, self.model.config.id2label) or [
             str(i) for i in range(self.model.config.num_labels)]
 
     def logits(self, texts: Sequence[str], records: Sequence[dict] | None = None) -> np.ndarray:
@@ -54,12 +54,13 @@ def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path | No
                    text_column: str | None = None, label_column: str | None = None,
                    overwrite: bool = True, engine: str = "auto") -> dict[str, Any]:
     """Metrics (JSON) and plots (confusion matrix, PR curve) of a saved model on labelled data."""
+    out = Path(out) if out else Path(model_dir) / f"eval_{Path(data).stem}"
+    check_writable(out)
     clf = SavedClassifier(model_dir, engine)
-    table = load_table(data, text_column, label_column, num_labels=len(clf.label_names))
+    table = load_table(data, text_column, label_column, label_names=clf.label_names)
     logits = clf.logits(table.texts, table.extras or None)
     metrics = classification_metrics(table.labels, logits)
     metrics["data"] = str(data)
-    out = Path(out) if out else Path(model_dir) / f"eval_{Path(data).stem}"
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / "metrics.json", metrics)
         plot_confusion_matrix(metrics, clf.label_names, tmp / "confusion_matrix.png")
@@ -71,17 +72,19 @@ def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path | No
 
 def predict_file(model_dir: str | Path, data: str | Path, out: str | Path,
                  text_column: str | None = None, overwrite: bool = False, engine: str = "auto") -> int:
-    """Write ``id,target`` predictions (Kaggle style) for every row of ``data``; returns the count."""
+    """Write ``id,target`` rows (Kaggle style; the target is the model's label name) for every row
+    of ``data``; returns the count."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+    check_writable(out)
     clf = SavedClassifier(model_dir, engine)
-    table = load_table(data, text_column, require_labels=False, num_labels=len(clf.label_names))
-    predictions = clf.logits(table.texts, table.extras or None).argmax(axis=-1)
+    table = load_table(data, text_column, with_labels=False)
+    predictions = clf.logits(table.texts, table.extras or None).argmax(axis=-1).tolist()
     with atomic_file(out, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "target"])
-        writer.writerows(zip(table.ids, predictions.tolist(), strict=True))
+        writer.writerows(zip(table.ids, [clf.label_names[p] for p in predictions], strict=True))
     return len(table)
 
 

@@ -38,8 +38,16 @@ def _load(what: str, name: str | Path, loader, **kwargs):
 
 
 def load_tokenizer(name: str | Path) -> PreTrainedTokenizerBase:
-    """Load the tokenizer of an alias, directory or hub ID."""
-    return _load("tokenizer", name, AutoTokenizer.from_pretrained)
+    """Load the tokenizer of an alias, directory or hub ID; never a stand-in built from nothing."""
+    from distilprune.export.runtime import require_tokenizer_files
+
+    path = resolve_model(name)
+    if Path(path).is_dir():
+        require_tokenizer_files(path)
+    tokenizer = _load("tokenizer", name, AutoTokenizer.from_pretrained)
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise UserError(f"the tokenizer of {name} has no vocabulary beyond its special tokens")
+    return tokenizer
 
 
 def load_config(name: str | Path) -> transformers.PretrainedConfig:
