@@ -213,7 +213,7 @@ def test_evaluate_missing_model_dir(monkeypatch, capfd, work):
         capfd,
         work,
         ["evaluate", "--model", work / "no_model", "--data", work / "good.csv"],
-        "model directory not found",
+        "model not found",
     )
 
 

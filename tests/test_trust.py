@@ -266,3 +266,211 @@ def test_top_level_key_beside_a_section_is_an_error(monkeypatch, capfd, work, mo
     recipe = write(work / "recipe.yaml", "finetune:\n  train:\n    epochs: 1\nepochs: 3\n")
     args = OUT_CASES["finetune"](model, work, work / "o")
     assert_user_error(monkeypatch, capfd, work, [*args, "--recipe", recipe], "unknown top-level key 'epochs'")
+
+
+# ----------------------------------------------------------------------------- 9. leftovers of killed saves
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_next_run_sweeps_what_killed_saves_left(monkeypatch, capfd, work, model):
+    dead = _dead_pid()
+    stale = [work / f".ft.tmp-{dead}-abc", work / f".ft.probe-{dead}-x"]
+    for path in stale:
+        path.mkdir()
+        (path / "half").write_text("x")
+    write(work / f".ft.tmp-{dead}-file", "x")
+    write(work / ".ft.lock", str(dead))  # nobody holds it: its run was killed
+    alive = work / f".ft.tmp-{os.getpid()}-live"  # a live writer's entry stays
+    alive.mkdir()
+    code, _out, err = run_cli(monkeypatch, capfd, *OUT_CASES["finetune"](model, work, work / "ft"))
+    assert code == 0, err
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith(".ft")) == [alive.name]
+
+
+def test_killed_swap_of_an_old_output_brings_it_back(tmp_path):
+    from distilprune.checkpoint import load_checkpoint
+
+    dead = _dead_pid()
+    backup = tmp_path / f".ck.old-{dead}"
+    backup.mkdir()
+    assert load_checkpoint(tmp_path / "ck") is None
+    assert (tmp_path / "ck").is_dir() and not backup.exists()
+
+
+def test_failed_final_rename_leaves_nothing(monkeypatch, capfd, work, model):
+    import distilprune.io as io
+
+    real = os.replace
+
+    def refuse(src, dst):
+        if Path(dst).name == "ft":
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", refuse)
+    before = snapshot(work)
+    code, _out, err = run_cli(monkeypatch, capfd, *OUT_CASES["finetune"](model, work, work / "ft"))
+    lines = [line for line in err.splitlines() if line.strip() and "%|" not in line]  # no progress bars
+    assert code == 2, err
+    assert lines == [f"error: cannot write {work / 'ft'}: No space left on device"], err
+    assert snapshot(work) == before
+
+
+def test_overwriting_a_file_leaves_no_backup(monkeypatch, capfd, work, model):
+    target = write(work / "report", "old")
+    code, _out, err = run_cli(monkeypatch, capfd, "evaluate", "--model", model, "--data", work / "good.csv",
+                              "--out", target)
+    assert code == 0, err
+    assert (target / "metrics.json").is_file()
+    assert [p.name for p in work.iterdir() if p.name.startswith(".")] == []
+
+
+# ----------------------------------------------------------------------------- 10. concurrent runs
+def test_second_run_on_the_same_out_fails_at_start(monkeypatch, capfd, work, model):
+    import fcntl
+
+    import distilprune.jobs.finetune as finetune
+
+    monkeypatch.setattr(finetune, "train", _no_serve)
+    with (work / ".ft.lock").open("w") as held:  # another run's lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        line = assert_user_error(monkeypatch, capfd, work, OUT_CASES["finetune"](model, work, work / "ft"),
+                                 "is writing")
+    assert "PID 4242" in line
+
+
+def test_lock_is_gone_after_a_run(monkeypatch, capfd, work, model):
+    code, _out, err = run_cli(monkeypatch, capfd, *OUT_CASES["predict"](model, work, work / "p.csv"))
+    assert code == 0, err
+    assert not (work / ".p.csv.lock").exists()
+
+
+# ----------------------------------------------------------------------------- 11. truncated weights
+@pytest.fixture(scope="module")
+def truncated(tmp_path_factory, model) -> Path:
+    out = tmp_path_factory.mktemp("truncated") / "model"
+    shutil.copytree(model, out)
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return out
+
+
+@pytest.mark.parametrize("case", ["predict_text", "predict_data", "evaluate", "finetune", "export", "serve"])
+def test_truncated_weights_are_one_line(monkeypatch, capfd, work, truncated, case):
+    monkeypatch.setattr("uvicorn.run", _no_serve)
+    args = TOKENIZER_CASES[case](truncated, work)
+    assert_user_error(monkeypatch, capfd, work, args, "(truncated or corrupt)")
+
+
+# ----------------------------------------------------------------------------- 12. numeric ranges
+NUMERIC_CASES = {
+    "batch_size_0": (["--batch-size", "0"], "batch_size"),
+    "batch_size_neg": (["--batch-size", "-1"], "batch_size"),
+    "lr_neg": (["--lr", "-1"], "lr"),
+    "limit_neg": (["--limit", "-5"], "limit"),
+    "seed_neg": (["--seed", "-1"], "seed"),
+    "max_steps_0": (["--max-steps", "0"], "max_steps"),
+    "epochs_0": (["--epochs", "0"], "epochs"),
+    "checkpoint_every_0": (["--checkpoint-every", "0"], "checkpoint_every"),
+    "val_fraction_1": (["--val-fraction", "1"], "val_fraction"),
+}
+
+
+@pytest.mark.parametrize("case", list(NUMERIC_CASES))
+def test_numeric_options_are_range_checked(monkeypatch, capfd, work, model, case):
+    extra, fragment = NUMERIC_CASES[case]
+    args = ["finetune", "--model", model, "--data", work / "good.csv", "--out", work / "o",
+            "--max-length", "16", *extra]
+    assert_user_error(monkeypatch, capfd, work, args, fragment)
+
+
+@pytest.mark.parametrize("sizes", ["abc", "1,0", "8,,x"])
+def test_benchmark_batch_sizes_are_checked(monkeypatch, capfd, work, model, sizes):
+    args = ["benchmark", model, "--out", work / "speed", "--batch-sizes", sizes]
+    assert_user_error(monkeypatch, capfd, work, args, "--batch-sizes")
+
+
+# ----------------------------------------------------------------------------- 13. more classes than the head
+def test_more_classes_than_the_saved_head(monkeypatch, capfd, work, model):
+    data = labelled_csv(work / "three.csv", ["0", "1", "2"] * 6)
+    recipe = write(work / "three.yaml", "finetune:\n  data:\n    num_labels: 3\n")
+    args = ["finetune", "--model", model, "--data", data, "--out", work / "o", "--recipe", recipe, *FAST]
+    line = assert_user_error(monkeypatch, capfd, work, args, "2-class")
+    assert "3 classes" in line
+
+
+# ----------------------------------------------------------------------------- 14. messages
+def test_bad_jsonl_line_is_named(monkeypatch, capfd, work, model):
+    data = write(work / "bad.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n{"text": oops}\n')
+    assert_user_error(monkeypatch, capfd, work,
+                      ["predict", "--model", model, "--data", data, "--out", work / "p.csv"], "line 3")
+
+
+def test_onnx_file_where_a_model_directory_is_expected(monkeypatch, capfd, work, onnx_no_tokenizer):
+    onnx = onnx_no_tokenizer / "model.onnx"
+    line = assert_user_error(monkeypatch, capfd, work, ["predict", "--model", onnx, "--text", "fire"],
+                             "is a file")
+    assert "not found" not in line
+
+
+def test_alias_works_wherever_a_model_is_expected(monkeypatch, capfd, work, model):
+    from distilprune.models import registry
+
+    alias = registry.PackagedModel("tiny-test", (), "the tiny test model", lambda _m: model)
+    monkeypatch.setitem(registry.ALIASES, "tiny-test", alias)
+    code, out, err = run_cli(monkeypatch, capfd, "predict", "--model", "tiny-test", "--text", "fire")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["label"] in {"0", "1"}
+    code, _out, err = run_cli(monkeypatch, capfd, "evaluate", "--model", "tiny-test", "--data",
+                              work / "good.csv", "--out", work / "ev")
+    assert code == 0, err
+    code, _out, err = run_cli(monkeypatch, capfd, "export", "--model", "tiny-test", "--out", work / "onnx",
+                              "--max-length", "16")
+    assert code == 0, err
+    assert (work / "onnx" / "model.onnx").is_file()
+
+
+# ----------------------------------------------------------------------------- 15. permissions
+@pytest.mark.parametrize("umask, dir_mode, file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_outputs_follow_the_umask(monkeypatch, capfd, work, model, umask, dir_mode, file_mode):
+    previous = os.umask(umask)
+    try:
+        code, _out, err = run_cli(monkeypatch, capfd, *OUT_CASES["finetune"](model, work, work / "ft"))
+        assert code == 0, err
+        code, _out, err = run_cli(monkeypatch, capfd, *OUT_CASES["predict"](model, work, work / "p.csv"))
+        assert code == 0, err
+    finally:
+        os.umask(previous)
+    assert (work / "ft").stat().st_mode & 0o777 == dir_mode
+    assert (work / "ft" / "metrics.json").stat().st_mode & 0o777 == file_mode
+    assert (work / "p.csv").stat().st_mode & 0o777 == file_mode
+
+
+def test_signal_at_the_final_rename_leaves_nothing(monkeypatch, capfd, work, model):
+    """The checkpoint goes just before the output's rename: a run stopped there restarts from scratch
+    (same result); one stopped after it has a complete output and nothing left to resume."""
+    import distilprune.io as io
+    from distilprune.errors import Interrupted
+
+    real = os.replace
+
+    def die_at_rename(src, dst):
+        if Path(dst).name == "ft":
+            assert not (work / "ft.checkpoint").exists()
+            raise Interrupted(signal.SIGTERM)
+        return real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", die_at_rename)
+    before = snapshot(work)
+    args = [*OUT_CASES["finetune"](model, work, work / "ft"), "--checkpoint-every", "1"]
+    code, _out, err = run_cli(monkeypatch, capfd, *args)
+    assert code == 143, err
+    assert snapshot(work) == before

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distilprune.errors import UserError
-from distilprune.io import atomic_dir
+from distilprune.io import atomic_dir, sweep_stale
 
 STATE_FILE = "trainer.json"
 
@@ -108,6 +108,7 @@ class Checkpoint:
 def load_checkpoint(path: str | Path) -> Checkpoint | None:
     """The checkpoint in ``path``, or ``None`` when there is none."""
     path = Path(path)
+    sweep_stale(path)  # a save killed between its two renames: the previous checkpoint comes back
     if not (path / STATE_FILE).is_file():
         return None
     try:

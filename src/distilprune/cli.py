@@ -314,6 +314,19 @@ def sparsity(
 
 
 # ----------------------------------------------------------------------------- export / speed
+def _local(model: Path) -> Path:
+    """A packaged alias (``minilm-l6``) as its installed directory; any other path unchanged."""
+    from distilprune.models.registry import ALIASES, resolve_model
+
+    return Path(resolve_model(str(model))) if str(model) in ALIASES else model
+
+
+def _split_suffix(spec: str) -> tuple[str, str]:
+    """``DIR@int8`` -> ``("DIR", "@int8")``; ``DIR`` -> ``("DIR", "")``."""
+    name, at, kind = spec.rpartition("@")
+    return (name, at + kind) if at else (spec, "")
+
+
 def _texts_for(model_dir: Path, data: Path | None, limit: int | None,
                text_column: str | None = None) -> tuple[list[str] | None, list[int] | None]:
     """Texts (preprocessed as ``model_dir`` was trained) and labels of ``data``, if given."""
@@ -347,6 +360,7 @@ def export(
     """Export to ONNX (parity-checked, optionally int8), compact storage or the sparse engine."""
     from distilprune.io import check_writable
 
+    model = _local(model)
     check_writable(out)
     if format == "sparse":
         from distilprune.export.sparse import export_sparse
@@ -421,6 +435,14 @@ def quantize(
                       f"agreement {parity['agreement']:.3f}")
 
 
+def _positive_ints(text: str, option: str) -> list[int]:
+    """``"1,8"`` -> ``[1, 8]``; anything else is a one-line error naming ``option``."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise UserError(f"{option} takes comma-separated positive integers such as 1,8; got {text!r}")
+    return [int(part) for part in parts]
+
+
 @app.command()
 def benchmark(
     models: Annotated[list[str], typer.Argument(help="model dirs / ONNX exports (first = baseline)")],
@@ -442,13 +464,14 @@ def benchmark(
     from distilprune.export.runtime import require_tokenizer_files
     from distilprune.io import check_writable
 
+    sizes = _positive_ints(batch_sizes, "--batch-sizes")
+    models = [str(_local(Path(name))) + suffix for name, suffix in map(_split_suffix, models)]
     check_writable(out)
     for spec in models:  # before the first model's subprocess starts
         path = Path(spec.split("@")[0])
         if (folder := path.parent if path.suffix == ".onnx" else path).is_dir():
             require_tokenizer_files(folder)
     texts, labels = _texts_for(Path(models[0].split("@")[0]), data, limit)
-    sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     report = run_benchmark(models, texts, labels, out, threads, sizes, seq_len, repeats, warmup)
     print(Path(report["files"]["md"]).read_text())
 
@@ -464,7 +487,7 @@ def shrink(
     """Physically remove the least important heads / FFN neurons (smaller matrices)."""
     from distilprune.shrink import shrink_dir
 
-    report = shrink_dir(model, out, heads, neurons, overwrite)
+    report = shrink_dir(_local(model), out, heads, neurons, overwrite)
     out_console.print(f"parameters {report.params_before:,} -> {report.params_after:,} -> {out} "
                       "(fine-tune it again to recover accuracy)")
 
@@ -644,7 +667,17 @@ def _exit_interrupted(signum: int) -> None:
 
 
 def main() -> None:
-    """Console entry point: one-line errors, exit code 2 for bad input, 130/143 when interrupted."""
+    """Console entry point: one-line errors, exit code 2 for bad input, 130/143 when interrupted;
+    the output locks of the command are released whatever happens."""
+    from distilprune.io import unlock_all
+
+    try:
+        _main()
+    finally:
+        unlock_all()
+
+
+def _main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:

@@ -11,6 +11,13 @@ def require(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
+def require_at_least(name: str, value: float | None, low: float, strict: bool = False) -> None:
+    """Refuse a numeric setting below ``low`` (or equal to it when ``strict``); ``None`` passes."""
+    if value is not None:
+        require(value > low if strict else value >= low,
+                f"{name} must be {'>' if strict else '>='} {low:g}, got {value:g}")
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM, raised in the main thread by the CLI's handlers.
 

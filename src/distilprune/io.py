@@ -1,11 +1,19 @@
-"""Atomic file and directory writes: a crash never leaves a half-written output behind."""
+"""Atomic file and directory writes: a crash never leaves a half-written output behind.
+
+Temporary entries beside an output carry the writer's PID (``.NAME.tmp-PID-xxxx``,
+``.NAME.old-PID``), so the next run on the same output removes those of dead processes; an
+output is locked (``.NAME.lock``, ``flock``) from its run's start until it is written.
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -14,10 +22,141 @@ from typing import Any
 
 from distilprune.errors import UserError
 
+_LOCKS: dict[Path, int] = {}  # output path -> fd of its held lock file
+
+
+def _lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+def _key(target: str | Path) -> Path:
+    target = Path(target)
+    return target.parent.resolve() / target.name
+
+
+def _is_worker() -> bool:
+    """A non-main process of a torchrun / accelerate launch run (the main process writes)."""
+    return os.environ.get("RANK", "0") != "0"
+
+
+def lock_output(target: str | Path) -> None:
+    """Hold ``.NAME.lock`` beside ``target`` until :func:`unlock_output` (re-entrant per process).
+
+    A second run on the same output fails now with one line instead of racing this one.
+    """
+    key = _key(target)
+    if key in _LOCKS or _is_worker() or not key.parent.is_dir():
+        return
+    path = _lock_path(key)
+    for _ in range(10):  # the holder may remove the file between our open and flock: retry
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(f"another run (PID {holder}) is writing {target} right now "
+                            f"(lock {path}); wait for it or choose another --out") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+                _LOCKS[key] = fd
+                return
+        os.close(fd)
+    raise UserError(f"cannot lock {target}: {path} keeps changing")
+
+
+def unlock_output(target: str | Path) -> None:
+    """Release and remove the lock :func:`lock_output` took on ``target`` (no-op when not held)."""
+    key = _key(target)
+    fd = _LOCKS.pop(key, None)
+    if fd is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_lock_path(key))
+        os.close(fd)
+
+
+def unlock_all() -> None:
+    """Release every output lock of this process (end of a CLI command, or exit)."""
+    for key in list(_LOCKS):
+        unlock_output(key)
+
+
+atexit.register(unlock_all)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _drop_free_lock(path: Path) -> None:
+    """Remove a lock file nobody holds (its run was killed); a held one stays."""
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        finally:
+            os.close(fd)
+
+
+def sweep_stale(target: str | Path) -> None:
+    """Remove temporary entries and free lock files beside ``target`` left by dead processes
+    (killed mid-save); a backup whose rename back never happened is restored when ``target`` is
+    missing."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    if _key(target) not in _LOCKS:
+        _drop_free_lock(_lock_path(target))
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old|probe)-(\d+)(-.*)?")
+    for entry in target.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if not match or _alive(int(match[2])):
+            continue
+        if match[1] == "old" and not target.exists():
+            os.replace(entry, target)
+        else:
+            _remove(entry)
+
+
+def discard(path: str | Path) -> None:
+    """Remove a directory as one step: renamed to a temporary name first (a kill mid-way leaves an
+    entry :func:`sweep_stale` removes, never a half-deleted ``path``)."""
+    path = Path(path)
+    if path.exists():
+        trash = path.with_name(f".{path.name}.tmp-{os.getpid()}-discard")
+        os.replace(path, trash)
+        _remove(trash)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
 
 def check_writable(target: str | Path) -> None:
     """Fail now, not after training, when ``target`` cannot be created: probe its nearest existing
-    parent the way :func:`atomic_dir` / :func:`atomic_file` will write (a temporary entry)."""
+    parent the way :func:`atomic_dir` / :func:`atomic_file` will write (a temporary entry). Then
+    lock ``target`` for this run and sweep what dead runs left beside it."""
     target = Path(target)
     parent = target.parent
     while not parent.exists() and parent != parent.parent:
@@ -25,43 +164,68 @@ def check_writable(target: str | Path) -> None:
     if not parent.is_dir():
         raise UserError(f"cannot create {target}: {parent} is a file, not a directory")
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=parent))
+        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-{os.getpid()}-", dir=parent))
     except OSError as exc:
         raise UserError(f"cannot create {target}: {parent} is not writable ({exc.strerror})") from exc
+    lock_output(target)
+    sweep_stale(target)
+
+
+def _commit(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` onto ``target``; on any failure ``target`` is as before and ``tmp`` is gone."""
+    backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+    moved = False
+    try:
+        if target.exists():
+            os.replace(target, backup)
+            moved = True
+        os.replace(tmp, target)
+    except BaseException as exc:
+        if moved:
+            os.replace(backup, target)
+        _remove(tmp)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        raise
+    if moved:
+        _remove(backup)
 
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``target``; rename it onto ``target`` on success.
 
-    On any exception the temporary directory is removed and ``target`` is left untouched.
+    On any exception the temporary directory is removed and ``target`` is left untouched. The
+    result gets the user's umask (not ``mkdtemp``'s 0700); ``target``'s lock is released after.
     """
     target = Path(target)
     if target.exists() and not overwrite:
         raise UserError(f"output directory {target} already exists (pass --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    lock_output(target)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, backup)
-        os.replace(tmp, target)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+        sweep_stale(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())
+            yield tmp
+        except BaseException:
+            _remove(tmp)
+            raise
+        _commit(tmp, target)
+    finally:
+        unlock_output(target)
 
 
 @contextlib.contextmanager
 def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary file beside ``target``; rename it onto ``target`` when closed cleanly."""
+    """Open a temporary file beside ``target``; rename it onto ``target`` when closed cleanly (with
+    the user's umask, not ``mkstemp``'s 0600). A lock held on ``target`` is released after."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -71,6 +235,8 @@ def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+    finally:
+        unlock_output(target)
 
 
 def write_json(path: str | Path, payload: Any) -> None:

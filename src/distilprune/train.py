@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from distilprune.checkpoint import LoopState, apply_rng, load_checkpoint, restore_training, save_checkpoint
+from distilprune.errors import require, require_at_least
 
 Batch = dict[str, torch.Tensor]
 
@@ -78,6 +79,17 @@ class TrainConfig:
     checkpoint_every: int | None = None
     checkpoint_dir: str | None = None
     resume: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "log_every", "checkpoint_every"):
+            require_at_least(name, getattr(self, name), 1)
+        for name in ("epochs", "lr"):
+            require_at_least(name, getattr(self, name), 0, strict=True)
+        for name in ("weight_decay", "max_grad_norm", "patience", "seed"):
+            require_at_least(name, getattr(self, name), 0)
+        require(self.seed is None or self.seed < 2**32, f"seed must be < 2**32, got {self.seed}")
+        require(self.warmup_ratio is None or 0 <= self.warmup_ratio < 1,
+                f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
 @dataclass

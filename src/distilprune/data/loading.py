@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,24 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object per line (blank lines skipped); a bad line is named by its number."""
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}, line {number}: not valid JSON "
+                                f"({exc.msg}, column {exc.colno})") from exc
+            require(isinstance(record, dict), f"{path}, line {number}: expected a JSON object, "
+                                              f"got {type(record).__name__}")
+            records.append(record)
+    return pd.DataFrame(records, dtype=object)
+
+
 def _read_frame(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     kwargs = {"dtype": str, "keep_default_na": False}
@@ -68,7 +87,7 @@ def _read_frame(path: Path) -> pd.DataFrame:
         if suffix == ".tsv":
             return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, **kwargs)
         if suffix in (".jsonl", ".ndjson"):
-            return pd.read_json(path, lines=True, dtype=False)
+            return _read_jsonl(path)
         if suffix == ".json":
             return pd.read_json(path, dtype=False)
     except UnicodeDecodeError as exc:

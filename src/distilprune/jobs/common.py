@@ -6,7 +6,6 @@ import dataclasses
 import json
 import platform
 import random
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +22,8 @@ from distilprune.data.batching import EncodedDataset, encode
 from distilprune.data.loading import TextTable, class_balance, load_table
 from distilprune.data.preprocess import build_preprocessor, parse_steps
 from distilprune.data.split import stratified_split
-from distilprune.errors import UserError, require
-from distilprune.io import atomic_dir, write_json
+from distilprune.errors import UserError, require, require_at_least
+from distilprune.io import atomic_dir, discard, sweep_stale, write_json
 
 METADATA_FILE = "distilprune.json"
 
@@ -49,6 +48,10 @@ class DataConfig:
         require(self.imbalance in ("none", "class_weights", "oversample"),
                 f"imbalance must be none, class_weights or oversample, got {self.imbalance!r}")
         require(self.max_length >= 8, f"max_length must be >= 8, got {self.max_length}")
+        require(0 < self.val_fraction < 1, f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        require_at_least("split_seed", self.split_seed, 0)
+        require_at_least("num_labels", self.num_labels, 2)
+        require_at_least("limit", self.limit, 1)
         self.preprocess = parse_steps(self.preprocess)
 
 
@@ -124,16 +127,21 @@ def environment() -> dict[str, Any]:
     }
 
 
-def save_on_main_process(out: str | Path, overwrite: bool, write: Callable[[Path], None]) -> None:
+def save_on_main_process(out: str | Path, overwrite: bool, write: Callable[[Path], None],
+                         train_cfg: Any = None) -> None:
     """``write(tmp)`` into an atomic ``out`` on the main process only; every process waits for it.
 
     Under torchrun / accelerate launch every process holds the same model: one writes it, and
-    none returns before it is on disk (a pipeline's next stage reads it in every process).
+    none returns before it is on disk (a pipeline's next stage reads it in every process). The
+    run's checkpoint (``train_cfg``) is dropped just before the rename: a run killed after it
+    leaves a complete output and nothing to resume, one killed before it restarts identically.
     """
     state = PartialState()
     if state.is_main_process:
         with atomic_dir(out, overwrite=overwrite) as tmp:
             write(tmp)
+            if train_cfg is not None:
+                drop_checkpoint(train_cfg)
     state.wait_for_everyone()
 
 
@@ -184,6 +192,8 @@ def checkpoint_beside(train_cfg: Any, out: Path) -> Any:
 
 
 def drop_checkpoint(train_cfg: Any) -> None:
-    """Remove a finished run's checkpoint directory (its output is saved)."""
+    """Remove a finished run's checkpoint directory (its output is saved) and what killed saves of
+    it left beside it."""
     if train_cfg.checkpoint_dir:
-        shutil.rmtree(train_cfg.checkpoint_dir, ignore_errors=True)
+        sweep_stale(train_cfg.checkpoint_dir)
+        discard(train_cfg.checkpoint_dir)

@@ -27,12 +27,11 @@ from distilprune.distill.objectives import (
     MLMObjective,
     TaskDistillationObjective,
 )
-from distilprune.errors import UserError, require
+from distilprune.errors import UserError, require, require_at_least
 from distilprune.evaluate import predict_texts
 from distilprune.io import atomic_file, stable_hash, write_json
 from distilprune.jobs.common import (
     checkpoint_beside,
-    drop_checkpoint,
     label_names_of,
     save_model_dir,
     save_on_main_process,
@@ -94,6 +93,11 @@ class CorpusConfig:
     max_length: int = 128
     heldout: int = 500
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        require_at_least("corpus limit", self.limit, 1)
+        require_at_least("heldout", self.heldout, 0)
+        require_at_least("max_length", self.max_length, 8)
 
 
 def default_corpus_files() -> list[str]:
@@ -172,7 +176,7 @@ def fit_mlm_head(cfg: MLMHeadConfig) -> dict[str, Any]:
         save_model_dir(tmp, model, tokenizer, summary)
         save_losses_plot(result, tmp / "loss.png", "MLM head fitting")
 
-    save_on_main_process(cfg.out, cfg.overwrite, write)
+    save_on_main_process(cfg.out, cfg.overwrite, write, cfg.train)
     return summary
 
 
@@ -233,9 +237,7 @@ def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
     if has_masks(student):
         finalize(student)
     shrink = vars(remove_pruned(student)) if cfg.prune and cfg.prune.method == "structured" else None
-    summary = _save_general(cfg, student, teacher, tokenizer, heldout, result, len(train_texts), shrink)
-    drop_checkpoint(cfg.train)
-    return summary
+    return _save_general(cfg, student, teacher, tokenizer, heldout, result, len(train_texts), shrink)
 
 
 def _save_general(cfg: GeneralDistillConfig, student, teacher, tokenizer, heldout: list[str],
@@ -259,7 +261,7 @@ def _save_general(cfg: GeneralDistillConfig, student, teacher, tokenizer, heldou
             write_sparsity_json(report, tmp / "sparsity.json")
             plot_sparsity_heatmap(report, tmp / "sparsity.png")
 
-    save_on_main_process(cfg.out, cfg.overwrite, write)
+    save_on_main_process(cfg.out, cfg.overwrite, write, cfg.train)
     return summary
 
 

@@ -25,7 +25,6 @@ from distilprune.io import check_writable, write_json
 from distilprune.jobs.common import (
     DataConfig,
     checkpoint_beside,
-    drop_checkpoint,
     encode_table,
     prepare_data,
     save_model_dir,
@@ -63,14 +62,14 @@ ObjectiveFactory = Callable[[EncodedDataset, TextTable], Objective]
 
 
 def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """Fail early (before any training) when ``out`` exists and may not be replaced, or cannot be
-    created at all."""
+    """Fail early (before any training) when ``out`` exists and may not be replaced, cannot be
+    created at all, or another run is writing it (``out`` stays locked until it is written)."""
     out = Path(out)
     if not str(out):
         raise UserError("an output directory is required (--out)")
+    check_writable(out)
     if out.exists() and not overwrite:
         raise UserError(f"output directory {out} already exists (pass --overwrite to replace it)")
-    check_writable(out)
     return out
 
 
@@ -149,8 +148,7 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
         if result.losses:
             save_losses_plot(result, tmp / "loss.png")
 
-    save_on_main_process(out, cfg.overwrite, write)
-    drop_checkpoint(cfg.train)
+    save_on_main_process(out, cfg.overwrite, write, cfg.train)
     return summary
 
 

@@ -22,14 +22,15 @@ from distilprune.export.source import load_source_model
 from distilprune.io import atomic_dir, atomic_file, check_writable, write_json
 from distilprune.jobs.common import read_metadata, trained_label_names
 from distilprune.models.loading import load_tokenizer
+from distilprune.models.registry import resolve_model
 
 
 class SavedClassifier:
-    """A fine-tuned model directory with the preprocessing it was trained with."""
+    """A fine-tuned model directory (or alias) with the preprocessing it was trained with."""
 
     def __init__(self, model_dir: str | Path, engine: str = "auto"):
-        path = Path(model_dir)
-        require(path.is_dir(), f"model directory not found: {path}")
+        path = Path(resolve_model(model_dir))
+        require(path.is_dir(), f"model directory not found: {model_dir}")
         self.path = path
         self.meta = read_metadata(path)
         self.tokenizer = load_tokenizer(path)
@@ -75,9 +76,9 @@ def predict_file(model_dir: str | Path, data: str | Path, out: str | Path,
     """Write ``id,target`` rows (Kaggle style; the target is the model's label name) for every row
     of ``data``; returns the count."""
     out = Path(out)
+    check_writable(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
-    check_writable(out)
     clf = SavedClassifier(model_dir, engine)
     table = load_table(data, text_column, with_labels=False)
     predictions = clf.logits(table.texts, table.extras or None).argmax(axis=-1).tolist()

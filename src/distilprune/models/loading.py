@@ -85,9 +85,16 @@ def load_classifier(
         from distilprune.shrink import load_shrunk
 
         return load_shrunk(resolve_model(name), config).float()
-    model = _load(
-        "model", name, AutoModelForSequenceClassification.from_pretrained, config=config
-    )
+    try:
+        model = _load("model", name, AutoModelForSequenceClassification.from_pretrained, config=config)
+    except RuntimeError as exc:
+        if "ignore_mismatched_sizes" not in str(exc) and "size mismatch" not in str(exc):
+            raise
+        saved = load_config(name).num_labels
+        raise UserError(
+            f"{name} has a {saved}-class classification head, so it cannot learn {num_labels} classes: "
+            f"fine-tune the encoder it was trained from (a model without a classifier head, e.g. the "
+            f"alias or student) with {num_labels} classes instead") from exc
     return model.float()
 
 

