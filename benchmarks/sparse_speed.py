@@ -280,7 +280,7 @@ def model_summary(model: dict[str, Any]) -> dict[str, Any]:
         best = min(keep, key=lambda r: b8[r["model"]])
         out.update(best_model=best["model"], best_speedup_vs_teacher=best[f"t{threads}_b8_speedup"],
                    best_retention_vs_teacher=best["retention"])
-    structured = next((r for r in rows if "structured" in r["model"]), None)
+    structured = next((r for r in rows if "-structured-" in r["model"]), None)
     if structured:
         out.update(structured_speedup_vs_teacher=structured[f"t{threads}_b8_speedup"],
                    structured_retention_vs_teacher=structured["retention"])
