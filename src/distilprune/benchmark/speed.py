@@ -103,7 +103,8 @@ class TorchRunner:
         if threads:
             torch.set_num_threads(threads)
         model, self.tokenizer = load_model_and_tokenizer(path, engine)
-        self.sparse = engine == "sparse" or is_sparse_dir(path)
+        self.packed_dir = is_sparse_dir(path)  # written by export --format sparse
+        self.sparse = engine == "sparse" or self.packed_dir
         self.positions = max_sequence_length(model.config.to_dict())
         accepted = set(self.tokenizer.model_input_names)
         self.names = [n for n in ("input_ids", "token_type_ids", "attention_mask")
@@ -135,7 +136,7 @@ class TorchRunner:
 
     def info(self) -> dict[str, Any]:
         """Weights on disk (fp32, sparse dir), packed size (``@sparse``) or state dict (int8)."""
-        if self.kind == "torch" or (self.sparse and _is_packed_dir(self.path)):
+        if self.kind == "torch" or self.packed_dir:
             return {**self._info, "size_bytes": weights_size(self.path)}
         if self.sparse:
             return {**self._info, "size_bytes": _sparse_size(self.model)}
@@ -168,12 +169,6 @@ def _sparse_counts(model: Any, counts: dict[str, int]) -> dict[str, int]:
     return {"params": counts["params"] + sum(m.in_features * m.out_features for m in layers),
             "nonzero_params": counts["nonzero_params"]
             + sum(int(m.vals.view(torch.int8).ne(0).sum()) for m in layers)}
-
-
-def _is_packed_dir(path: Path) -> bool:
-    from distilprune.engine.sparse import is_sparse_dir
-
-    return is_sparse_dir(path)
 
 
 def _sparse_size(model: Any) -> int:
