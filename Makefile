@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: install demo test lint bench clean deepsparse
 
-KERNELS := setup.py src/distilprune/engine/csrc/sparse_int8.cpp
+KERNELS := setup.py $(wildcard src/distilprune/engine/csrc/*.cpp)
 
 $(STAMP): pyproject.toml $(KERNELS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -13,7 +13,8 @@ except ImportError:  # no torch in the build environment: pure-Python install
 else:
     ext_modules = [CppExtension(
         "distilprune.engine._sparse_int8",
-        ["src/distilprune/engine/csrc/sparse_int8.cpp"],
+        ["src/distilprune/engine/csrc/sparse_int8.cpp",
+         "src/distilprune/engine/csrc/attention_int8.cpp"],
         # -fopenmp: at::parallel_for is a header template; without it the loops run serially.
         extra_compile_args=["-O3", "-ffp-contract=off", "-std=c++17", "-fopenmp"],
         extra_link_args=["-fopenmp"],

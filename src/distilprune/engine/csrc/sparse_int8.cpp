@@ -400,8 +400,12 @@ torch::Tensor sparse_matmul(torch::Tensor xq, torch::Tensor xs, int64_t tokens, 
   return y;
 }
 
+// attention_int8.cpp
+torch::Tensor int8_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                             torch::Tensor key_bias, double scaling);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "distilprune block-sparse (1x4) int8 GEMM kernels";
+  m.doc() = "distilprune block-sparse (1x4) int8 GEMM and int8 attention kernels";
   m.attr("TILE") = TILE;
   m.def("isa", &isa, "best instruction set of this CPU: avx512_vnni, avx2 or none");
   m.def("quantize_tokens", &quantize_tokens, "per-token int8 quantization into the tiled layout");
@@ -409,4 +413,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("xq"), py::arg("xscale"), py::arg("tokens"), py::arg("row_ptr"), py::arg("cols"),
         py::arg("vals"), py::arg("even"), py::arg("odd"), py::arg("wsum"), py::arg("wscale"),
         py::arg("bias") = py::none(), py::arg("isa") = "auto", py::arg("out") = py::none());
+  m.def("int8_attention", &int8_attention,
+        "int8 self-attention with a per-key additive mask: (B,H,S,D) q/k/v -> (B,S,H,D)",
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("key_bias"), py::arg("scaling"));
 }
