@@ -66,6 +66,37 @@ def test_kernel_equals_integer_reference(isa, tokens, features, out, sparsity):
 
 
 @needs_kernels
+@pytest.mark.parametrize("isa", ISAS)
+def test_fused_gelu_epilogue_equals_gelu_of_the_output(isa):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(150, 96, generator=gen) * 3
+    q_w = random_int8(70, 96, 0.8, gen)
+    packed = pack_int8(q_w, torch.rand(70, generator=gen) / 20)
+    ops = kernel_module.kernels()
+    xq, xs = ops.quantize_tokens(x)
+    args = (xq, xs, 150, packed.row_ptr, packed.cols, packed.vals, packed.even, packed.odd,
+            packed.wsum, packed.wscale, torch.randn(70, generator=gen), isa)
+    plain, fused = ops.sparse_matmul(*args), ops.sparse_matmul(*args, activation="gelu")
+    assert plain.abs().max() > 4  # the erf tails are exercised
+    assert torch.allclose(fused, torch.nn.functional.gelu(plain), atol=3e-6, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="unknown activation"):
+        ops.sparse_matmul(*args, activation="relu")
+
+
+@needs_kernels
+@pytest.mark.parametrize("arch", ARCHS)
+def test_engine_fuses_every_feed_forward_gelu(arch, tiny_model_factory):
+    from distilprune.engine.sparse import fuse_gelu
+
+    model, _ = load_model_and_tokenizer(tiny_model_factory(arch))
+    engine = sparsify(copy.deepcopy(model))
+    fused = [m for m in engine.modules() if isinstance(m, SparseLinear) and m.activation == "gelu"]
+    assert len(fused) == model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") \
+        else len(fused) == model.config.n_layers
+    assert fuse_gelu(engine) == 0  # nothing left to fuse
+
+
+@needs_kernels
 def test_activation_quantization_is_per_token_symmetric():
     x = torch.randn(70, 50) * torch.linspace(0.1, 10, 70)[:, None]
     x[3] = 0  # an all-zero token

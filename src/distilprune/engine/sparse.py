@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -76,6 +77,7 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = packed.in_features, packed.out_features
         self.shared_input = shared_input
+        self.activation = "none"  # "gelu" once fuse_gelu moved the next module's GELU in here
         for name, tensor in packed.tensors().items():
             self.register_buffer(name, tensor)
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
@@ -94,12 +96,14 @@ class SparseLinear(nn.Module):
         xq, xs = quantize_input(x, self.shared_input)
         b = self._buffers  # direct: Module.__getattr__ costs ~0.5 us a buffer on this hot path
         y = _ops().sparse_matmul(xq, xs, x.numel() // self.in_features, b["row_ptr"], b["cols"],
-                                 b["vals"], b["even"], b["odd"], b["wsum"], b["wscale"], b["bias"])
+                                 b["vals"], b["even"], b["odd"], b["wsum"], b["wscale"], b["bias"],
+                                 activation=self.activation)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         density = self.cols.numel() / max(1, self.out_features * (-(-self.in_features // 4)))
-        return f"in={self.in_features}, out={self.out_features}, block_density={density:.3f}"
+        fused = ", activation=gelu" if self.activation == "gelu" else ""
+        return f"in={self.in_features}, out={self.out_features}, block_density={density:.3f}{fused}"
 
 
 def encoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -136,8 +140,34 @@ def _engine_runtime(model: nn.Module) -> nn.Module:
     from distilprune.engine.attention import use_int8_attention
 
     use_int8_attention(model)
+    fuse_gelu(model)
     retain_freed_memory()
     return model
+
+
+# (Linear, activation) attribute pairs of a feed-forward block whose forward applies the
+# activation right after the Linear: bert/roberta/mpnet intermediate, distilbert, xlnet.
+FFN_ACTIVATIONS = (("dense", "intermediate_act_fn"), ("lin1", "activation"),
+                   ("layer_1", "activation_function"))
+
+
+def _is_exact_gelu(module: nn.Module) -> bool:
+    if isinstance(module, nn.GELU):
+        return module.approximate == "none"
+    return type(module).__name__ == "GELUActivation" and getattr(module, "act", None) is F.gelu
+
+
+def fuse_gelu(model: nn.Module) -> int:
+    """Move each feed-forward GELU into the epilogue of the SparseLinear before it; returns how many."""
+    fused = 0
+    for block in list(model.modules()):
+        for linear_name, act_name in FFN_ACTIVATIONS:
+            linear, act = getattr(block, linear_name, None), getattr(block, act_name, None)
+            if isinstance(linear, SparseLinear) and isinstance(act, nn.Module) and _is_exact_gelu(act):
+                linear.activation = "gelu"
+                setattr(block, act_name, nn.Identity())
+                fused += 1
+    return fused
 
 
 @functools.cache

@@ -13,7 +13,8 @@
 // weight block and multiplies it with those tokens (vpdpbusd: 4 u8 x s8 products summed into
 // each int32 lane); the +128 offset is removed exactly with 128 * wsum[o]. Accumulation is in
 // int32, so the result equals the dense integer reference bit for bit; the float epilogue is
-// ((float)acc * xscale[t]) * wscale[o] + bias[o], evaluated in that order without FMA.
+// ((float)acc * xscale[t]) * wscale[o] + bias[o], evaluated in that order without FMA, then
+// optionally the exact GELU (simd_math.h) when the layer is an FFN's first Linear.
 //
 // Threads: at::parallel_for over chunks of 16 output rows (torch's intra-op thread pool).
 // Instruction set chosen at run time: AVX-512 VNNI, else AVX2, else none (Python falls back).
@@ -27,6 +28,8 @@
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include "simd_math.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -222,6 +225,7 @@ struct Packed {
   const float* wscale;
   const float* bias;  // may be null
   int64_t out_features;
+  bool gelu;          // exact GELU applied to the result (the FFN's first Linear)
 };
 
 // Float epilogue of one row (scalar; the AVX-512 path does the same in vectors, same order).
@@ -242,8 +246,10 @@ void chunk_tile_avx2(const Packed& w, const int32_t* xq, const float* xs, int64_
 #endif
     const int32_t comp = 128 * w.wsum[o];
     const float ws = w.wscale[o], b = w.bias ? w.bias[o] : 0.f;
-    for (int64_t t = 0; t < tn; ++t)
-      y[(t0 + t) * w.out_features + o] = dequant(acc[t] - comp, xs[t0 + t], ws, b);
+    for (int64_t t = 0; t < tn; ++t) {
+      const float r = dequant(acc[t] - comp, xs[t0 + t], ws, b);
+      y[(t0 + t) * w.out_features + o] = w.gelu ? gelu_scalar(r) : r;
+    }
   }
 }
 
@@ -272,6 +278,7 @@ DP_AVX512 void chunk_tile_avx512(const Packed& w, const int32_t* xq, const float
         __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[j][r], comp));
         v = _mm512_mul_ps(v, _mm512_loadu_ps(xs + t0 + 16 * r));
         v = _mm512_add_ps(_mm512_mul_ps(v, ws), b);
+        if (w.gelu) v = gelu_ps(v);
         _mm512_store_ps(tmp[i + j] + 16 * r, v);
       }
     }
@@ -340,8 +347,10 @@ std::vector<torch::Tensor> quantize_tokens(torch::Tensor x) {
 torch::Tensor sparse_matmul(torch::Tensor xq, torch::Tensor xs, int64_t tokens, torch::Tensor row_ptr,
                             torch::Tensor cols, torch::Tensor vals, torch::Tensor even, torch::Tensor odd,
                             torch::Tensor wsum, torch::Tensor wscale, c10::optional<torch::Tensor> bias,
-                            const std::string& isa_name_, c10::optional<torch::Tensor> out_) {
+                            const std::string& isa_name_, c10::optional<torch::Tensor> out_,
+                            const std::string& activation) {
   const Isa isa = parse_isa(isa_name_);
+  TORCH_CHECK(activation == "none" || activation == "gelu", "unknown activation '", activation, "'");
   TORCH_CHECK(isa != Isa::none, "the sparse int8 kernel needs AVX2 or AVX-512 VNNI");
   check_packed(xq, torch::kInt32, "xq");
   check_packed(xs, torch::kFloat32, "xscale");
@@ -375,7 +384,7 @@ torch::Tensor sparse_matmul(torch::Tensor xq, torch::Tensor xs, int64_t tokens, 
   const Packed w{row_ptr.data_ptr<int32_t>(), cols.data_ptr<int32_t>(), vals.data_ptr<int32_t>(),
                  even.numel() ? even.data_ptr<int32_t>() : nullptr, odd.numel() ? odd.data_ptr<int32_t>() : nullptr,
                  wsum.data_ptr<int32_t>(), wscale.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr,
-                 out};
+                 out, activation == "gelu"};
   const int32_t* pq = xq.data_ptr<int32_t>();
   const float* ps = xs.data_ptr<float>();
   float* py = y.data_ptr<float>();
@@ -412,7 +421,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_matmul", &sparse_matmul, "block-sparse int8 matmul with dequantizing epilogue",
         py::arg("xq"), py::arg("xscale"), py::arg("tokens"), py::arg("row_ptr"), py::arg("cols"),
         py::arg("vals"), py::arg("even"), py::arg("odd"), py::arg("wsum"), py::arg("wscale"),
-        py::arg("bias") = py::none(), py::arg("isa") = "auto", py::arg("out") = py::none());
+        py::arg("bias") = py::none(), py::arg("isa") = "auto", py::arg("out") = py::none(),
+        py::arg("activation") = "none");
   m.def("int8_attention", &int8_attention,
         "int8 self-attention with a per-key additive mask: (B,H,S,D) q/k/v -> (B,S,H,D)",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("key_bias"), py::arg("scaling"));
