@@ -95,13 +95,14 @@ class TorchRunner:
                  max_length: int = 128, engine: str = "auto") -> None:
         import torch
 
-        from distilprune.engine.sparse import is_sparse_dir
+        from distilprune.engine.sparse import is_sparse_dir, retain_freed_memory
         from distilprune.export.source import load_model_and_tokenizer
         from distilprune.models.loading import count_parameters
 
         self.torch, self.path, self.max_length = torch, Path(path), max_length
         if threads:
             torch.set_num_threads(threads)
+        retain_freed_memory()  # every PyTorch row gets the sparse engine's allocator setting
         model, self.tokenizer = load_model_and_tokenizer(path, engine)
         self.packed_dir = is_sparse_dir(path)  # written by export --format sparse
         self.sparse = engine == "sparse" or self.packed_dir
