@@ -60,6 +60,9 @@ def test_export_matches_pytorch(arch, tiny_model_factory, tmp_path):
     assert json.loads((out / "parity.json").read_text()) == parity
     meta = json.loads((out / "export.json").read_text())
     assert meta["architecture"] == arch and meta["tokenizer"]["backend"] == "tokenizers"
+    # torch 2.13: dynamo exports every architecture but XLNet (relative attention)
+    expected = "torchscript" if arch == "xlnet" else "dynamo"
+    assert meta["exporter"] == f"torch.onnx.export ({expected})"
 
     # dynamic batch and sequence axes: other batch sizes and lengths than the traced ones
     model, tokenizer = onnx_export.load_for_export(model_dir)
@@ -176,18 +179,26 @@ def test_exporter_failure_leaves_nothing(bert_export, tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
 
-def test_dynamo_exporter_is_the_fallback(bert_export, tmp_path, monkeypatch):
+def test_dynamo_exporter_comes_first(bert_export):
+    assert bert_export[2]["exporter"] == "torch.onnx.export (dynamo)"
+
+
+def test_torchscript_exporter_is_the_fallback(bert_export, tmp_path, monkeypatch, caplog):
     real = onnx_export._run_exporter
 
-    def no_torchscript(exporter, *args):
-        if exporter == "torchscript":
-            raise RuntimeError("legacy exporter unavailable")
+    def no_dynamo(exporter, *args):
+        if exporter == "dynamo":
+            raise RuntimeError("\x1b[96mcannot decompose\x1b[0m\nlong traceback")
         return real(exporter, *args)
 
-    monkeypatch.setattr(onnx_export, "_run_exporter", no_torchscript)
-    result = export_onnx(bert_export[0], tmp_path / "out", parity_texts=TEXTS)
-    assert result["exporter"] == "torch.onnx.export (dynamo)"
+    monkeypatch.setattr(onnx_export, "_run_exporter", no_dynamo)
+    with caplog.at_level("WARNING", logger="distilprune.export.onnx"):
+        result = export_onnx(bert_export[0], tmp_path / "out", parity_texts=TEXTS)
+    assert result["exporter"] == "torch.onnx.export (torchscript)"
     assert result["parity"]["max_abs_diff"] < 1e-4 and result["parity"]["agreement"] == 1.0
+    [record] = [r for r in caplog.records if "falling back" in r.getMessage()]
+    assert record.getMessage() == ("ONNX dynamo export failed (cannot decompose); "
+                                   "falling back to torchscript")
 
 
 def test_parity_failure_leaves_nothing(bert_export, tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ class LoopState:
     history: list[dict[str, float]] = field(default_factory=list)
     losses: list[dict[str, float]] = field(default_factory=list)
     hooks: list[dict] = field(default_factory=list)
+    fingerprint: str | None = None  # the run's settings and inputs (see ``train(fingerprint=)``)
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from distilprune.config import from_dict, merge, recipe_section
-from distilprune.errors import Interrupted, UserError
+from distilprune.errors import Interrupted, UserError, require_at_least
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil, prune, quantize and export transformer text classifiers for CPUs.")
@@ -29,6 +29,20 @@ console = Console(stderr=True)
 out_console = Console()
 
 Opt = typer.Option
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from distilprune import __version__
+
+        print(f"distilprune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, Opt("--version", callback=_print_version, is_eager=True,
+                                       help="print the version and exit")] = False) -> None:
+    """Distil, prune, quantize and export transformer text classifiers for CPUs."""
 
 PruneMethod = Annotated[str | None, Opt("--prune", help="prune while training: unstructured | block | "
                                                         "structured (whole heads / FFN neurons)")]
@@ -53,6 +67,11 @@ def _prune_overrides(method, final_sparsity, block_size, prune_end, prune_every,
 
 def _recipe(path: Path | None, section: str) -> dict[str, Any]:
     return recipe_section(path, section) if path is not None else {}
+
+
+def _score(value: float | None) -> str:
+    """A metric with 4 decimals, or ``n/a`` when it could not be measured."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
@@ -229,8 +248,8 @@ def fit_mlm_head(
                  "train": {"max_steps": steps, "batch_size": batch_size, "lr": lr}}
     cfg = from_dict(MLMHeadConfig, merge(_recipe(recipe, "fit_mlm_head"), overrides), "fit_mlm_head")
     summary = run(cfg)
-    out_console.print(f"masked-token accuracy on held-out text: {summary['masked_accuracy_before']:.4f} "
-                      f"-> {summary['masked_accuracy']:.4f} ({out})")
+    out_console.print(f"masked-token accuracy on held-out text: {_score(summary['masked_accuracy_before'])} "
+                      f"-> {_score(summary['masked_accuracy'])} ({out})")
 
 
 @app.command("distill-mlm")
@@ -288,8 +307,8 @@ def distill_mlm(
     summary = general_distill(cfg)
     out_console.print(
         f"student: {summary['parameters']:,} parameters, sparsity {summary['sparsity']:.1%}, "
-        f"masked accuracy {summary['masked_accuracy']:.4f} "
-        f"(teacher {summary['teacher_masked_accuracy']:.4f})")
+        f"masked accuracy {_score(summary['masked_accuracy'])} "
+        f"(teacher {_score(summary['teacher_masked_accuracy'])})")
 
 
 @app.command()
@@ -298,6 +317,7 @@ def sparsity(
     out: Annotated[Path | None, Opt(help="write sparsity.json + sparsity.png here")] = None,
 ) -> None:
     """Per-layer and global sparsity report (table; JSON + heatmap PNG with --out)."""
+    from distilprune.io import check_writable
     from distilprune.jobs.finetune import load_any_model
     from distilprune.prune import (
         plot_sparsity_heatmap,
@@ -306,11 +326,14 @@ def sparsity(
         write_sparsity_json,
     )
 
+    if out:
+        check_writable(out / "sparsity.json")
     report = sparsity_report(load_any_model(model))
     out_console.print(sparsity_table(report))
     if out:
         write_sparsity_json(report, out / "sparsity.json")
         plot_sparsity_heatmap(report, out / "sparsity.png")
+        out_console.print(f"wrote {out / 'sparsity.json'} and {out / 'sparsity.png'}")
 
 
 # ----------------------------------------------------------------------------- export / speed
@@ -330,6 +353,7 @@ def _split_suffix(spec: str) -> tuple[str, str]:
 def _texts_for(model_dir: Path, data: Path | None, limit: int | None,
                text_column: str | None = None) -> tuple[list[str] | None, list[int] | None]:
     """Texts (preprocessed as ``model_dir`` was trained) and labels of ``data``, if given."""
+    require_at_least("--limit", limit, 1)
     if data is None:
         return None, None
     from distilprune.data.loading import load_table
@@ -461,19 +485,29 @@ def benchmark(
     sparse int8 engine); a directory written by export --format sparse runs on it by itself.
     """
     from distilprune.benchmark import run_benchmark
+    from distilprune.benchmark.speed import SPEC_SUFFIXES
     from distilprune.export.runtime import require_tokenizer_files
     from distilprune.io import check_writable
 
     sizes = _positive_ints(batch_sizes, "--batch-sizes")
+    for option, value, low in (("--threads", threads, 1), ("--repeats", repeats, 1), ("--warmup", warmup, 0),
+                               ("--seq-len", seq_len, 2)):
+        require_at_least(option, value, low)
     models = [str(_local(Path(name))) + suffix for name, suffix in map(_split_suffix, models)]
     check_writable(out)
     for spec in models:  # before the first model's subprocess starts
-        path = Path(spec.split("@")[0])
+        name, suffix = _split_suffix(spec)
+        if suffix and suffix not in SPEC_SUFFIXES:
+            raise UserError(f"unknown suffix {suffix} in {spec}: use DIR@int8 or DIR@sparse")
+        path = Path(name)
+        if not path.exists():
+            raise UserError(f"model not found: {path}")
         if (folder := path.parent if path.suffix == ".onnx" else path).is_dir():
             require_tokenizer_files(folder)
     texts, labels = _texts_for(Path(models[0].split("@")[0]), data, limit)
     report = run_benchmark(models, texts, labels, out, threads, sizes, seq_len, repeats, warmup)
     print(Path(report["files"]["md"]).read_text())
+    out_console.print(f"wrote {', '.join(str(f) for f in report['files'].values())}")
 
 
 @app.command()
@@ -545,6 +579,7 @@ def demo(
     """Run the packaged demo recipe: teacher -> pruned distilled student -> QAT int8 -> benchmark."""
     from distilprune.jobs.demo import run_demo
 
+    require_at_least("--threads", threads, 1)
     _enable_logging()
     kind, result = run_demo(out, Path.cwd(), threads, force)
     _print_pipeline(result, f"demo ({kind}) -> {out}")
@@ -559,14 +594,34 @@ def serve(
     port: Annotated[int, Opt()] = 8000,
     max_batch: Annotated[int, Opt(help="most texts per /predict request")] = 64,
     max_text_chars: Annotated[int, Opt(help="longest text accepted (characters)")] = 2000,
-    threads: Annotated[int, Opt(help="inference threads")] = 1,
+    threads: Annotated[int, Opt(help="inference threads (per worker)")] = 1,
     engine: Engine = "auto",
+    max_batch_size: Annotated[int, Opt(help="most texts coalesced from concurrent requests into "
+                                            "one batch (1: no dynamic batching)")] = 32,
+    max_wait_ms: Annotated[float, Opt(help="longest a batch waits for requests still arriving "
+                                           "(a lone request never waits)")] = 5.0,
+    max_queue: Annotated[int, Opt(help="most texts waiting; beyond: 503 with Retry-After")] = 256,
+    request_timeout: Annotated[float, Opt(help="seconds to answer a request (queue + model); "
+                                               "beyond: 504")] = 30.0,
+    shutdown_timeout: Annotated[float, Opt(help="on SIGTERM, seconds to finish the requests in "
+                                                "flight before exiting")] = 20.0,
+    workers: Annotated[int, Opt(help="server processes, each with its own model")] = 1,
+    api_key: Annotated[str | None, Opt(envvar="DISTILPRUNE_API_KEY", show_envvar=True,
+                                       help="clients must send 'Authorization: Bearer KEY' or "
+                                            "'X-API-Key: KEY' (all paths but /health)")] = None,
+    no_auth: Annotated[bool, Opt("--no-auth", help="serve a non-loopback --host without an API "
+                                                   "key")] = False,
+    access_log: Annotated[bool, Opt(help="one JSON line per request on stderr")] = False,
 ) -> None:
-    """Serve a classifier over HTTP: GET /health, POST /predict with JSON {"texts": list}."""
+    """Serve a classifier over HTTP: GET /health, POST /predict with JSON {"texts": list},
+    GET /metrics (Prometheus). Concurrent requests are batched; SIGTERM drains, then exits 0."""
     from distilprune.serve import serve as run_server
 
     run_server(model, host=host, port=port, max_batch=max_batch,
-               max_text_chars=max_text_chars, threads=threads, engine=engine)
+               max_text_chars=max_text_chars, threads=threads, engine=engine,
+               max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+               request_timeout=request_timeout, shutdown_timeout=shutdown_timeout,
+               workers=workers, api_key=api_key, no_auth=no_auth, access_log=access_log)
 
 
 def _enable_logging() -> None:
@@ -627,6 +682,7 @@ def study(
     if out is not None:
         cfg.out = str(out)
     if max_runs is not None:
+        require_at_least("--max-runs", max_runs, 0)
         cfg.max_runs = max_runs
     result = run_study(cfg)
     table = Table(title=f"{recipe} -> {cfg.out}/study.md (best lr per cell)")

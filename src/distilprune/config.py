@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from distilprune.errors import UserError
+from distilprune.errors import UserError, require_file
 
 T = TypeVar("T")
 
@@ -95,8 +95,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "recipe") -> T:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with one-line errors for missing files and bad syntax."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"recipe not found: {path}")
+    require_file(path, "recipe")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -1,5 +1,7 @@
 """User-facing errors: the CLI prints their message on one line and exits with code 2."""
 
+from pathlib import Path
+
 
 class UserError(Exception):
     """An error caused by the user's input (file, column, model, recipe...), not a bug."""
@@ -16,6 +18,12 @@ def require_at_least(name: str, value: float | None, low: float, strict: bool = 
     if value is not None:
         require(value > low if strict else value >= low,
                 f"{name} must be {'>' if strict else '>='} {low:g}, got {value:g}")
+
+
+def require_file(path: Path, what: str) -> None:
+    """Refuse a missing ``path`` ("WHAT not found") or a directory given where a file is expected."""
+    require(not path.is_dir(), f"{what} {path} is a directory, not a file")
+    require(path.is_file(), f"{what} not found: {path}")
 
 
 class Interrupted(BaseException):

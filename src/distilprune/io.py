@@ -23,6 +23,8 @@ from typing import Any
 from distilprune.errors import UserError
 
 _LOCKS: dict[Path, int] = {}  # output path -> fd of its held lock file
+_CREATED: dict[Path, list[Path]] = {}  # output path -> parent dirs made for its lock
+_EMPTY_ONCE: list[Path] = []  # dirs made for released locks, removed when they become empty
 
 
 def _lock_path(target: Path) -> Path:
@@ -39,17 +41,41 @@ def _is_worker() -> bool:
     return os.environ.get("RANK", "0") != "0"
 
 
-def lock_output(target: str | Path) -> None:
-    """Hold ``.NAME.lock`` beside ``target`` until :func:`unlock_output` (re-entrant per process).
+def _make_parents(folder: Path) -> list[Path]:
+    """Create the missing directories down to ``folder``; returns those this call created."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    created: list[Path] = []
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:  # another run made it meanwhile
+            continue
+        except OSError as exc:
+            _remove_created(created)
+            raise UserError(f"cannot create {path}: {exc.strerror}") from exc
+        created.append(path)
+    return created
 
-    A second run on the same output fails now with one line instead of racing this one.
-    """
-    key = _key(target)
-    if key in _LOCKS or _is_worker() or not key.parent.is_dir():
-        return
-    path = _lock_path(key)
-    for _ in range(10):  # the holder may remove the file between our open and flock: retry
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the directories a run created for its output, deepest first, while they are empty."""
+    for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+def _flock(path: Path, target: str | Path, created: list[Path]) -> int:
+    """An fd holding an exclusive ``flock`` on ``path`` (its PID written in it); ``created`` grows
+    by the parent directories made for it (another run's cleanup may remove them meanwhile)."""
+    for _ in range(10):
+        created += _make_parents(path.parent)
+        try:  # the holder may remove the file (or its new parent) between our open and flock: retry
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -61,20 +87,58 @@ def lock_output(target: str | Path) -> None:
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 os.ftruncate(fd, 0)
                 os.write(fd, str(os.getpid()).encode())
-                _LOCKS[key] = fd
-                return
+                return fd
         os.close(fd)
     raise UserError(f"cannot lock {target}: {path} keeps changing")
 
 
+def lock_output(target: str | Path, label: str | Path | None = None) -> None:
+    """Hold ``.NAME.lock`` beside ``target`` until :func:`unlock_output` (re-entrant per process).
+
+    A second run on the same output fails now with one line (naming ``label``, default
+    ``target``) instead of racing this one. Missing parent directories are created for the lock,
+    and removed again at unlock while still empty (the run failed before writing anything there).
+    """
+    key = _key(target)
+    if key in _LOCKS or _is_worker():
+        return
+    created: list[Path] = []
+    try:
+        _LOCKS[key] = _flock(_lock_path(key), label or target, created)
+    except BaseException:
+        _remove_created(created)
+        raise
+    _CREATED[key] = created
+
+
 def unlock_output(target: str | Path) -> None:
-    """Release and remove the lock :func:`lock_output` took on ``target`` (no-op when not held)."""
+    """Release and remove the lock :func:`lock_output` took on ``target`` (no-op when not held), and
+    the parent directories it created if nothing was written in them."""
     key = _key(target)
     fd = _LOCKS.pop(key, None)
     if fd is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(_lock_path(key))
         os.close(fd)
+        _EMPTY_ONCE.extend(_CREATED.pop(key, []))
+        _remove_created(_EMPTY_ONCE)  # also those that held another output's lock until now
+        _EMPTY_ONCE[:] = [path for path in _EMPTY_ONCE if path.is_dir()]
+
+
+@contextlib.contextmanager
+def locked_dir(folder: str | Path) -> Iterator[None]:
+    """Hold ``FOLDER/.run.lock`` for the block: a run writing several outputs under ``folder`` (a
+    pipeline's stages, a study's grid), so a second one fails at once. ``folder`` is created if
+    missing, and removed again when the run wrote nothing in it."""
+    marker = Path(folder) / "run"
+    held = _key(marker) in _LOCKS
+    _probe_writable(marker, Path(folder))
+    lock_output(marker, label=folder)
+    try:
+        yield
+    finally:
+        if not held:
+            unlock_output(marker)
 
 
 def unlock_all() -> None:
@@ -153,20 +217,45 @@ def _umask() -> int:
     return mask
 
 
-def check_writable(target: str | Path) -> None:
-    """Fail now, not after training, when ``target`` cannot be created: probe its nearest existing
-    parent the way :func:`atomic_dir` / :func:`atomic_file` will write (a temporary entry). Then
-    lock ``target`` for this run and sweep what dead runs left beside it."""
-    target = Path(target)
+def _apply_umask(root: Path) -> None:
+    """Give ``root`` and everything in it the user's umask: ``mkdtemp`` makes 0700 and some
+    writers (safetensors) 0600 files."""
+    mask = _umask()
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        full = 0o777 if path.is_dir() or path.stat().st_mode & 0o111 else 0o666
+        os.chmod(path, full & ~mask)
+
+
+def _probe_writable(target: Path, label: Path) -> None:
+    """Create and remove a temporary entry in ``target``'s nearest existing parent, as
+    :func:`atomic_dir` / :func:`atomic_file` will: a one-line error when that cannot work."""
     parent = target.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise UserError(f"cannot create {target}: {parent} is a file, not a directory")
+        raise UserError(f"cannot create {label}: {parent} is a file, not a directory")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.probe-{os.getpid()}-", dir=parent))
     except OSError as exc:
-        raise UserError(f"cannot create {target}: {parent} is not writable ({exc.strerror})") from exc
+        raise UserError(f"cannot create {label}: {parent} is not writable ({exc.strerror})") from exc
+
+
+def _refuse_cwd(target: Path) -> None:
+    """An output replaces its path: never the current directory or one holding it."""
+    if target.name in ("", ".", "..") or Path.cwd().is_relative_to(target.resolve()):
+        raise UserError(f"cannot write {target}: it is the current directory or holds it; "
+                        "name a new file or directory")
+
+
+def check_writable(target: str | Path) -> None:
+    """Fail now, not after training, when ``target`` cannot be created (see :func:`_probe_writable`)
+    or would replace the current directory. Then lock ``target`` for this run and sweep what dead
+    runs left beside it."""
+    target = Path(target)
+    _refuse_cwd(target)
+    _probe_writable(target, target)
     lock_output(target)
     sweep_stale(target)
 
@@ -196,19 +285,19 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``target``; rename it onto ``target`` on success.
 
     On any exception the temporary directory is removed and ``target`` is left untouched. The
-    result gets the user's umask (not ``mkdtemp``'s 0700); ``target``'s lock is released after.
+    result gets the user's umask (see :func:`_apply_umask`); ``target``'s lock is released after.
     """
     target = Path(target)
     if target.exists() and not overwrite:
         raise UserError(f"output directory {target} already exists (pass --overwrite to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
     lock_output(target)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
         try:
-            os.chmod(tmp, 0o777 & ~_umask())
             yield tmp
+            _apply_umask(tmp)
         except BaseException:
             _remove(tmp)
             raise

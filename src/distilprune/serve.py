@@ -1,42 +1,61 @@
-"""HTTP inference server: ``GET /health`` and ``POST /predict`` for one classifier.
+"""HTTP inference server: ``GET /health``, ``POST /predict`` and ``GET /metrics`` for one classifier.
 
 The model (a PyTorch model directory, an ONNX export directory or a ``.onnx`` file) is loaded
-once by :func:`create_app`, so a bad path fails before the server starts. Inference is CPU-bound:
-it runs in the threadpool, one request at a time behind a lock, keeping the event loop free.
-ONNX models are served without importing torch.
+once by :func:`create_app`, so a bad path fails before the server starts. Concurrent requests are
+queued and coalesced into batches by one inference thread (:mod:`distilprune.serving.batcher`),
+keeping the event loop free; a full queue answers 503 with ``Retry-After``, a request not answered
+within ``request_timeout`` 504. SIGTERM stops accepting connections, answers the requests in
+flight and exits 0 (bounded by ``shutdown_timeout``). ONNX models are served without torch.
 """
 
 # No ``from __future__ import annotations``: FastAPI must see the per-app request model.
+import asyncio
+import contextlib
+import functools
+import gc
+import ipaddress
 import json
+import logging
+import os
+import signal
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from distilprune.errors import UserError, require
+from distilprune.errors import Interrupted, UserError, require, require_at_least
 from distilprune.export.runtime import ONNX_FILENAME, OnnxClassifier, resolve_onnx
+from distilprune.serving.batcher import Batcher, Closed, QueueFull
+from distilprune.serving.gate import NOTES, Gate, busy_response
+from distilprune.serving.metrics import CONTENT_TYPE, Metrics
 
 TRAINING_METADATA = "distilprune.json"  # = distilprune.jobs.common.METADATA_FILE (imports torch)
+API_KEY_ENV = "DISTILPRUNE_API_KEY"
+SETTINGS_ENV = "DISTILPRUNE_SERVE_SETTINGS"  # create_app keyword arguments for --workers processes
+log = logging.getLogger("uvicorn.error")
 
 Backend = Literal["torch", "onnx", "sparse", "deepsparse"]
 
 
 @dataclass
 class LoadedModel:
-    """A classifier behind one interface: ``logits(texts) -> (n, num_labels)``."""
+    """A classifier behind one interface: ``logits(texts) -> (n, num_labels)``, one forward pass
+    per call; ``lengths(texts)`` (token counts) lets a batch be cut by length (None: static shape)."""
 
     path: str
     backend: Backend
     labels: list[str]
     logits: Callable[[Sequence[str]], np.ndarray]
+    lengths: Callable[[list[str]], list[int]] | None = None
+    load_seconds: float = 0.0
 
 
 def _is_onnx(path: Path) -> bool:
@@ -62,11 +81,41 @@ def _load_onnx(path: Path, threads: int) -> LoadedModel:
         runner = DeepSparseRunner(folder, threads)
         labels = meta.get("label_names") or runner.metadata.get("labels") or ["0", "1"]
         return LoadedModel(str(path), "deepsparse", [str(x) for x in labels],
-                           _with_preprocessing(runner.predict_logits, meta.get("preprocess")))
-    clf = OnnxClassifier(onnx_file, threads=threads, max_length=meta.get("max_length"))
+                           _with_preprocessing(_power_of_two_rows(runner.predict_logits),
+                                               meta.get("preprocess")))
+    # A server shares its CPUs with its event loop: idle ORT threads sleep instead of spinning.
+    clf = OnnxClassifier(onnx_file, threads=threads, max_length=meta.get("max_length"), spin=False)
     labels = meta.get("label_names") or [str(clf.id2label[i]) for i in sorted(clf.id2label)]
     return LoadedModel(str(path), "onnx", [str(x) for x in labels],
-                       _with_preprocessing(clf.predict_logits, meta.get("preprocess")))
+                       _with_preprocessing(lambda texts: clf.predict_logits(texts, max(1, len(texts))),
+                                           meta.get("preprocess")),
+                       _token_counter(folder, clf.max_length))
+
+
+def _power_of_two_rows(predict: Callable[..., np.ndarray]) -> Callable[[Sequence[str]], np.ndarray]:
+    """DeepSparse compiles one engine per batch size: run batches padded to a power of two rows
+    (a few engines) instead of compiling one for every size the batcher forms."""
+
+    def logits(texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        rows = 1 << max(0, len(texts) - 1).bit_length()
+        return predict(texts + texts[-1:] * (rows - len(texts)), batch_size=rows)[:len(texts)]
+
+    return logits
+
+
+def _token_counter(folder: Path, max_length: int) -> Callable[[list[str]], list[int]]:
+    """Token counts (unpadded, truncated) of texts, used to group a batch by length; without a
+    readable ``tokenizer.json``, a character estimate."""
+    try:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception:  # missing or unreadable: the model loader reports real tokenizer problems
+        return lambda texts: [len(t) // 4 + 2 for t in texts]
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    return lambda texts: [len(e.ids) for e in tokenizer.encode_batch(texts)]
 
 
 def _with_preprocessing(logits: Callable[[Sequence[str]], np.ndarray],
@@ -93,7 +142,8 @@ def _load_torch(path: Path, threads: int, engine: str = "auto") -> LoadedModel:
     except (OSError, ValueError) as exc:  # transformers: missing weights / tokenizer files
         raise UserError(f"cannot load model {path}: {exc}") from exc
     backend = "sparse" if engine == "sparse" or (path / "model.sparse.safetensors").is_file() else "torch"
-    return LoadedModel(str(path), backend, list(clf.label_names), clf.logits)
+    return LoadedModel(str(path), backend, list(clf.label_names), clf.logits,
+                       _token_counter(path, clf.max_length))
 
 
 def _resolve_path(model_path: str | Path) -> Path:
@@ -115,10 +165,14 @@ def load_model(model_path: str | Path, threads: int = 1, engine: str = "auto") -
     """
     path = _resolve_path(model_path)
     require(threads >= 1, "threads must be at least 1")
+    start = time.perf_counter()
     if _is_onnx(path):
         require(engine == "auto", f"{path} is an ONNX export: it runs on its own engine (no --engine)")
-        return _load_onnx(path, threads)
-    return _load_torch(path, threads, engine)
+        model = _load_onnx(path, threads)
+    else:
+        model = _load_torch(path, threads, engine)
+    model.load_seconds = time.perf_counter() - start
+    return model
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -223,24 +277,78 @@ def _replay(body: bytes, receive: Callable) -> Callable:
 
 # ----------------------------------------------------------------------------- the app
 def create_app(model_path: str | Path, *, max_batch: int = 64, max_text_chars: int = 2000,
-               max_body_bytes: int = 1_000_000, threads: int = 1, engine: str = "auto") -> FastAPI:
-    """A FastAPI app serving the classifier at ``model_path`` (loaded now; UserError if bad)."""
+               max_body_bytes: int = 1_000_000, threads: int = 1, engine: str = "auto",
+               max_batch_size: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256,
+               request_timeout: float = 30.0, api_key: str | None = None,
+               access_log: bool = False) -> FastAPI:
+    """A FastAPI app serving the classifier at ``model_path`` (loaded now; UserError if bad).
+
+    ``max_batch``: most texts in one request; ``max_batch_size``: most texts coalesced into one
+    batch; ``max_wait_ms``: longest a batch waits for requests still arriving; ``max_queue``: most
+    texts waiting (then 503); ``request_timeout``: seconds before 504; ``api_key``: required from
+    every client (except on /health); ``access_log``: one JSON line per request on stderr.
+    """
+    _check_options(max_batch, max_text_chars, max_body_bytes, max_batch_size, max_wait_ms,
+                   max_queue, request_timeout)
+    model = load_model(model_path, threads, engine)
+    metrics = Metrics(model.load_seconds)
+    batcher = Batcher(lambda texts: softmax(np.asarray(model.logits(texts))),
+                      max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                      lengths=model.lengths, on_batch=metrics.batch)
+    metrics.queue_depth = lambda: batcher.depth
+    app = FastAPI(title="distilprune classifier", version="1", lifespan=_lifespan(batcher, metrics))
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.state.serving, app.state.draining = threading.Event(), threading.Event()
+    app.add_middleware(Gate, metrics=metrics, batcher=batcher, api_key=api_key, access_log=access_log,
+                       draining=app.state.draining)
+    app.state.model, app.state.batcher, app.state.metrics = model, batcher, metrics
+    _add_error_handler(app, max_batch, max_text_chars)
+    _add_routes(app, request_model(max_batch, max_text_chars), request_timeout)
+    return app
+
+
+def _check_options(max_batch: int, max_text_chars: int, max_body_bytes: int, max_batch_size: int,
+                   max_wait_ms: float, max_queue: int, request_timeout: float) -> None:
     require(max_batch >= 1 and max_text_chars >= 1 and max_body_bytes >= 1,
             "max_batch, max_text_chars and max_body_bytes must be positive")
-    model = load_model(model_path, threads, engine)
-    lock = threading.Lock()
-    body_model = request_model(max_batch, max_text_chars)
-    app = FastAPI(title="distilprune classifier", version="1")
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.state.model = model
+    require_at_least("--max-batch-size", max_batch_size, 1)
+    require_at_least("--max-wait-ms", max_wait_ms, 0)
+    require_at_least("--max-queue", max_queue, 1)
+    require_at_least("--request-timeout", request_timeout, 0, strict=True)
 
-    def infer(texts: list[str]) -> list[Prediction]:
-        with lock:
-            logits = model.logits(texts)
-        probs = softmax(np.asarray(logits))
-        return [Prediction(label=model.labels[int(p.argmax())], score=float(p.max()),
-                           probabilities=p.tolist()) for p in probs]
 
+def _lifespan(batcher: Batcher, metrics: Metrics) -> Callable[[FastAPI], Any]:
+    """Startup marks the app serving and watches for shutdown signals; shutdown (after uvicorn's
+    drain) stops the batcher."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.serving.set()
+        _watch_shutdown_signals(app.state.draining)
+        yield
+        await asyncio.to_thread(batcher.close, 5.0)
+        log.info("drained: %s", json.dumps(metrics.summary()))
+
+    return lifespan
+
+
+def _watch_shutdown_signals(draining: threading.Event) -> None:
+    """Chain onto the SIGTERM / SIGINT handlers uvicorn installed (it restores its own saved ones
+    when it stops): a signal first marks the app draining, then uvicorn begins its shutdown."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # not run by uvicorn in the main thread (tests): no signals to watch
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if callable(previous):
+            signal.signal(signum, functools.partial(_mark_draining, draining, previous))
+
+
+def _mark_draining(draining: threading.Event, previous: Callable, signum: int, frame: Any) -> None:
+    draining.set()
+    previous(signum, frame)
+
+
+def _add_error_handler(app: FastAPI, max_batch: int, max_text_chars: int) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
@@ -251,22 +359,120 @@ def create_app(model_path: str | Path, *, max_batch: int = 64, max_text_chars: i
         detail = "; ".join(dict.fromkeys(_describe(e, max_batch, max_text_chars) for e in errors))
         return JSONResponse({"detail": detail}, status_code=status)
 
+
+def _add_routes(app: FastAPI, body_model: type[BaseModel], timeout: float) -> None:
+    model, batcher, metrics = app.state.model, app.state.batcher, app.state.metrics
+
     @app.get("/health")
     async def health() -> Health:
         return Health(status="ok", model=model.path, backend=model.backend, labels=model.labels)
 
+    @app.get("/metrics")
+    async def metrics_text() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
     @app.post("/predict")
-    async def predict(body: body_model) -> PredictResponse:  # type: ignore[valid-type]
-        return PredictResponse(predictions=await run_in_threadpool(infer, list(body.texts)))
+    async def predict(body: body_model, request: Request) -> PredictResponse:  # type: ignore[valid-type]
+        notes = request.scope.setdefault(NOTES, {})
+        notes["texts"] = len(body.texts)
+        try:
+            probs = await batcher.predict(body.texts, timeout, notes.get("arrival"))
+        except (QueueFull, Closed) as exc:
+            return _unavailable(exc, batcher)  # type: ignore[return-value]
+        except TimeoutError:
+            return JSONResponse({"detail": f"no answer within {timeout:g} s (--request-timeout)"},
+                                504)  # type: ignore[return-value]
+        except Exception as exc:  # the model failed on this batch
+            log.exception("inference failed")
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return JSONResponse({"detail": f"inference failed: {first}"}, 500)  # type: ignore[return-value]
+        return PredictResponse(predictions=_predictions(probs, model.labels))
 
-    return app
+
+def _predictions(probs: np.ndarray, labels: list[str]) -> list[Prediction]:
+    return [Prediction(label=labels[int(p.argmax())], score=float(p.max()), probabilities=p.tolist())
+            for p in probs]
 
 
-def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          **limits: Any) -> None:
-    """Load the model, then serve it with uvicorn until interrupted (loopback by default)."""
+def _unavailable(exc: Exception, batcher: Batcher) -> JSONResponse:
+    """503 with Retry-After: the queue is full, or the server is shutting down."""
+    if isinstance(exc, QueueFull):
+        return busy_response(batcher, exc.retry_after)
+    return JSONResponse({"detail": "server is shutting down"}, 503, headers={"Retry-After": "5"})
+
+
+# ----------------------------------------------------------------------------- serving
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_api_key(host: str, api_key: str | None, no_auth: bool) -> str | None:
+    """The key clients must send (``api_key``, else DISTILPRUNE_API_KEY), or None; a server bound
+    beyond loopback needs one unless ``no_auth``."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    key = key or None
+    require(not (key and no_auth),
+            f"--no-auth and an API key (--api-key or {API_KEY_ENV}) exclude each other")
+    require(bool(key) or no_auth or is_loopback(host),
+            f"--host {host} is not a loopback address: set an API key (--api-key or {API_KEY_ENV}) "
+            "or pass --no-auth to serve without one")
+    return key
+
+
+def serve(model_path: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1,
+          api_key: str | None = None, no_auth: bool = False, shutdown_timeout: float = 20.0,
+          **options: Any) -> None:
+    """Load the model, then serve it with uvicorn until SIGTERM / SIGINT (loopback by default).
+
+    ``workers`` > 1 runs that many processes on one socket, each with its own model, batcher and
+    metrics. On SIGTERM the server stops accepting connections, answers the requests it holds
+    (at most ``shutdown_timeout`` s, then they are cancelled) and returns (exit code 0).
+    """
     import uvicorn
 
     require(0 < port < 65536, f"port must be between 1 and 65535, got {port}")
-    app = create_app(model_path, **limits)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    require_at_least("--workers", workers, 1)
+    require_at_least("--shutdown-timeout", shutdown_timeout, 0)
+    key = resolve_api_key(host, api_key, no_auth)
+    app = create_app(model_path, api_key=key, **options)  # fails here, once, on a bad model
+    run = {"host": host, "port": port, "log_level": "info", "access_log": False,
+           "timeout_graceful_shutdown": shutdown_timeout}
+    if workers == 1:
+        with _sigterm_drains(app.state.serving):
+            uvicorn.run(app, **run)
+        return
+    app.state.batcher.close()  # this copy only proved the model loads; each worker loads its own
+    del app
+    gc.collect()
+    os.environ[SETTINGS_ENV] = json.dumps({"model_path": str(model_path), "api_key": key, **options})
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, **run)
+
+
+def worker_app() -> FastAPI:
+    """The app of one ``--workers`` process (a uvicorn factory), configured by SETTINGS_ENV."""
+    return create_app(**json.loads(os.environ[SETTINGS_ENV]))
+
+
+@contextlib.contextmanager
+def _sigterm_drains(serving: threading.Event) -> Iterator[None]:
+    """uvicorn drains on SIGTERM, then re-raises it to the handler it found: make that handler a
+    no-op once serving (a drained server exits 0, not 143); before that, SIGTERM interrupts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        if not serving.is_set():
+            raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -254,13 +254,16 @@ def shrink_dir(model: str | Path, out: str | Path, head_fraction: float = 0.0,
     from distilprune.io import atomic_dir
     from distilprune.jobs.common import read_metadata, save_model_dir
     from distilprune.jobs.finetune import check_output_dir
-    from distilprune.models.loading import load_tokenizer
+    from distilprune.modelcard import write_model_card
+    from distilprune.models.loading import load_tokenizer, require_weights
 
     check_output_dir(Path(out), overwrite)
+    require_weights(model)
     net = load_shrunk(model)
     report = prune_heads_and_neurons(net, head_fraction, neuron_fraction)
     with atomic_dir(Path(out), overwrite) as tmp:
         save_model_dir(tmp, net, load_tokenizer(str(model)), {**read_metadata(model), "shrink": vars(report)})
+        write_model_card(tmp)  # the copied metrics are the unshrunk model's
     return report
 
 

@@ -146,13 +146,15 @@ def _generators(objective: Objective) -> list[torch.Generator]:
 
 
 def _resume(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, hooks: Sequence[Hook],
-            generators: list[torch.Generator]) -> tuple[LoopState, dict | None]:
-    """Load the checkpoint of ``cfg.checkpoint_dir`` into the live objects (if resuming)."""
-    if not (cfg.resume and cfg.checkpoint_dir):
-        return LoopState(), None
-    ckpt = load_checkpoint(cfg.checkpoint_dir)
+            generators: list[torch.Generator], fingerprint: str | None) -> tuple[LoopState, dict | None]:
+    """Load the checkpoint of ``cfg.checkpoint_dir`` into the live objects (if resuming); one
+    written by a run with another ``fingerprint`` is refused."""
+    ckpt = load_checkpoint(cfg.checkpoint_dir) if cfg.resume and cfg.checkpoint_dir else None
     if ckpt is None:
-        return LoopState(), None
+        return LoopState(fingerprint=fingerprint), None
+    require(fingerprint is None or ckpt.loop.fingerprint in (None, fingerprint),
+            f"checkpoint {cfg.checkpoint_dir} was written by a run with other settings or input files: "
+            "resume with the options and data of the interrupted run, or run without --resume")
     restore_training(ckpt, model, optimizer, scheduler)
     for hook, state in zip(hooks, ckpt.loop.hooks, strict=False):
         hook.load_state_dict(state)
@@ -180,11 +182,14 @@ def train(
     hooks: Sequence[Hook] = (),
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     description: str = "train",
+    fingerprint: str | None = None,
 ) -> TrainResult:
     """Optimise ``model`` on ``loader`` with ``objective``; evaluate, early-stop, keep the best.
 
     With ``cfg.checkpoint_every`` the whole state is saved to ``cfg.checkpoint_dir``; with
     ``cfg.resume`` a run continues from it and ends with the same weights as an uninterrupted one.
+    ``fingerprint`` (the run's settings and inputs) is saved with checkpoints: a checkpoint of
+    another run is not resumed.
     """
     set_seed(cfg.seed)
     # The scheduler is stepped once per optimizer step below (accelerate would step it once per
@@ -213,7 +218,7 @@ def train(
 
     raw_model = accelerator.unwrap_model(model)
     generators = _generators(objective)
-    loop, best_state = _resume(cfg, raw_model, optimizer, scheduler, hooks, generators)
+    loop, best_state = _resume(cfg, raw_model, optimizer, scheduler, hooks, generators, fingerprint)
 
     result = TrainResult(steps=loop.step, seconds=0.0, history=loop.history, losses=loop.losses,
                          best=loop.best_metrics)

@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 
 from distilprune.errors import UserError, require
 from distilprune.export.runtime import (
-    ONNX_FILENAME,
     SAMPLE_TEXTS,
     OnnxClassifier,
     max_sequence_length,
@@ -195,21 +194,22 @@ def load_runner(path: str | Path, threads: int | None = 2, *, torch_int8: bool =
     ``path`` may carry the ``@int8`` (PyTorch dynamic int8) or ``@sparse`` (sparse int8 engine)
     suffix.
     """
-    from distilprune.engine.deepsparse import DeepSparseRunner, is_deepsparse_export
+    from distilprune.engine.deepsparse import DeepSparseRunner
+    from distilprune.formats import model_kind
 
     path, kind = parse_model_spec(str(path))
     torch_int8 = torch_int8 or kind == "torch-int8"
-    if is_deepsparse_export(path):
+    fmt = model_kind(path)
+    if fmt not in ("onnx", "deepsparse"):
+        require(path.is_dir(), f"model not found: {path}")
+        require((path / "config.json").is_file(), f"{path} holds neither model.onnx nor config.json")
+    if fmt == "deepsparse":
         require(kind is None and not torch_int8, f"{path} is a DeepSparse export: no @ suffix")
         return DeepSparseRunner(path, threads)
-    is_onnx = (path / ONNX_FILENAME).is_file() or (path.is_file() and path.suffix == ".onnx")
-    if is_onnx:
+    if fmt == "onnx":
         require(kind is None and not torch_int8,
                 f"{path}: @int8/@sparse apply to PyTorch models; export with --int8")
         return OnnxRunner(path, threads)
-    require(path.is_dir(), f"model not found: {path}")
-    require((path / "config.json").is_file(),
-            f"{path} holds neither model.onnx nor config.json")
     engine = "sparse" if kind == "sparse" else "auto"
     return TorchRunner(path, threads, int8=torch_int8, max_length=max_length, engine=engine)
 

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from distilprune.data.loading import load_table
-from distilprune.errors import UserError, require
+from distilprune.errors import UserError, require, require_file
 
 
 def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
     """Texts of a .txt file (one per non-empty line) or of a table's text column."""
     path = Path(path)
-    require(path.is_file(), f"corpus file not found: {path}")
+    require_file(path, "corpus file")
     if path.suffix.lower() == ".txt":
         try:
             return [line.strip() for line in path.read_text().splitlines() if line.strip()]

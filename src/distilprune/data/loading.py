@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from distilprune.errors import UserError, require
+from distilprune.errors import UserError, require, require_file
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "t")
 LABEL_COLUMNS = ("target", "label", "labels", "sentiment", "s")
@@ -174,7 +174,7 @@ def load_table(
     empty, blank or ``null`` are refused with their row numbers.
     """
     path = Path(path)
-    require(path.is_file(), f"data file not found: {path}")
+    require_file(path, "data file")
     require(path.stat().st_size > 0, f"{path} is empty")
     frame = _read_frame(path)
     require(len(frame) > 0, f"{path} has no data rows")

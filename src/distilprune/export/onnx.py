@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -28,11 +29,13 @@ from distilprune.export.runtime import (
     OnnxClassifier,
     TextEncoder,
     max_sequence_length,
+    read_metadata,
     resolve_onnx,
     weights_size,
 )
 from distilprune.export.source import load_model_and_tokenizer
 from distilprune.io import atomic_dir, write_json
+from distilprune.modelcard import copy_training_metadata, write_model_card
 from distilprune.models.loading import model_input_names
 from distilprune.models.registry import resolve_model
 
@@ -40,6 +43,9 @@ PARITY_FILENAME = "parity.json"
 FP32_TOLERANCE = 1e-3  # max |logit diff| (relative to max(1, |logit|)) an fp32 export may show
 
 DEFAULT_PARITY_TEXTS = SAMPLE_TEXTS
+EXPORTERS = ("dynamo", "torchscript")  # tried in this order
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+log = logging.getLogger(__name__)
 
 
 def load_for_export(model_dir: str | Path) -> tuple[torch.nn.Module, Any]:
@@ -78,13 +84,14 @@ def torch_to_onnx(model: torch.nn.Module, tokenizer: Any, names: list[str], out_
                   max_length: int = 128, opset: int = 17) -> str:
     """Export with dynamic batch/sequence axes; returns the exporter used.
 
-    The TorchScript-based exporter (``dynamo=False``) is tried first; the dynamo exporter is
-    the fallback.
+    The dynamo exporter (``dynamo=True``) is tried first; the deprecated TorchScript exporter is
+    the fallback, with the reason logged in one line (on torch 2.13 XLNet takes it: dynamo
+    cannot decompose its relative attention).
     """
     wrapper = _LogitsOnly(model, names).eval()
     dummy = _dummy_inputs(tokenizer, names, max_length)
     errors = []
-    for exporter in ("torchscript", "dynamo"):
+    for exporter in EXPORTERS:
         try:
             _run_exporter(exporter, wrapper, dummy, names, out_file, opset)
             onnx.checker.check_model(str(out_file))
@@ -92,6 +99,9 @@ def torch_to_onnx(model: torch.nn.Module, tokenizer: Any, names: list[str], out_
         except Exception as exc:  # exporters raise many types; report them all together
             errors.append(f"{exporter}: {_first_line(exc)}")
             out_file.unlink(missing_ok=True)
+            if exporter != EXPORTERS[-1]:
+                log.warning("ONNX %s export failed (%s); falling back to %s", exporter,
+                            errors[-1].split(": ", 1)[1], EXPORTERS[-1])
         finally:
             model.eval()  # the exporters restore the wrapper's (train) mode recursively
     arch = getattr(model.config, "model_type", "?")
@@ -130,7 +140,7 @@ def _quiet_loggers():
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = ANSI.sub("", str(exc)).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
@@ -226,7 +236,12 @@ def static_quantize_export(fp32_export: str | Path, out: str | Path, calibration
         shutil.copytree(fp32_export, tmp, dirs_exist_ok=True)
         static_quantize_onnx(fp32_export / "model.onnx", tmp / "model.onnx", load_tokenizer(fp32_export),
                              calibration_texts, max_length=max_length)
-        return onnx_parity(fp32_export, tmp, parity_texts or calibration_texts)
+        meta = read_metadata(tmp)
+        write_json(tmp / METADATA_FILENAME, {**meta, "int8": True, "quantization": {
+            "method": "onnxruntime.quantize_static", "calibration_texts": len(calibration_texts)}})
+        parity = onnx_parity(fp32_export, tmp, parity_texts or calibration_texts)
+        write_model_card(tmp)
+        return parity
 
 
 def _encoder_backend(tokenizer: Any, folder: Path, spec: EncoderSpec, texts: Sequence[str],
@@ -286,6 +301,8 @@ def export_onnx(
         write_json(tmp / PARITY_FILENAME, parity)
         if not int8:
             _check_parity(parity)
+        copy_training_metadata(model_dir, tmp)
+        write_model_card(tmp)
     return {**meta, "path": str(out), "parity": parity}
 
 

@@ -163,14 +163,17 @@ def weights_size(path: str | Path) -> int:
     return sum(p.stat().st_size for p in files if p.name.endswith(WEIGHT_SUFFIXES))
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """CPU session options: all graph optimizations, ``threads`` intra-op threads (0: ORT picks)."""
+def session_options(threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
+    """CPU session options: all graph optimizations, ``threads`` intra-op threads (0: ORT picks);
+    ``spin=False`` parks idle worker threads instead of busy-waiting (a server sharing its CPUs)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = int(threads or 0)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
@@ -187,11 +190,11 @@ class OnnxClassifier:
     """A text classifier served by onnxruntime from an export directory (or a .onnx file)."""
 
     def __init__(self, path: str | Path, threads: int | None = None,
-                 max_length: int | None = None) -> None:
+                 max_length: int | None = None, spin: bool = True) -> None:
         self.onnx_path, self.folder = resolve_onnx(path)
         self.metadata = read_metadata(self.folder)
         self.config = read_config(self.folder)
-        self.threads = threads
+        self.threads, self.spin = threads, spin
         self.session = self._session(threads)
         names = [i.name for i in self.session.get_inputs()]
         spec = EncoderSpec(**{**self.metadata.get("tokenizer", {}), "input_names": names})
@@ -201,7 +204,7 @@ class OnnxClassifier:
 
     def _session(self, threads: int | None) -> ort.InferenceSession:
         try:
-            return ort.InferenceSession(str(self.onnx_path), session_options(threads),
+            return ort.InferenceSession(str(self.onnx_path), session_options(threads, self.spin),
                                         providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise UserError(f"cannot load ONNX model {self.onnx_path}: {exc}") from exc

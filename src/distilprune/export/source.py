@@ -27,11 +27,15 @@ def load_source_model(model_dir: str | Path, engine: str = "auto") -> torch.nn.M
     sparse kernels, anything else in PyTorch fp32); ``sparse`` packs a plain model's encoder
     Linears for the sparse int8 kernels; ``torch`` refuses a sparse-engine directory.
     """
-    from distilprune.engine.sparse import is_sparse_dir, load_sparse, sparsify
+    from distilprune.engine.sparse import load_sparse, sparsify
+    from distilprune.formats import ONNX_KINDS, model_kind
 
     require(engine in ENGINES, f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     path = resolve_model(model_dir)
-    if is_sparse_dir(path):
+    kind = model_kind(path)
+    require(kind not in ONNX_KINDS, f"{model_dir} is an ONNX export (no PyTorch weights): this "
+                                    "command needs the model directory it was exported from")
+    if kind == "sparse":
         require(engine != "torch", f"{path} is packed for the sparse engine: use --engine sparse or auto")
         return load_sparse(path)
     config = load_config(path)

@@ -8,7 +8,6 @@ does.
 from __future__ import annotations
 
 import copy
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,8 @@ from distilprune.engine.sparse import load_sparse, save_sparse_weights, sparsify
 from distilprune.export.onnx import DEFAULT_PARITY_TEXTS, PARITY_FILENAME, compare_logits, torch_logits
 from distilprune.export.source import load_model_and_tokenizer
 from distilprune.io import atomic_dir, write_json
+from distilprune.modelcard import copy_training_metadata, write_model_card
 from distilprune.models.loading import model_input_names
-from distilprune.models.registry import resolve_model
-
-TRAINING_METADATA = "distilprune.json"  # written by finetune (jobs.common.METADATA_FILE)
 
 
 def export_sparse(model_dir: str | Path, out: str | Path, *, parity_texts: Sequence[str] | None = None,
@@ -38,12 +35,7 @@ def export_sparse(model_dir: str | Path, out: str | Path, *, parity_texts: Seque
         logits = torch_logits(saved, tokenizer, texts, names, max_length=max_length)
         parity = compare_logits(reference, logits)
         write_json(tmp / PARITY_FILENAME, parity)
-        _copy_training_metadata(model_dir, tmp)
+        copy_training_metadata(model_dir, tmp)
+        write_model_card(tmp)
     return {**summary, "parity": parity, "out": str(out)}
 
-
-def _copy_training_metadata(model_dir: str | Path, folder: Path) -> None:
-    """Keep the training metadata (preprocessing, label names, max length) with the model."""
-    source = Path(resolve_model(model_dir)) / TRAINING_METADATA
-    if source.is_file():
-        shutil.copyfile(source, folder / TRAINING_METADATA)

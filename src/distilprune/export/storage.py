@@ -194,6 +194,8 @@ def save_compact(
     (the plain state dict's size), ``ratio``, ``payload_bytes`` (tensor data without the
     safetensors header), ``sparsity`` (zero fraction of float tensors) and per-layout counts.
     """
+    from distilprune.modelcard import copy_training_metadata, write_model_card
+
     model, tokenizer = _load_source(model_or_dir, tokenizer)
     state = _plain_state_dict(model)
     tensors, manifest = compact_tensors(state, int8_keys(model) if int8 else None)
@@ -204,6 +206,9 @@ def save_compact(
             tokenizer.save_pretrained(tmp)
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
         compact_bytes = (tmp / WEIGHTS_NAME).stat().st_size
+        if not isinstance(model_or_dir, nn.Module):
+            copy_training_metadata(model_or_dir, tmp)
+        write_model_card(tmp)
     report = _report(state, manifest, compact_bytes, int8)
     report["payload_bytes"] = _nbytes(tensors.values())
     return report

@@ -19,11 +19,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distilprune import __version__
 from distilprune.data.batching import EncodedDataset, encode
-from distilprune.data.loading import TextTable, class_balance, load_table
+from distilprune.data.loading import TextTable, class_balance, file_sha256, load_table
 from distilprune.data.preprocess import build_preprocessor, parse_steps
 from distilprune.data.split import stratified_split
 from distilprune.errors import UserError, require, require_at_least
-from distilprune.io import atomic_dir, discard, sweep_stale, write_json
+from distilprune.io import atomic_dir, discard, stable_hash, sweep_stale, write_json
 
 METADATA_FILE = "distilprune.json"
 
@@ -148,9 +148,12 @@ def save_on_main_process(out: str | Path, overwrite: bool, write: Callable[[Path
 def save_model_dir(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    metadata: dict[str, Any]) -> None:
     """``save_pretrained`` (safetensors) + tokenizer + ``distilprune.json`` into ``out``."""
+    from distilprune.modelcard import write_model_card
+
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_json(out / METADATA_FILE, {**metadata, "environment": environment()})
+    write_model_card(out, metadata.get("metrics"))  # metrics of these very weights (finetune)
 
 
 def trained_label_names(meta: dict[str, Any], id2label: Mapping[Any, Any]) -> list[str] | None:
@@ -182,6 +185,21 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is corrupt: {exc.msg}") from exc
+
+
+RUN_ONLY = frozenset({"out", "overwrite", "resume", "checkpoint_every", "checkpoint_dir"})  # where/how
+
+
+def run_fingerprint(settings: Any, files: Sequence[str | None]) -> str:
+    """What a checkpoint must match to be resumed: a run's settings (except :data:`RUN_ONLY`) and
+    the digests of its input files."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in RUN_ONLY}
+        return [strip(v) for v in value] if isinstance(value, list | tuple) else value
+
+    return stable_hash({"settings": strip(settings),
+                        "files": [file_sha256(Path(f)) for f in files if f and Path(f).is_file()]})
 
 
 def checkpoint_beside(train_cfg: Any, out: Path) -> Any:

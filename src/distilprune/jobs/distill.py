@@ -33,17 +33,20 @@ from distilprune.io import atomic_file, stable_hash, write_json
 from distilprune.jobs.common import (
     checkpoint_beside,
     label_names_of,
+    run_fingerprint,
     save_model_dir,
     save_on_main_process,
 )
 from distilprune.jobs.finetune import FinetuneConfig, check_output_dir, finetune
 from distilprune.models.loading import (
+    check_max_length,
     count_parameters,
     load_classifier,
     load_config,
     load_for_student,
     load_masked_lm,
     load_tokenizer,
+    require_classifier,
 )
 from distilprune.models.registry import cache_dir, resolve_model
 from distilprune.models.student import build_student, num_layers_of
@@ -122,8 +125,11 @@ def corpus_texts(cfg: CorpusConfig) -> tuple[list[str], list[str]]:
 
 @torch.inference_mode()
 def masked_accuracy(model, tokenizer, texts: list[str], max_length: int, seed: int = 1234,
-                    batch_size: int = 32) -> float:
-    """Share of masked tokens the masked-LM model predicts exactly (fixed masking seed)."""
+                    batch_size: int = 32) -> float | None:
+    """Share of masked tokens the masked-LM model predicts exactly (fixed masking seed); ``None``
+    without held-out texts (a corpus of fewer than 10 texts, or ``heldout: 0``)."""
+    if not texts:
+        return None
     model.eval()
     dataset = EncodedDataset(encode(tokenizer, texts, max_length))
     loader = make_loader(dataset, tokenizer, batch_size, shuffle=False)
@@ -153,6 +159,7 @@ class MLMHeadConfig:
 def fit_mlm_head(cfg: MLMHeadConfig) -> dict[str, Any]:
     """Train only the MLM head (dense + LayerNorm + bias; decoder tied to embeddings)."""
     check_output_dir(cfg.out, cfg.overwrite)
+    check_max_length(cfg.teacher, cfg.corpus.max_length)
     train_texts, heldout = corpus_texts(cfg.corpus)
     tokenizer = load_tokenizer(cfg.teacher)
     model, pretrained_head = load_masked_lm(cfg.teacher)
@@ -163,7 +170,8 @@ def fit_mlm_head(cfg: MLMHeadConfig) -> dict[str, Any]:
     dataset = EncodedDataset(encode(tokenizer, train_texts, cfg.corpus.max_length))
     loader = make_loader(dataset, tokenizer, cfg.train.batch_size, cfg.train.seed)
     objective = MLMObjective(DynamicMasker(tokenizer, seed=cfg.train.seed))
-    result = train(model, loader, objective, cfg.train, description="fit-mlm-head")
+    result = train(model, loader, objective, cfg.train, description="fit-mlm-head",
+                   fingerprint=run_fingerprint(to_dict(cfg), cfg.corpus.files))
     for param in base.parameters():
         param.requires_grad_(True)
     after = masked_accuracy(model, tokenizer, heldout, cfg.corpus.max_length)
@@ -195,6 +203,18 @@ class DistillLoss:
 
     def __post_init__(self) -> None:
         check_cos_layers(self.cos_layers)
+        check_loss_weights(self.temperature, alpha_ce=self.alpha_ce, alpha_mlm=self.alpha_mlm,
+                           alpha_cos=self.alpha_cos)
+        require(0 < self.mlm_probability < 1,
+                f"mlm_probability must be between 0 and 1, got {self.mlm_probability:g}")
+
+
+def check_loss_weights(temperature: float, **alphas: float) -> None:
+    """A positive temperature and non-negative loss weights, not all zero (nothing to learn)."""
+    require_at_least("temperature", temperature, 0, strict=True)
+    for name, value in alphas.items():
+        require_at_least(name, value, 0)
+    require(sum(alphas.values()) > 0, f"the loss weights {', '.join(alphas)} are all 0: nothing to train")
 
 
 @dataclass
@@ -217,6 +237,8 @@ def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
     """Distil the masked-LM teacher into a student; prune during it when ``cfg.prune`` is set
     (structured: the pruned heads/neurons are then removed from the saved student)."""
     out = check_output_dir(cfg.out, cfg.overwrite)
+    for model in filter(None, (cfg.teacher, cfg.student)):
+        check_max_length(model, cfg.corpus.max_length)
     cfg = dataclasses.replace(cfg, train=checkpoint_beside(cfg.train, out))
     train_texts, heldout = corpus_texts(cfg.corpus)
     tokenizer = load_tokenizer(cfg.teacher)
@@ -233,7 +255,8 @@ def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
         hidden_pairs=hidden_layer_pairs(num_layers_of(student), num_layers_of(teacher), cfg.loss.cos_layers),
     )
     hooks = [PruningHook(cfg.prune)] if cfg.prune else []
-    result = train(student, loader, objective, cfg.train, hooks, description="distill")
+    result = train(student, loader, objective, cfg.train, hooks, description="distill",
+                   fingerprint=run_fingerprint(to_dict(cfg), cfg.corpus.files))
     if has_masks(student):
         finalize(student)
     shrink = vars(remove_pruned(student)) if cfg.prune and cfg.prune.method == "structured" else None
@@ -278,6 +301,8 @@ class TaskLoss:
 
     def __post_init__(self) -> None:
         check_cos_layers(self.cos_layers)
+        check_loss_weights(self.temperature, alpha_soft=self.alpha_soft, alpha_hard=self.alpha_hard,
+                           alpha_cos=self.alpha_cos)
 
 
 @dataclass
@@ -317,6 +342,7 @@ def _num_layers(model_dir: str) -> int:
 def distill_task(cfg: TaskDistillConfig) -> dict[str, Any]:
     """Task distillation = the fine-tuning job with a distillation objective."""
     require(cfg.teacher, "task distillation needs --teacher (a fine-tuned classifier directory)")
+    require_classifier(cfg.teacher)  # a random head's soft targets would teach nothing
     teacher_model = None
     if cfg.loss.alpha_cos > 0:
         teacher_model = load_classifier(cfg.teacher, num_labels=_num_labels(cfg.teacher)).eval()

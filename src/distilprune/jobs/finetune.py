@@ -14,7 +14,7 @@ from distilprune.config import to_dict
 from distilprune.data.batching import EncodedDataset, class_weights, make_loader, oversample_indices
 from distilprune.data.loading import TextTable
 from distilprune.distill.objectives import ClassificationObjective
-from distilprune.errors import UserError
+from distilprune.errors import UserError, require_at_least
 from distilprune.evaluate import (
     classification_metrics,
     plot_confusion_matrix,
@@ -27,10 +27,16 @@ from distilprune.jobs.common import (
     checkpoint_beside,
     encode_table,
     prepare_data,
+    run_fingerprint,
     save_model_dir,
     save_on_main_process,
 )
-from distilprune.models.loading import count_parameters, load_classifier, load_tokenizer
+from distilprune.models.loading import (
+    check_max_length,
+    count_parameters,
+    load_classifier,
+    load_tokenizer,
+)
 from distilprune.prune import (
     LockSparsityHook,
     PruneConfig,
@@ -56,6 +62,9 @@ class FinetuneConfig:
     qat: QATConfig | None = None
     eval_batch_size: int = 64
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        require_at_least("eval_batch_size", self.eval_batch_size, 1)
 
 
 ObjectiveFactory = Callable[[EncodedDataset, TextTable], Objective]
@@ -99,6 +108,7 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
     ``label_names`` (a teacher's) fix the label ids; by default they come from the training file.
     """
     out = check_output_dir(cfg.out, cfg.overwrite)
+    check_max_length(cfg.model, cfg.data.max_length)
     cfg = dataclasses.replace(cfg, train=checkpoint_beside(cfg.train, out))
     data = prepare_data(cfg.data, label_names)
     tokenizer = load_tokenizer(cfg.model)
@@ -116,8 +126,10 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
         metrics = classification_metrics(data.val.labels, logits)
         return {k: metrics[k] for k in ("accuracy", "f1", "f1_macro")}
 
+    settings = {"config": to_dict(cfg), "metadata": metadata, "labels": label_names}
     result = train(model, loader, objective, cfg.train, [*_compression_hooks(cfg), *hooks],
-                   validate, description=f"finetune {Path(cfg.model).name}")
+                   validate, description=f"finetune {Path(cfg.model).name}",
+                   fingerprint=run_fingerprint(settings, [cfg.data.train, cfg.data.validation]))
     shrink = _finalize_compression(model, cfg)
     logits = predict_logits(model, val_ds, tokenizer, cfg.eval_batch_size)
     metrics = classification_metrics(data.val.labels, logits)

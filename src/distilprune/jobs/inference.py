@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,12 @@ from distilprune.evaluate import (
     predict_texts,
     softmax,
 )
+from distilprune.export.runtime import read_config
 from distilprune.export.source import load_source_model
+from distilprune.formats import ONNX_KINDS, model_kind
 from distilprune.io import atomic_dir, atomic_file, check_writable, write_json
 from distilprune.jobs.common import read_metadata, trained_label_names
-from distilprune.models.loading import load_tokenizer
+from distilprune.models.loading import load_tokenizer, require_classifier
 from distilprune.models.registry import resolve_model
 
 
@@ -31,14 +33,31 @@ class SavedClassifier:
     def __init__(self, model_dir: str | Path, engine: str = "auto"):
         path = Path(resolve_model(model_dir))
         require(path.is_dir(), f"model directory not found: {model_dir}")
+        require_classifier(model_dir)
         self.path = path
         self.meta = read_metadata(path)
-        self.tokenizer = load_tokenizer(path)
-        self.model = load_source_model(path, engine)
         self.preprocess: list[str] = self.meta.get("preprocess", [])
         self.max_length: int = int(self.meta.get("max_length", 128))
-        self.label_names: list[str] = trained_label_names(self.meta, self.model.config.id2label) or [
-            str(i) for i in range(self.model.config.num_labels)]
+        self._predict = self._backend(engine)
+        id2label = read_config(path).get("id2label") or {}
+        self.label_names: list[str] = trained_label_names(self.meta, id2label) or [
+            str(i) for i in range(len(id2label) or 2)]
+
+    def _backend(self, engine: str) -> Callable[[list[str]], np.ndarray]:
+        """Texts -> logits on the directory's own runtime (:func:`~distilprune.formats.model_kind`)."""
+        kind = model_kind(self.path)
+        if kind in ONNX_KINDS:
+            require(engine == "auto", f"{self.path} is an ONNX export: it runs on onnxruntime "
+                                      f"(--engine auto), not --engine {engine}")
+            if kind == "deepsparse":
+                from distilprune.benchmark.speed import load_runner
+
+                return load_runner(self.path, threads=None).predict_logits
+            from distilprune.export.runtime import OnnxClassifier
+
+            return OnnxClassifier(self.path, max_length=self.max_length).predict_logits
+        model, tokenizer = load_source_model(self.path, engine), load_tokenizer(self.path)
+        return lambda texts: predict_texts(model, tokenizer, texts, self.max_length)
 
     def logits(self, texts: Sequence[str], records: Sequence[dict] | None = None) -> np.ndarray:
         """Logits for raw texts (the model's own preprocessing is applied)."""
@@ -48,7 +67,7 @@ class SavedClassifier:
             fn = build_preprocessor(self.preprocess)
             records = records or [{} for _ in texts]
             texts = [fn(t, r) for t, r in zip(texts, records, strict=True)]
-        return predict_texts(self.model, self.tokenizer, texts, self.max_length)
+        return self._predict(list(texts))
 
 
 def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path | None = None,

@@ -25,8 +25,8 @@ from typing import Any
 
 from distilprune.config import from_dict, load_yaml, to_dict
 from distilprune.data.loading import file_sha256
-from distilprune.errors import UserError, require
-from distilprune.io import atomic_dir, read_json, stable_hash, write_json
+from distilprune.errors import UserError, require, require_at_least
+from distilprune.io import atomic_dir, locked_dir, read_json, stable_hash, write_json
 from distilprune.jobs.common import METADATA_FILE, DataConfig, prepare_data
 from distilprune.jobs.distill import CorpusConfig, DistillLoss, TaskLoss
 from distilprune.prune import PruneConfig
@@ -58,6 +58,9 @@ class StudentSection:
     layers: int | None = None
     layer_map: list[int] | None = None
 
+    def __post_init__(self) -> None:
+        require_at_least("student.layers", self.layers, 1)
+
 
 @dataclass
 class MLMHeadSection:
@@ -67,6 +70,16 @@ class MLMHeadSection:
     steps: int = 100
     lr: float = 1e-3
     batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        check_budget("mlm_head", self.steps, self.lr, self.batch_size)
+
+
+def check_budget(section: str, steps: int, lr: float, batch_size: int | None = None) -> None:
+    """A section's own short training budget: steps and batch size >= 1, lr > 0."""
+    require_at_least(f"{section}.steps", steps, 1)
+    require_at_least(f"{section}.lr", lr, 0, strict=True)
+    require_at_least(f"{section}.batch_size", batch_size, 1)
 
 
 @dataclass
@@ -96,6 +109,10 @@ class QATSection(QATConfig):
     steps: int = 100
     lr: float = 1e-5
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_budget("qat", self.steps, self.lr)
+
     def quant_config(self) -> QATConfig:
         """The plain :class:`QATConfig` part of this section."""
         return QATConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(QATConfig)})
@@ -109,6 +126,10 @@ class ExportSection:
     max_length: int | None = None
     compact: bool = True
     parity_texts: int = 200
+
+    def __post_init__(self) -> None:
+        require_at_least("export.max_length", self.max_length, 2)
+        require_at_least("export.parity_texts", self.parity_texts, 1)
 
 
 @dataclass
@@ -127,6 +148,10 @@ class BenchmarkSection:
         bad = [m for m in self.models if m not in BENCHMARK_MODELS]
         require(not bad and bool(self.models),
                 f"benchmark.models must be among {', '.join(BENCHMARK_MODELS)}, got {self.models}")
+        require(bool(self.batch_sizes) and min(self.batch_sizes) >= 1,
+                f"benchmark.batch_sizes must be positive integers, got {self.batch_sizes}")
+        for name, low in (("threads", 1), ("repeats", 1), ("warmup", 0), ("limit", 1), ("seq_len", 2)):
+            require_at_least(f"benchmark.{name}", getattr(self, name), low)
 
 
 @dataclass
@@ -146,7 +171,8 @@ class PipelineConfig:
     benchmark: BenchmarkSection = field(default_factory=BenchmarkSection)
 
     def validate(self) -> None:
-        """Raise :class:`UserError` when a required recipe key is missing."""
+        """Raise :class:`UserError` when a required recipe key is missing or ``threads`` < 1."""
+        require_at_least("threads", self.threads, 1)
         require(bool(self.out), "recipe: 'out' (the output root directory) is required")
         require(bool(self.teacher.model), "recipe: 'teacher.model' is required")
         require(bool(self.data.train), "recipe: 'data.train' is required")
@@ -159,6 +185,26 @@ def load_recipe(path: str | Path) -> PipelineConfig:
     cfg = from_dict(PipelineConfig, data, "recipe")
     cfg.validate()
     return cfg
+
+
+def preflight(cfg: PipelineConfig) -> None:
+    """Check the teacher model, the student's depth and the labelled data before any stage runs: a
+    bad input fails now in one line, not after the stages before the one that reads it."""
+    from distilprune.export.runtime import require_tokenizer_files
+    from distilprune.models.loading import check_max_length, load_config
+    from distilprune.models.registry import resolve_model
+    from distilprune.models.student import default_layer_map, validate_layer_map
+
+    if Path(path := resolve_model(cfg.teacher.model)).is_dir():
+        require_tokenizer_files(path)
+    for max_length in (cfg.data.max_length, cfg.distill.corpus.max_length):
+        check_max_length(cfg.teacher.model, max_length)
+    layers = load_config(cfg.teacher.model).num_hidden_layers
+    if cfg.student.layer_map:
+        validate_layer_map(cfg.student.layer_map, layers)
+    else:
+        default_layer_map(layers, cfg.student.layers)
+    prepare_data(cfg.data)
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -463,15 +509,25 @@ def run_pipeline(cfg: PipelineConfig, stages: str | Sequence[str] | None = None,
 
     ``force`` re-runs the selected stages even when up to date (downstream stages then re-run
     too, since they consumed an older output). A selected stage whose upstream is missing or
-    out of date, and not selected, is a :class:`UserError`.
+    out of date, and not selected, is a :class:`UserError`. ``cfg.out`` is locked for the run.
     """
     cfg.validate()
     selected = parse_stages(stages)
+    preflight(cfg)
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    hashes = stage_hashes(cfg)
+    with locked_dir(cfg.out):  # a second run of the recipe fails now, not mid-stage
+        hashes = stage_hashes(cfg)
+        _run_stages(cfg, selected, force, hashes, dry=True)  # a bad selection fails before any work
+        return _run_stages(cfg, selected, force, hashes)
+
+
+def _run_stages(cfg: PipelineConfig, selected: list[str], force: bool, hashes: dict[str, str],
+                dry: bool = False) -> PipelineResult:
+    """:func:`run_pipeline`'s loop over the stages (``cfg.out`` locked); ``dry`` runs and logs
+    nothing, it only checks that every stage to run will have its upstream outputs."""
     records: dict[str, dict] = {}
     status: dict[str, str] = {}
     for stage in STAGES:
@@ -483,13 +539,15 @@ def run_pipeline(cfg: PipelineConfig, stages: str | Sequence[str] | None = None,
             status[stage] = "skipped" if stage in selected else "not selected"
             if record is not None and reason is None:
                 records[stage] = record
-            log.info("stage %s: %s", stage, "up to date, skipped" if reason is None
-                     else f"not selected (out of date: {reason})")
+            if not dry:
+                log.info("stage %s: %s", stage, "up to date, skipped" if reason is None
+                         else f"not selected (out of date: {reason})")
             continue
         missing = [u for u in upstream if u not in records]
         require(not missing, f"stage {stage!r} needs the output of {', '.join(map(repr, missing))}, "
                              "which is missing or out of date: include it in the selected stages")
-        records[stage] = _execute(cfg, stage, hashes[stage], runs, records, reason or "forced")
+        records[stage] = ({"run_id": f"planned-{stage}"} if dry
+                          else _execute(cfg, stage, hashes[stage], runs, records, reason or "forced"))
         status[stage] = "ran"
     return PipelineResult(Path(cfg.out), status, records)
 

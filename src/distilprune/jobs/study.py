@@ -24,8 +24,8 @@ from distilprune.config import from_dict, load_yaml, to_dict
 from distilprune.data.coverage import vocabulary_coverage
 from distilprune.data.loading import file_sha256, load_table
 from distilprune.data.preprocess import parse_steps
-from distilprune.errors import UserError, require
-from distilprune.io import atomic_file, save_png, stable_hash, write_json
+from distilprune.errors import UserError, require, require_at_least
+from distilprune.io import atomic_file, locked_dir, save_png, stable_hash, write_json
 from distilprune.jobs.common import DataConfig, preprocess_table, read_metadata
 from distilprune.jobs.finetune import FinetuneConfig, finetune
 from distilprune.models.loading import load_tokenizer
@@ -82,6 +82,8 @@ class StudyConfig:
         lrs = [lr for grid in (self.learning_rates, *self.model_learning_rates.values()) for lr in grid]
         require(all(lr > 0 for lr in lrs), "learning rates must be positive")
         require(self.max_runs is None or self.max_runs >= 0, "max_runs must be >= 0")
+        require_at_least("threads", self.threads, 1)
+        require_at_least("eval_batch_size", self.eval_batch_size, 1)
         require(not self.data.preprocess and self.data.imbalance == "none",
                 "set preprocessing and imbalance at the study level (preprocess: [[], [tweet]], "
                 "imbalance: [none, class_weights]), not under data:")
@@ -473,7 +475,12 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
+    with locked_dir(cfg.out):  # a second run of the study fails now, not mid-grid
+        return _run_locked(cfg, Path(cfg.out))
+
+
+def _run_locked(cfg: StudyConfig, out: Path) -> dict[str, Any]:
+    """:func:`run_study` with ``out`` locked."""
     start = time.perf_counter()
     plan = plan_runs(cfg)
     out.mkdir(parents=True, exist_ok=True)

@@ -61,6 +61,38 @@ def load_config(name: str | Path) -> transformers.PretrainedConfig:
     return config
 
 
+def require_weights(name: str | Path) -> None:
+    """Refuse a local directory without PyTorch weights before loading it: an ONNX export is named
+    as such (transformers would only say that no ``model.safetensors`` was found)."""
+    path = Path(resolve_model(name))
+    if not path.is_dir() or any(path.glob("*.safetensors")) or any(path.glob("*.bin")):
+        return
+    if (path / "model.onnx").is_file():
+        raise UserError(f"{name} is an ONNX export (model.onnx, no PyTorch weights): evaluate, predict, "
+                        "serve, benchmark and quantize run it; this command needs the model directory "
+                        "it was exported from")
+    raise UserError(f"{name} holds no model weights (model.safetensors)")
+
+
+def check_max_length(name: str | Path, max_length: int) -> None:
+    """Refuse a ``max_length`` beyond the model's position embeddings before any work (the first
+    long text would otherwise fail mid-training)."""
+    from distilprune.export.runtime import max_sequence_length
+
+    limit = max_sequence_length(load_config(name).to_dict())
+    if limit is not None and max_length > limit:
+        raise UserError(f"max_length {max_length} is longer than {name} allows ({limit} tokens)")
+
+
+def require_classifier(name: str | Path) -> None:
+    """Refuse a model never trained as a classifier (a pretrained encoder, a masked-LM): its
+    classification head would be random, and every answer made up."""
+    kinds = ", ".join(load_config(name).architectures or []) or "no architectures in its config.json"
+    if "ForSequenceClassification" not in kinds:
+        raise UserError(f"{name} is not a trained classifier ({kinds}): fine-tune it first "
+                        f"(distilprune finetune --model {name} ...)")
+
+
 def load_classifier(
     name: str | Path,
     num_labels: int = 2,
@@ -76,6 +108,7 @@ def load_classifier(
 
     if is_compact(resolve_model(name)):
         return load_compact(resolve_model(name)).float()
+    require_weights(name)
     config = load_config(name)
     config.num_labels = num_labels
     if label_names:
@@ -120,6 +153,7 @@ def load_masked_lm(name: str | Path) -> tuple[PreTrainedModel, bool]:
     """
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
+    require_weights(name)
     config = load_config(name)
     # XLNet has no masked-LM class; its LM head model predicts every position the same way.
     auto = AutoModelForCausalLM if config.model_type == "xlnet" else AutoModelForMaskedLM

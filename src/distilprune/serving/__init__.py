@@ -1,0 +1,1 @@
+"""Parts of the HTTP server (``distilprune.serve``): dynamic batching, metrics, the request gate."""
