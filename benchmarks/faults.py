@@ -62,7 +62,9 @@ def cli(args: list[Any], **kwargs: Any) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
-    _out, err = proc.communicate(timeout=600)
+    """Wait for ``proc`` (no timeout: on the shared machine the whole job may be paused with SIGSTOP,
+    and a deadline would expire during the pause)."""
+    _out, err = proc.communicate()
     return proc.returncode, err
 
 

@@ -608,7 +608,12 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(143)  # unwinds the `finally` blocks, which stop the servers
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parse_args()
     bodies, source = load_bodies()
     export_json = Path(args.model) / "export.json"

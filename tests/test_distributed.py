@@ -182,14 +182,15 @@ def test_only_the_main_process_writes_the_output(command, tiny_model_factory, ti
             calls.append("wait")
 
     monkeypatch.setattr(common, "PartialState", OtherProcess)
+    monkeypatch.setenv("RANK", "1")  # as torchrun sets it: non-main processes take no output lock
     runs = tmp_path / "runs"
     out = runs / "out"
     model = str(tiny_model_factory("bert", 2))
     args = {
         "finetune": ["--model", model, "--data", str(tiny_csv), "--max-steps", "2", "--batch-size", "8",
                      "--max-length", "32"],
-        "student": ["--teacher", model, "--layers", "1"],
-        "fit-mlm-head": ["--teacher", model, "--corpus", str(tiny_csv), "--steps", "1", "--batch-size", "8",
+        "student": ["--model", model, "--layers", "1"],
+        "fit-mlm-head": ["--model", model, "--corpus", str(tiny_csv), "--max-steps", "1", "--batch-size", "8",
                          "--max-length", "32"],
     }[command]
     result = CliRunner().invoke(app, [command, "--out", str(out), *args])

@@ -109,13 +109,13 @@ def mlm(f: Inputs, command: str, *extra: Any, teacher: Any = None, corpus: Any =
     default = f.model if command == "fit-mlm-head" else f.mlm_teacher
     return [
         command,
-        "--teacher",
+        "--model" if command == "fit-mlm-head" else "--teacher",
         teacher or default,
         "--out",
         f.work / "m",
         "--corpus",
         corpus or f.good,
-        "--steps",
+        "--max-steps",
         "1",
         "--max-length",
         "16",
@@ -169,7 +169,7 @@ def shrink(f: Inputs, model: Any, *extra: Any) -> list:
 
 
 def student(f: Inputs, *extra: Any, teacher: Any = None) -> list:
-    return ["student", "--teacher", teacher or f.model, "--out", f.work / "st", *extra]
+    return ["student", "--model", teacher or f.model, "--out", f.work / "st", *extra]
 
 
 # Every command that writes an output, with that output at ``out``.
@@ -433,7 +433,7 @@ BAD_INPUTS: dict[str, tuple[Args, str]] = {
     ),
     "number/distill_cos_layers": (lambda f: mlm(f, "distill-mlm", "--cos-layers", "some"), "cos_layers"),
     "number/distill_grad_accum_0": (lambda f: mlm(f, "distill-mlm", "--grad-accum", "0"), "grad_accum"),
-    "number/mlm_steps_0": (lambda f: mlm(f, "fit-mlm-head", "--steps", "0"), "max_steps"),
+    "number/mlm_steps_0": (lambda f: mlm(f, "fit-mlm-head", "--max-steps", "0"), "max_steps"),
     "number/mlm_corpus_limit_0": (lambda f: mlm(f, "fit-mlm-head", "--corpus-limit", "0"), "corpus limit"),
     **{
         f"number/benchmark_batch_sizes={sizes}": (
@@ -448,7 +448,7 @@ BAD_INPUTS: dict[str, tuple[Args, str]] = {
             ("--threads", "0"),
             ("--repeats", "0"),
             ("--warmup", "-1"),
-            ("--seq-len", "1"),
+            ("--max-length", "1"),
             ("--limit", "0"),
         ]
     },

@@ -178,5 +178,5 @@ def test_sparsity_and_benchmark_say_where_they_wrote(outputs, tmp_path, monkeypa
     assert code == 0 and f"wrote {tmp_path / 's' / 'sparsity.json'}" in out.replace("\n", ""), err
     code, out, err = run_cli(monkeypatch, capfd, "benchmark", outputs["onnx-int8"], "--out",
                              tmp_path / "b", "--repeats", "1", "--warmup", "0", "--batch-sizes", "1",
-                             "--seq-len", "16")
+                             "--max-length", "16")
     assert code == 0 and str(tmp_path / "b.json") in out.replace("\n", ""), err

@@ -118,7 +118,7 @@ def test_finetune_real_minilm(minilm, tweets, tmp_path, monkeypatch, capsys):
 def test_student_from_real_minilm(minilm, tmp_path, monkeypatch, capsys):
     out = tmp_path / "student"
     text = cli_ok(
-        monkeypatch, capsys, "student", "--teacher", "minilm-l6", "--out", out, "--layers", "3"
+        monkeypatch, capsys, "student", "--model", "minilm-l6", "--out", out, "--layers", "3"
     )
     assert "3L from 6L" in text
     config = json.loads((out / "config.json").read_text())

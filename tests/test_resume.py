@@ -96,11 +96,11 @@ def test_corrupt_checkpoint_is_a_one_line_error(tiny_model_factory, tiny_csv, tm
 def test_kill_and_resume_general_distillation_with_pruning(tiny_model_factory, tiny_csv, tmp_path):
     """Masking generator, pruning masks and data order all resume exactly (distill-mlm)."""
     teacher = tmp_path / "mlm"
-    head = run(["fit-mlm-head", "--teacher", str(tiny_model_factory("bert")), "--out", str(teacher),
-                "--corpus", str(tiny_csv), "--steps", "2", "--batch-size", "8", "--max-length", "32"])
+    head = run(["fit-mlm-head", "--model", str(tiny_model_factory("bert")), "--out", str(teacher),
+                "--corpus", str(tiny_csv), "--max-steps", "2", "--batch-size", "8", "--max-length", "32"])
     assert head.returncode == 0, head.stderr[-2000:]
     common = ["distill-mlm", "--teacher", str(teacher), "--corpus", str(tiny_csv), "--layers", "2",
-              "--steps", "12", "--batch-size", "4", "--max-length", "32", "--checkpoint-every", "4",
+              "--max-steps", "12", "--batch-size", "4", "--max-length", "32", "--checkpoint-every", "4",
               "--prune", "unstructured", "--final-sparsity", "0.5"]
     clean = run([*common, "--out", str(tmp_path / "clean")])
     assert clean.returncode == 0, clean.stderr[-2000:]

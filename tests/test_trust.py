@@ -130,11 +130,11 @@ def test_keyboard_interrupt_inside_a_command_is_not_success(monkeypatch, capfd, 
 # ----------------------------------------------------------------------------- 6. commands used below
 RUNS = {
     "finetune": lambda m, w, o: ["finetune", "--model", m, "--data", w / "good.csv", "--out", o, *FAST],
-    "student": lambda m, w, o: ["student", "--teacher", m, "--out", o, "--layers", "1"],
-    "fit-mlm-head": lambda m, w, o: ["fit-mlm-head", "--teacher", m, "--out", o, "--corpus", w / "good.csv",
-                                     "--steps", "1"],
+    "student": lambda m, w, o: ["student", "--model", m, "--out", o, "--layers", "1"],
+    "fit-mlm-head": lambda m, w, o: ["fit-mlm-head", "--model", m, "--out", o, "--corpus", w / "good.csv",
+                                     "--max-steps", "1"],
     "distill-mlm": lambda m, w, o: ["distill-mlm", "--teacher", m, "--out", o, "--corpus", w / "good.csv",
-                                    "--steps", "1"],
+                                    "--max-steps", "1"],
     "export": lambda m, w, o: ["export", "--model", m, "--out", o],
     "predict": lambda m, w, o: ["predict", "--model", m, "--data", w / "good.csv", "--out", o],
 }

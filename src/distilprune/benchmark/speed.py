@@ -447,11 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", required=True, help="where to write the result")
     parser.add_argument("--settings", default="{}", help="JSON keyword arguments of measure()")
     args = parser.parse_args(argv)
-    warnings.simplefilter("ignore")
     try:
         data = read_json(args.data)
-        result = benchmark_one(args.model, data["texts"], data.get("labels"),
-                               **json.loads(args.settings))
+        with warnings.catch_warnings():  # library chatter must not reach the parent's table
+            warnings.simplefilter("ignore")
+            result = benchmark_one(args.model, data["texts"], data.get("labels"),
+                                   **json.loads(args.settings))
         write_json(args.json, result)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

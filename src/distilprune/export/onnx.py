@@ -29,6 +29,7 @@ from distilprune.export.runtime import (
     OnnxClassifier,
     TextEncoder,
     max_sequence_length,
+    read_config,
     read_metadata,
     resolve_onnx,
     weights_size,
@@ -334,6 +335,22 @@ def check_export_target(out: Path, overwrite: bool, opset: int) -> None:
     require(opset >= 14, "ONNX opset must be at least 14")
 
 
+def _write_label_names(folder: Path, source: str | Path) -> list[str]:
+    """Write the label names into ``config.json``: the trained ones, else transformers' default
+    ``LABEL_i`` (transformers 5 omits that map, so a reader without transformers would find none)."""
+    from distilprune.jobs.common import read_metadata as training_metadata
+    from distilprune.jobs.common import trained_label_names
+
+    config = read_config(folder)
+    id2label = config.get("id2label") or {}
+    names = trained_label_names(training_metadata(resolve_model(source)), id2label) or [
+        f"LABEL_{i}" for i in range(len(id2label) or int(config.get("num_labels", 2)))]
+    config["id2label"] = {str(i): name for i, name in enumerate(names)}
+    config["label2id"] = {name: i for i, name in enumerate(names)}
+    write_json(folder / "config.json", config)
+    return names
+
+
 def export_metadata(model: torch.nn.Module, tokenizer: Any, names: list[str], folder: Path, *,
                     exporter: str, opset: int, max_length: int, texts: Sequence[str],
                     source: str | Path, int8: bool = False, quantization: dict | None = None
@@ -341,6 +358,7 @@ def export_metadata(model: torch.nn.Module, tokenizer: Any, names: list[str], fo
     """Save tokenizer + config beside ``folder/model.onnx``; the ``export.json`` content."""
     tokenizer.save_pretrained(folder)
     model.config.save_pretrained(folder)
+    labels = _write_label_names(folder, source)
     spec = EncoderSpec.from_hf(tokenizer, names)
     spec.backend = _encoder_backend(tokenizer, folder, spec, list(texts), max_length)
     return {
@@ -353,7 +371,7 @@ def export_metadata(model: torch.nn.Module, tokenizer: Any, names: list[str], fo
         "max_length": max_length,
         "inputs": names,
         "outputs": ["logits"],
-        "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
+        "labels": labels,
         "int8": int8,
         "quantization": quantization,
         "size_bytes": (folder / ONNX_FILENAME).stat().st_size,

@@ -50,6 +50,7 @@ from distilprune.models.loading import (
 )
 from distilprune.models.registry import cache_dir, resolve_model
 from distilprune.models.student import build_student, num_layers_of
+from distilprune.progress import progress_bar
 from distilprune.prune import (
     PruneConfig,
     PruningHook,
@@ -325,7 +326,8 @@ def teacher_logits(teacher_dir: str, texts: list[str], max_length: int) -> torch
         return load_file(path)["logits"]
     tokenizer = load_tokenizer(teacher_dir)
     model = load_classifier(teacher_dir, num_labels=_num_labels(teacher_dir))
-    logits = torch.from_numpy(predict_texts(model, tokenizer, texts, max_length))
+    with progress_bar(len(texts), "teacher logits") as bar:
+        logits = torch.from_numpy(predict_texts(model, tokenizer, texts, max_length, bar=bar))
     with atomic_file(path, "wb") as handle:
         handle.write(save({"logits": logits.contiguous()}))
     return logits

@@ -25,6 +25,7 @@ from distilprune.io import atomic_dir, atomic_file, check_writable, write_json
 from distilprune.jobs.common import read_metadata, trained_label_names
 from distilprune.models.loading import load_tokenizer, require_classifier
 from distilprune.models.registry import resolve_model
+from distilprune.progress import chunked, progress_bar
 
 
 class SavedClassifier:
@@ -43,8 +44,9 @@ class SavedClassifier:
         self.label_names: list[str] = trained_label_names(self.meta, id2label) or [
             str(i) for i in range(len(id2label) or 2)]
 
-    def _backend(self, engine: str) -> Callable[[list[str]], np.ndarray]:
-        """Texts -> logits on the directory's own runtime (:func:`~distilprune.formats.model_kind`)."""
+    def _backend(self, engine: str) -> Callable[[list[str], Any], np.ndarray]:
+        """``(texts, bar)`` -> logits on the directory's own runtime
+        (:func:`~distilprune.formats.model_kind`); ``bar`` is a tqdm bar or ``None``."""
         kind = model_kind(self.path)
         if kind in ONNX_KINDS:
             require(engine == "auto", f"{self.path} is an ONNX export: it runs on onnxruntime "
@@ -52,22 +54,32 @@ class SavedClassifier:
             if kind == "deepsparse":
                 from distilprune.benchmark.speed import load_runner
 
-                return load_runner(self.path, threads=None).predict_logits
+                return _with_bar(load_runner(self.path, threads=None).predict_logits)
             from distilprune.export.runtime import OnnxClassifier
 
-            return OnnxClassifier(self.path, max_length=self.max_length).predict_logits
+            return _with_bar(OnnxClassifier(self.path, max_length=self.max_length).predict_logits)
         model, tokenizer = load_source_model(self.path, engine), load_tokenizer(self.path)
-        return lambda texts: predict_texts(model, tokenizer, texts, self.max_length)
+        return lambda texts, bar: predict_texts(model, tokenizer, texts, self.max_length, bar=bar)
 
-    def logits(self, texts: Sequence[str], records: Sequence[dict] | None = None) -> np.ndarray:
-        """Logits for raw texts (the model's own preprocessing is applied)."""
+    def logits(self, texts: Sequence[str], records: Sequence[dict] | None = None,
+               progress: str | None = None) -> np.ndarray:
+        """Logits for raw texts (the model's own preprocessing is applied); ``progress`` names a
+        progress bar on stderr (shown on a terminal only)."""
         if self.preprocess:
             from distilprune.data.preprocess import build_preprocessor
 
             fn = build_preprocessor(self.preprocess)
             records = records or [{} for _ in texts]
             texts = [fn(t, r) for t, r in zip(texts, records, strict=True)]
-        return self._predict(list(texts))
+        if progress is None:
+            return self._predict(list(texts), None)
+        with progress_bar(len(texts), progress) as bar:
+            return self._predict(list(texts), bar)
+
+
+def _with_bar(predict: Callable[[list[str]], np.ndarray]) -> Callable[[list[str], Any], np.ndarray]:
+    """A texts -> logits runtime as ``(texts, bar)`` -> logits, in chunks when a bar is given."""
+    return lambda texts, bar: predict(texts) if bar is None else chunked(predict, texts, bar)
 
 
 def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path | None = None,
@@ -78,7 +90,7 @@ def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path | No
     check_writable(out)
     clf = SavedClassifier(model_dir, engine)
     table = load_table(data, text_column, label_column, label_names=clf.label_names)
-    logits = clf.logits(table.texts, table.extras or None)
+    logits = clf.logits(table.texts, table.extras or None, progress="evaluate")
     metrics = classification_metrics(table.labels, logits)
     metrics["data"] = str(data)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -100,7 +112,7 @@ def predict_file(model_dir: str | Path, data: str | Path, out: str | Path,
         raise UserError(f"{out} already exists (pass --overwrite to replace it)")
     clf = SavedClassifier(model_dir, engine)
     table = load_table(data, text_column, with_labels=False)
-    predictions = clf.logits(table.texts, table.extras or None).argmax(axis=-1).tolist()
+    predictions = clf.logits(table.texts, table.extras or None, progress="predict").argmax(axis=-1).tolist()
     with atomic_file(out, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "target"])

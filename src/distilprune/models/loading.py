@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import warnings
 from pathlib import Path
 
 import torch
@@ -25,7 +24,6 @@ SUPPORTED_ARCHITECTURES = ("bert", "roberta", "distilbert", "xlnet", "mpnet")
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 logging.getLogger("transformers").setLevel(logging.ERROR)
-warnings.filterwarnings("ignore", message=".*TRANSFORMERS_CACHE.*")
 
 
 def _load(what: str, name: str | Path, loader, **kwargs):

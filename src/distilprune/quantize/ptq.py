@@ -48,6 +48,8 @@ def dynamic_quantize(model: nn.Module, per_channel: bool = True) -> nn.Module:
         weight = PerChannelMinMaxObserver.with_args(
             dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-127, quant_max=127)
         qconfig = QConfig(activation=default_dynamic_quant_observer, weight=weight)
+    # torch.ao is deprecated (torchao is the replacement; see quantize/qat.py for why we have not
+    # moved yet): its deprecation warnings are silenced for this call only.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_.*deprecated.*")

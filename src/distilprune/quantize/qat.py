@@ -27,6 +27,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+# torch.ao.quantization is deprecated in favour of torchao, whose QATConfig (with
+# IntxFakeQuantizeConfig) is the replacement. We still use torch.ao's FakeQuantize + observers
+# because our QAT is a parametrization stacked on the pruning masks (pruned weights stay exactly
+# zero) and resumable checkpoints store these modules' state: moving is left for later.
+# torch 2.13 emits no warning for these classes; where torch.ao does warn
+# (quantize_dynamic in ptq.py), the warning is silenced locally, never globally.
 from torch.ao.quantization import (
     FakeQuantize,
     MovingAverageMinMaxObserver,

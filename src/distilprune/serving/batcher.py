@@ -234,7 +234,7 @@ class Batcher:
 
     def _forward(self, texts: list[str]) -> tuple[np.ndarray, int]:
         """Rows for ``texts`` in their order, computed in passes of similar length."""
-        if self.lengths is None:
+        if self.lengths is None or len(texts) == 1:  # nothing to group: skip the token count
             step = self.max_batch_size
             groups = [list(range(i, min(i + step, len(texts)))) for i in range(0, len(texts), step)]
         else:
