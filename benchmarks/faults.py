@@ -4,8 +4,9 @@ concurrent runs on one ``--out``. Writes ``results/faults.{json,md}``.
 Per interrupted run: the resumed run must succeed, end with the uninterrupted run's weights bit for
 bit, and leave nothing beside its output (``.NAME.tmp-*``, ``.NAME.old-*``, ``.NAME.lock``, the
 checkpoint). A SIGTERM'd run must also clean up after itself at once (its checkpoint stays). A run
-that finished before its signal landed is checked the same way, and the kill point is drawn again
-(earlier), so every scenario gets ``--n`` runs really killed. Per concurrent trial: exactly one of K
+that finished before its signal landed is checked the same way (exit 0 after a signal was sent is a
+failure: the run ignored it), and the kill point is drawn again (earlier), so every scenario gets
+``--n`` runs really killed. Per concurrent trial: exactly one of K
 runs succeeds, the others fail at start with one line (every other trial's ``--out`` is under
 directories that do not exist yet); K ``distilprune run`` of one recipe: exactly one runs the stage,
 the others fail at start (or, started after it finished, find it up to date).
@@ -137,15 +138,21 @@ def interrupt_trial(tally: Tally, command: list[Any], clean: Path, out: Path, si
     tally.runs += 1
     proc = cli([*command, "--out", out])
     start = wait_started(proc, out) or time.perf_counter()
+    sent = False
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
         proc.send_signal(signum)
+        sent = True
     code, first_err = finish(proc)
     seconds = time.perf_counter() - start
     killed = False
     if out.exists():  # renamed into place before the signal landed: complete, nothing to resume
         tally.finished_before_signal += 1
+        if sent and code == 0:  # the run went on after the signal and reported success
+            tally.failures += 1
+            tally.notes.append(f"{where(out)}: exited 0 after {signal.Signals(signum).name}: "
+                               f"{first_err.strip()[-300:]}")
     else:
         tally.killed += 1
         killed = True
@@ -264,7 +271,8 @@ def report(args: argparse.Namespace, tallies: list[Tally], cleans: dict[str, tup
     intro = (f"{args.n} rounds of kill -9 and of SIGTERM at a random moment after the start checks (seed "
              f"{args.seed}) of each checkpointed run ({args.steps} steps, `--checkpoint-every 2`), each "
              "followed by `--resume` and compared bit for bit with an uninterrupted run; a run that "
-             "finished before its signal landed (also checked) is started again with an earlier signal, "
+             "finished before its signal landed (also checked, and a failure if it exited 0 although the "
+             "signal was sent) is started again with an earlier signal, "
              f"up to {ATTEMPTS} runs a round (`runs`). Then {args.concurrent_trials} x {args.k} concurrent "
              "`finetune` runs on one `--out` (every other trial under directories that do not exist yet) "
              "and as many `distilprune run` of one recipe. Targets: leftovers 0, mismatches 0 (for the "

@@ -114,6 +114,33 @@ def test_signal_while_saving_exits_with_one_line(monkeypatch, capfd, work, model
     assert signal.getsignal(signum) == handler  # the CLI's handler is gone after the run
 
 
+class _SignalInFinalizer:
+    """Sends SIGTERM from its ``__del__``: the handler's exception lands where Python drops it."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_signal_landing_in_a_finalizer_is_not_lost(monkeypatch, capfd, work, model):
+    """A SIGTERM arriving while garbage collection runs a ``__del__`` (seen in benchmarks/faults.py:
+    the run went on and exited 0) still stops the run with 143."""
+    import time
+
+    import distilprune.jobs.finetune as finetune
+
+    def train_after_a_finalizer(*_args, **_kwargs):
+        _SignalInFinalizer()  # collected at once
+        time.sleep(5)  # the signal, sent again, lands here
+        raise AssertionError("the signal was lost")
+
+    monkeypatch.setattr(finetune, "train", train_after_a_finalizer)
+    before = snapshot(work)
+    code, _out, err = run_cli(monkeypatch, capfd, *RUNS["finetune"](model, work, work / "ft"))
+    assert code == 143, err
+    assert [line for line in err.splitlines() if line.strip()] == ["terminated (SIGTERM)"]
+    assert snapshot(work) == before
+
+
 def test_keyboard_interrupt_inside_a_command_is_not_success(monkeypatch, capfd, work, model):
     """typer turns a bare KeyboardInterrupt into a returned 130 that used to become exit 0."""
     import distilprune.jobs.inference as inference

@@ -740,6 +740,21 @@ def _raise_interrupted(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
 
+def _resend_lost_interrupts(hook: Any) -> Any:
+    """An ``sys.unraisablehook`` that sends a signal again when its :class:`Interrupted` was raised in
+    a finalizer (``__del__`` during garbage collection), where Python drops exceptions: else the run
+    would go on and exit 0. Sent again from another thread a moment later (once this hook has
+    returned: an exception in the hook itself would be dropped too), it lands in ordinary code."""
+
+    def handle(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            threading.Timer(0.1, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
+        else:
+            hook(unraisable)
+
+    return handle
+
+
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
     """SIGINT / SIGTERM raise :class:`Interrupted` while the CLI runs (handlers restored after)."""
@@ -747,9 +762,11 @@ def _signals_raise() -> Iterator[None]:
         yield
         return
     previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _resend_lost_interrupts(sys.unraisablehook)
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
