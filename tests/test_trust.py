@@ -141,6 +141,49 @@ def test_signal_landing_in_a_finalizer_is_not_lost(monkeypatch, capfd, work, mod
     assert snapshot(work) == before
 
 
+def test_signal_during_an_import_waits_for_it(monkeypatch, capfd, tmp_path, work, model):
+    """Raised inside an import, the exception would break the module (a C extension's initialisation
+    turns it into an ImportError, then the interpreter aborts at exit: seen in benchmarks/faults.py):
+    the signal lands once the import is done, and still stops the run with 143."""
+    import sys
+    import time
+
+    import distilprune.jobs.finetune as finetune
+
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    write(modules / "signal_on_import.py", "import os\nos.kill(os.getpid(), 15)\nDONE = 1\n")
+    monkeypatch.syspath_prepend(str(modules))
+    monkeypatch.delitem(sys.modules, "signal_on_import", raising=False)
+
+    def train_after_an_import(*_args, **_kwargs):
+        import signal_on_import  # noqa: F401
+        time.sleep(5)  # the signal, sent again, lands here
+        raise AssertionError("the signal was lost")
+
+    monkeypatch.setattr(finetune, "train", train_after_an_import)
+    code, _out, err = run_cli(monkeypatch, capfd, *RUNS["finetune"](model, work, work / "ft"))
+    assert code == 143, err
+    assert [line for line in err.splitlines() if line.strip()] == ["terminated (SIGTERM)"]
+    assert sys.modules["signal_on_import"].DONE == 1
+
+
+def test_interrupt_wrapped_by_a_library_is_still_an_interrupt(monkeypatch, capfd, work, model):
+    import distilprune.jobs.finetune as finetune
+    from distilprune.errors import Interrupted
+
+    def wrapped(*_args, **_kwargs):
+        try:
+            raise Interrupted(signal.SIGTERM)
+        except Interrupted as exc:
+            raise ImportError("initialization failed") from exc
+
+    monkeypatch.setattr(finetune, "train", wrapped)
+    code, _out, err = run_cli(monkeypatch, capfd, *RUNS["finetune"](model, work, work / "ft"))
+    assert code == 143, err
+    assert [line for line in err.splitlines() if line.strip()] == ["terminated (SIGTERM)"]
+
+
 def test_keyboard_interrupt_inside_a_command_is_not_success(monkeypatch, capfd, work, model):
     """typer turns a bare KeyboardInterrupt into a returned 130 that used to become exit 0."""
     import distilprune.jobs.inference as inference

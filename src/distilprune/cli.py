@@ -736,8 +736,40 @@ def study(
     out_console.print(f"runs: {counts['ran']} trained, {counts['skipped']} reused{pending}")
 
 
-def _raise_interrupted(signum: int, _frame: object) -> None:
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    """Raise :class:`Interrupted`, except inside an import: a C extension's initialisation turns the
+    exception into an ``ImportError`` (and may leave the interpreter unable to exit cleanly), so
+    the signal is sent again once the import is done."""
+    if _importing(frame):
+        _send_again(signum)
+        return
     raise Interrupted(signum)
+
+
+def _importing(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _send_again(signum: int) -> None:
+    """Deliver ``signum`` to this process again in a moment, from another thread."""
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+
+
+def _interrupt_behind(exc: BaseException) -> Interrupted | None:
+    """The :class:`Interrupted` a library turned into another exception, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, Interrupted):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _resend_lost_interrupts(hook: Any) -> Any:
@@ -748,7 +780,7 @@ def _resend_lost_interrupts(hook: Any) -> Any:
 
     def handle(unraisable: Any) -> None:
         if isinstance(unraisable.exc_value, Interrupted):
-            threading.Timer(0.1, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
+            _send_again(unraisable.exc_value.signum)
         else:
             hook(unraisable)
 
@@ -809,6 +841,10 @@ def _main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _exit_interrupted(signal.SIGINT)
+    except Exception as exc:
+        if (interrupt := _interrupt_behind(exc)) is None:
+            raise
+        _exit_interrupted(interrupt.signum)
     if isinstance(code, int) and code:  # typer returns Exit codes (a KeyboardInterrupt's: 130)
         if code == 130:
             _exit_interrupted(signal.SIGINT)
