@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install demo test lint bench clean deepsparse
+.PHONY: install demo test lint bench clean deepsparse optimum
 
 KERNELS := setup.py $(wildcard src/distilprune/engine/csrc/*.cpp)
 
@@ -53,6 +53,21 @@ $(DS_STAMP):
 	touch $(DS_STAMP)
 
 deepsparse: $(DS_STAMP)
+
+# Optional Optimum side venv for the interop benchmark and test (benchmarks/interop.py,
+# tests/test_interop.py): optimum-onnx 0.1.0 needs transformers < 4.58 (no release for transformers
+# 5 yet), so it cannot share the main venv. torch is the same CPU build as the main venv's.
+OPT_VENV  := benchmarks/work/optimum-venv
+OPT_STAMP := $(OPT_VENV)/.installed-optimum-onnx-0.1.0
+
+$(OPT_STAMP):
+	test -x $(OPT_VENV)/bin/python || $(PYTHON) -m venv $(OPT_VENV)
+	$(OPT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OPT_VENV)/bin/python -m pip install --quiet torch==2.13.0 "transformers==4.57.*" "optimum-onnx[onnxruntime]==0.1.0" tokenizers
+	$(OPT_VENV)/bin/python -c "import optimum.onnxruntime, transformers; print('optimum-onnx ready, transformers', transformers.__version__)"
+	touch $(OPT_STAMP)
+
+optimum: $(OPT_STAMP)
 
 clean:
 	rm -rf $(VENV) $(DS_VENV) runs .pytest_cache .ruff_cache

@@ -13,7 +13,6 @@ import argparse
 import shutil
 import time
 
-import numpy as np
 import torch
 from common import (
     DISASTER_TEST,
@@ -46,22 +45,16 @@ def data_config(preprocess: bool) -> DataConfig:
 
 def tfidf_baseline(preprocess: bool) -> dict:
     """TF-IDF (word 1-2 grams + char 2-5 grams) + logistic regression on the same split."""
-    from scipy.sparse import hstack
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
+    from distilprune.benchmark.baseline import BASELINE_NAME, baseline_logits, fit_tfidf_logreg
     from distilprune.evaluate import classification_metrics
 
     start = time.perf_counter()
     data = prepare_data(data_config(preprocess))
-    word = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True)
-    x_train = hstack([word.fit_transform(data.train.texts), char.fit_transform(data.train.texts)])
-    x_val = hstack([word.transform(data.val.texts), char.transform(data.val.texts)])
-    clf = LogisticRegression(C=4.0, max_iter=2000).fit(x_train, data.train.labels)
-    metrics = classification_metrics(data.val.labels, np.log(clf.predict_proba(x_val) + 1e-12))
-    return {"model": "tfidf-logreg", "preprocess": preprocess, **_pick(metrics),
-            "seconds": round(time.perf_counter() - start, 1), "parameters": x_train.shape[1] + 1}
+    model = fit_tfidf_logreg(data.train.texts, data.train.labels)
+    metrics = classification_metrics(data.val.labels, baseline_logits(model, data.val.texts))
+    features = sum(len(t.vocabulary_) for _, t in model[0].transformer_list)
+    return {"model": BASELINE_NAME, "preprocess": preprocess, **_pick(metrics),
+            "seconds": round(time.perf_counter() - start, 1), "parameters": features + 1}
 
 
 def _pick(metrics: dict) -> dict:

@@ -332,40 +332,55 @@ def old_server(args: argparse.Namespace, logs: Path) -> Path | None:
     return folder
 
 
-def start_modes(args: argparse.Namespace, logs: Path) -> dict[str, Server]:
-    """Every server compared at once: batched, unbatched, 2 workers, and the old one (if any)."""
+def mode_options(args: argparse.Namespace) -> dict[str, tuple[int, list[str], bool]]:
+    """Every server compared: (threads, options, old server?) of batched, unbatched, 2 workers and
+    the old one (when git can show it)."""
     batched = ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
     per_worker = max(1, args.threads // 2)
-    servers = {"batched": start_server(args.model, args.threads, batched, logs),
-               "unbatched": start_server(args.model, args.threads, ["--max-batch-size", "1"], logs),
-               f"batched, 2 workers x {per_worker} thread":
-                   start_server(args.model, per_worker, [*batched, "--workers", "2"], logs)}
-    if (folder := old_server(args, logs)) is not None:
-        servers[f"before ({args.before_rev[:7]}: one request at a time, lock)"] = start_server(
-            args.model, args.threads, [], logs, before=folder)
+    modes = {"batched": (args.threads, batched, False),
+             "unbatched": (args.threads, ["--max-batch-size", "1"], False),
+             f"batched, 2 workers x {per_worker} thread": (per_worker, [*batched, "--workers", "2"], False)}
+    modes[f"before ({args.before_rev[:7]}: one request at a time, lock)"] = (args.threads, [], True)
+    return modes
+
+
+def start_modes(args: argparse.Namespace, logs: Path, order: list[str]) -> dict[str, Server]:
+    """The servers of ``order``, started in that order (all up at once)."""
+    options, before = mode_options(args), old_server(args, logs)
+    servers = {}
+    for mode in order:
+        threads, flags, old = options[mode]
+        if old and before is None:
+            continue
+        servers[mode] = start_server(args.model, threads, flags, logs, **({"before": before} if old else {}))
     return servers
 
 
 def concurrency_runs(args: argparse.Namespace, bodies: list[bytes], logs: Path) -> list[dict]:
-    """Each concurrency: the modes in turn, ``--rounds`` times (rotating order), so that a change
-    in the machine's load hits every mode alike. Workers are measured at concurrency 32 only."""
-    servers = start_modes(args, logs)
-    rows = []
-    try:
-        for concurrency in args.concurrency:
-            modes = [m for m in servers if concurrency == 32 or "workers" not in m]
-            runs: dict[str, Measured] = {}
-            for r in range(args.rounds):
-                for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+    """``--rounds`` rounds; each starts every server afresh, in an order rotated every round (the
+    first server started measured ~10 % slower at concurrency 1 on this machine, whichever it
+    was), and runs each concurrency's modes in that order, so that neither the start order nor a
+    change in the machine's load favours a mode. Workers are measured at concurrency 32 only."""
+    names = list(mode_options(args))
+    runs: dict[tuple[int, str], Measured] = {}
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        servers = start_modes(args, logs, order)
+        try:
+            for concurrency in args.concurrency:
+                for mode in (m for m in servers if concurrency == 32 or "workers" not in m):
                     run = measure(servers[mode], bodies, concurrency, args.duration / args.rounds,
                                   args.warmup, metrics=mode in ("batched", "unbatched"))
-                    runs[mode] = runs[mode].add(run) if mode in runs else run
-            for mode in modes:
-                rows.append(summarize(runs[mode], mode, concurrency))
-                print(json.dumps({k: rows[-1][k] for k in COLUMNS}, default=_round), flush=True)
-    finally:
-        for server in servers.values():
-            server.stop()
+                    key = (concurrency, mode)
+                    runs[key] = runs[key].add(run) if key in runs else run
+        finally:
+            for server in servers.values():
+                server.stop()
+    rows = []
+    for concurrency in args.concurrency:
+        for mode in (m for m in names if (concurrency, m) in runs):
+            rows.append(summarize(runs[(concurrency, mode)], mode, concurrency))
+            print(json.dumps({k: rows[-1][k] for k in COLUMNS}, default=_round), flush=True)
     return rows
 
 
@@ -499,7 +514,9 @@ def markdown(payload: dict) -> str:
         f"{cfg['cpus']} CPUs shared by server and client on 127.0.0.1; closed-loop clients, one real "
         f"tweet per request ({cfg['texts']}); {cfg['duration']} s per mode and concurrency, in "
         f"{cfg['rounds']} turns interleaved with the other modes (each after {cfg['warmup']} s of "
-        f"warm-up), all servers up at once, so a change in the machine's load hits every mode alike. "
+        f"warm-up), all servers up at once, so a change in the machine's load hits every mode alike; "
+        f"every round restarts the servers in a rotated order (the first server started measured "
+        f"~10 % slower at concurrency 1, whichever mode it served). "
         f"Conditions: {cfg['conditions']}.\n",
         f"Command: `{cfg['command']}`\n",
         f"Model: {cfg['model_origin']}\n",
@@ -587,7 +604,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="server inference threads")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per mode and concurrency")
-    parser.add_argument("--rounds", type=int, default=3, help="the duration is split into this many "
+    parser.add_argument("--rounds", type=int, default=4, help="the duration is split into this many "
                                                              "turns, the modes interleaved")
     parser.add_argument("--warmup", type=float, default=1.0, help="untimed seconds before each turn")
     parser.add_argument("--max-batch-size", type=int, default=32)

@@ -160,3 +160,17 @@ def test_pareto_front_and_names():
     assert pareto_front(points, maximize_y=True) == [1, 0]
     assert pareto_front(points, maximize_y=False) == [3]
     assert model_names(["/a/model", "/b/model", "/a/x@int8"]) == ["a/model", "b/model", "x@int8"]
+
+
+def test_tfidf_baseline_is_measured_like_a_model():
+    from distilprune.benchmark.baseline import BASELINE_NAME, benchmark_baseline
+
+    words = {0: ["calm", "sunny", "lovely", "quiet"], 1: ["fire", "flood", "evacuate", "storm"]}
+    texts = [f"{words[i % 2][i % 4]} {words[i % 2][(i + 1) % 4]} day {i}" for i in range(40)]
+    labels = [i % 2 for i in range(40)]
+    result = benchmark_baseline(texts[:30], labels[:30], texts[30:], labels[30:], threads=1,
+                                batch_sizes=[1, 4], seq_len=16, warmup=1, repeats=3)
+    assert result["kind"] == result["name"] == BASELINE_NAME
+    assert result["accuracy"] == 1.0 and result["n"] == 10
+    assert set(result["latency"]) == {"1", "4"} and result["latency"]["4"]["p50_ms"] > 0
+    assert result["size_bytes"] > 0 and result["params"] > 2

@@ -203,12 +203,13 @@ LOADERS: dict[str, Callable[[Inputs, Any], list]] = {
     "sparsity": lambda f, m: ["sparsity", m],
 }
 
-THREE_LABELS = "text,target\na,0\nb,1\nc,2\nd,1\n"
 BLANK_ROWS = 'text,target\nfire here,1\n"   ",0\nnice day,0\n,1\n'
 JSONL_NULL = "\n".join(json.dumps({"text": t, "label": y}) for t, y in (("fire", 1), (None, 0), ("ok", 0)))
 JSONL_BAD = '{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n{"text": oops}\n'
 LATIN1 = "text,target\ncaf\xe9 br\xfbl\xe9,1\nna\xefve,0\n".encode("latin-1")
 FT_RECIPE = "finetune:\n  train:\n    epochs: 1\n"
+SQUAD_BAD = json.dumps({"data": [{"title": "t", "paragraphs": [{"context": "Fire near Canada.", "qas": [
+    {"id": "q1", "question": "Where?", "answers": [{"text": "in Ottawa", "answer_start": 10}]}]}]}]})
 
 BAD_INPUTS: dict[str, tuple[Args, str]] = {
     # ---- data files and columns
@@ -223,7 +224,14 @@ BAD_INPUTS: dict[str, tuple[Args, str]] = {
         lambda f: ft(f, data=f.file("d.csv", "id,text\n1,hi there\n2,fire\n")),
         "no label column",
     ),
-    "data/three_classes_binary_head": (lambda f: ft(f, data=f.file("d.csv", THREE_LABELS)), "binary"),
+    "data/three_classes_binary_head": (  # multi-class data: the classes come from the file (#20)
+        lambda f: ft(f, data=f.labels("d.csv", ["0", "1", "2"] * 8)),
+        "2-class classification head",
+    ),
+    "data/validation_split_smaller_than_the_classes": (
+        lambda f: ft(f, data=f.labels("d.csv", ["0", "1", "2"] * 4)),
+        "fewer than the 3 classes",
+    ),
     "data/blank_text_rows": (
         lambda f: ft(f, data=f.file("d.csv", BLANK_ROWS)),
         "2 rows have an empty text (data rows 2, 4)",
@@ -281,6 +289,36 @@ BAD_INPUTS: dict[str, tuple[Args, str]] = {
     "data/quantize_calibration_empty": (
         lambda f: quantize(f, f.onnx_export, "--data", f.file("d.csv", "")),
         "is empty",
+    ),
+    # ---- task kinds (issue #20): NER, QA and text-pair data
+    "task/unknown_task": (lambda f: ft(f, "--task", "parsing"), "unknown task 'parsing'"),
+    "task/pair_column_missing": (
+        lambda f: ft(f, "--text-pair-column", "sentence2"),
+        "text-pair column 'sentence2'",
+    ),
+    "task/pair_file_empty_second_text": (
+        lambda f: ft(f, data=f.file("d.tsv", "question\tsentence\tlabel\nwhere?\tthere\tyes\nwho?\t\tno\n")),
+        "empty text",
+    ),
+    "task/conll_missing_tag": (
+        lambda f: ft(f, data=f.file("d.conll", "fire\tO\nnear\nCanada\tB-location\n")),
+        "token 'near' has no tag",
+    ),
+    "task/conll_mixed_schemes": (
+        lambda f: ft(f, data=f.file("d.conll", "La\tB-loc\nRonge\tI-loc\n\nin\tO\nCanada\tI-loc\n")),
+        "mixes BIO with IO tags",
+    ),
+    "task/squad_answer_not_in_context": (
+        lambda f: ft(f, data=f.file("q.json", SQUAD_BAD)),
+        "does not occur in its context",
+    ),
+    "task/conll_for_a_classifier": (
+        lambda f: evaluate(f, f.model, data=f.file("d.conll", "fire\tO\n")),
+        "is token-classification data",
+    ),
+    "task/squad_for_a_classifier": (
+        lambda f: predict(f, f.model, "--data", f.file("q.json", SQUAD_BAD)),
+        "is question-answering data",
     ),
     # ---- models
     "model/unknown_alias": (lambda f: ft(f, model="minilm-l99"), "minilm-l99"),

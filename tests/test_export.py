@@ -231,3 +231,14 @@ def test_quantize_cli_measures_static_int8_against_its_fp32_source(tiny_model_fa
     parity = json.loads((tmp_path / "static" / "parity.json").read_text())
     assert parity["reference"] == "fp32 ONNX" and parity["n_texts"] == 16
     assert parity["max_abs_diff"] > 0 and parity["agreement"] >= 0.5  # int8: close, not identical
+
+
+def test_server_sessions_park_threads_between_runs_not_within():
+    from distilprune.export.runtime import session_options
+
+    server, batch = session_options(2, spin=False), session_options(2)
+    assert server.get_session_config_entry("session.force_spinning_stop") == "1"
+    with pytest.raises(RuntimeError):  # not set: worker threads still spin within a run
+        server.get_session_config_entry("session.intra_op.allow_spinning")
+    with pytest.raises(RuntimeError):
+        batch.get_session_config_entry("session.force_spinning_stop")

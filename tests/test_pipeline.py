@@ -45,7 +45,7 @@ def tiny_recipe(out: Path, model: Path, csv: Path, prune: dict) -> dict:
         "finetune": {"train": tiny_train(3), "task_distillation": True},
         "qat": {"steps": 2, "lr": 1e-4},
         "export": {"parity_texts": 8},
-        "benchmark": {"models": ["teacher", "compressed"], "repeats": 2, "warmup": 1,
+        "benchmark": {"models": ["teacher", "baseline", "compressed"], "repeats": 2, "warmup": 1,
                       "batch_sizes": [1], "limit": 8},
     }
 
@@ -115,7 +115,11 @@ def test_pipeline_runs_resumes_and_reruns_downstream_only(tiny_model_factory, ti
     assert all(t["block_size"] >= 4 for t in sparsity["tensors"])
     assert first.records["finetune"]["summary"]["distillation"]["teacher"] == str(out / "teacher")
     bench = first.records["benchmark"]["summary"]["models"]
-    assert [m["kind"] for m in bench] == ["torch", "onnx-int8"] and all("accuracy" in m for m in bench)
+    assert [m["kind"] for m in bench] == ["torch", "tfidf-logreg", "onnx-int8"]
+    assert all("accuracy" in m for m in bench)
+    md = (out / "report" / "report.md").read_text()
+    assert md.count("| baseline: TF-IDF + logistic regression (`tfidf-logreg`) |") == 2  # accuracy + latency
+    assert "the TF-IDF + logistic-regression baseline" in md.split("## Data")[0]  # in the headline
     assert first.records["export"]["summary"]["compact"]["sparsity"] > 0.2
 
     # a second run finds every stage up to date and touches no file

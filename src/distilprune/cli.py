@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,14 +17,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperCommand
 
 from distilprune.config import from_dict, merge, recipe_section
-from distilprune.errors import Interrupted, UserError, require_at_least
+from distilprune.errors import Interrupted, UserError, require, require_at_least
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,  # --install-completion
                   help="Distil, prune, quantize and export transformer text classifiers for CPUs.")
 models_app = typer.Typer(no_args_is_help=True, help="Packaged model aliases.")
 app.add_typer(models_app, name="models")
+PROG = "distilprune"  # the program name in usage lines and completion (_DISTILPRUNE_COMPLETE)
 console = Console(stderr=True)
 out_console = Console()
 
@@ -90,6 +92,83 @@ def _recipe(path: Path | None, section: str) -> dict[str, Any]:
     return recipe_section(path, section) if path is not None else {}
 
 
+def _recipe_option(section: str) -> Any:
+    """The ``--recipe`` option of a command whose recipe section is ``section``."""
+    return Opt(help=f"YAML recipe: its {section}: section, or the whole file; flags override it")
+
+
+# ----------------------------------------------------------------------------- recipe defaults in --help
+# Options whose config key is not their own name (otherwise: the one key whose last part is the name).
+_KEY_OF = {"model": "teacher", "data": "data.train", "corpus": "corpus.files", "corpus_limit": "corpus.limit",
+           "layers": "student_layers", "student_dir": "student", "prune_end": "prune.end_fraction",
+           "prune_every": "prune.frequency", "prune_scope": "prune.scope",
+           "prune_heads": "prune.heads", "prune_neurons": "prune.neurons"}
+
+
+def _config_key(option: str, keys: Iterable[str]) -> str | None:
+    """The one config key that the option (by parameter name) sets, if any."""
+    keys = list(keys)
+    for wanted in (option, _KEY_OF.get(option)):
+        found = [key for key in keys if wanted in (key, key.rpartition(".")[2])]
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A default as a recipe spells it; empty when there is none to show."""
+    if value is None or value == "" or value == []:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _default_note(key: str | None, value: Any) -> str:
+    """``(default: recipe's train.lr, else 5e-05)``; without a recipe key ``(default: 5e-05)``."""
+    shown = _shown(value)
+    if key is None:
+        return f"(default: {shown})" if shown else ""
+    return f"(default: recipe's {key}, else {shown})" if shown else f"(recipe key: {key})"
+
+
+class _RecipeHelp(TyperCommand):
+    """A command with ``--recipe``: its ``--help`` adds to every option the recipe key that sets it and
+    the built-in default, from the config dataclasses' defaults (:mod:`distilprune.recipe_defaults`)."""
+
+    configs: tuple[tuple[str, bool], ...] = ()  # ("module:Class", whether the recipe sets it)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self.show_defaults()
+        super().format_help(ctx, formatter)
+
+    def show_defaults(self) -> None:
+        """Append the default notes to the options' help texts (once)."""
+        if getattr(self, "_defaults_shown", False):
+            return
+        self._defaults_shown = True
+        from distilprune.recipe_defaults import DEFAULTS
+
+        tables = [(DEFAULTS[path], recipe) for path, recipe in self.configs]
+        for param in self.params:
+            if param.name == "recipe" or param.required or getattr(param, "hidden", False):
+                continue
+            for values, recipe in tables:
+                if (key := _config_key(param.name, values)) is not None:
+                    note = _default_note(key if recipe else None, values[key])
+                    param.help = " ".join(filter(None, (param.help, note)))
+                    param.show_default = False  # the note says it (typer's [default: no-x] would repeat it)
+                    break
+
+
+def _recipe_command(*configs: tuple[str, bool]) -> type[TyperCommand]:
+    """The command class of a recipe command whose settings are the dataclasses ``configs``
+    (``"module:Class"``, as in :data:`distilprune.recipe_defaults.CONFIGS`)."""
+    return type("RecipeCommand", (_RecipeHelp,), {"configs": configs})
+
+
 def _score(value: float | None) -> str:
     """A metric with 4 decimals, or ``n/a`` when it could not be measured."""
     return "n/a" if value is None else f"{value:.4f}"
@@ -99,11 +178,18 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("accuracy", "f1", "f1_macro", "precision", "recall", "n"):
+    for key in ("accuracy", "exact_match", "f1", "f1_macro", "precision", "recall", "n"):
         if key in metrics:
             value = metrics[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     out_console.print(table)
+    if metrics.get("per_type"):  # token classification: entity scores per type
+        types = Table(title="entities per type")
+        for column in ("type", "precision", "recall", "f1", "support"):
+            types.add_column(column, justify="left" if column == "type" else "right")
+        for name, m in metrics["per_type"].items():
+            types.add_row(name, *(f"{m[k]:.4f}" for k in ("precision", "recall", "f1")), str(m["support"]))
+        out_console.print(types)
 
 
 # ----------------------------------------------------------------------------- models
@@ -151,20 +237,32 @@ def _data_overrides(data, validation, text_column, label_column, preprocess, max
     }
 
 
-@app.command()
+@app.command(cls=_recipe_command(("distilprune.jobs.finetune:FinetuneConfig", True),
+                                  ("distilprune.jobs.distill:TaskLoss", False)))
 def finetune(
     model: Annotated[str | None, Opt(help="alias (minilm-l6, mpnet-base), model dir or hub ID")] = None,
-    data: Annotated[Path | None, Opt(help="labelled CSV/TSV/JSONL/JSON")] = None,
+    data: Annotated[Path | None, Opt(help="labelled CSV/TSV/JSONL/JSON, CoNLL (NER) or SQuAD JSON "
+                                          "(QA)")] = None,
     out: Annotated[Path | None, Opt(help="output model directory")] = None,
-    recipe: Annotated[Path | None, Opt(help="YAML recipe (flags override it)")] = None,
+    recipe: Annotated[Path | None, _recipe_option("finetune")] = None,
     validation: Annotated[Path | None, Opt(help="validation file (default: stratified split)")] = None,
+    task: Annotated[str | None, Opt(metavar=_choices("classification", "token-classification",
+                                                     "question-answering"),
+                                    help="the task (default: from --data: .conll NER, SQuAD JSON QA, "
+                                         "else classification)")] = None,
     text_column: Annotated[str | None, Opt()] = None,
+    text_pair_column: Annotated[str | None, Opt(help="second text of a text pair (GLUE pair TSVs: "
+                                                     "found without it)")] = None,
     label_column: Annotated[str | None, Opt()] = None,
     preprocess: Annotated[str | None, Opt(help="comma-separated steps, 'tweet' or 'none'")] = None,
     imbalance: Annotated[str | None, Opt(metavar=_choices("none", "class_weights", "oversample"),
                                          help="how to handle unbalanced classes")] = None,
     val_fraction: Annotated[float | None, Opt()] = None,
     limit: Annotated[int | None, Opt(help="use only the first N training rows")] = None,
+    val_limit: Annotated[int | None, Opt(help="validate on the first N validation rows only")] = None,
+    doc_stride: Annotated[int | None, Opt(help="QA: context tokens shared by consecutive windows")] = None,
+    max_answer_length: Annotated[int | None, Opt(help="QA: longest answer in tokens")] = None,
+    n_best: Annotated[int | None, Opt(help="QA: start/end candidates per window")] = None,
     epochs: Annotated[float | None, Opt()] = None,
     max_steps: Annotated[int | None, Opt()] = None,
     lr: Annotated[float | None, Opt()] = None,
@@ -202,7 +300,9 @@ def finetune(
         "model": model, "out": str(out) if out else None, "overwrite": overwrite or None,
         "lock_sparsity": lock_sparsity or None,
         "data": _data_overrides(data, validation, text_column, label_column, preprocess,
-                                max_length, imbalance, val_fraction, limit),
+                                max_length, imbalance, val_fraction, limit)
+        | {"task": task, "text_pair_column": text_pair_column, "val_limit": val_limit,
+           "doc_stride": doc_stride, "max_answer_length": max_answer_length, "n_best": n_best},
         "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
                   "seed": seed, "patience": patience, "checkpoint_every": checkpoint_every,
                   "resume": resume or None},
@@ -252,7 +352,7 @@ CorpusFiles = Annotated[
     list[Path] | None, Opt("--corpus", help="text/CSV/TSV files (default: ../shared/data texts)")]
 
 
-@app.command("fit-mlm-head")
+@app.command("fit-mlm-head", cls=_recipe_command(("distilprune.jobs.distill:MLMHeadConfig", True)))
 def fit_mlm_head(
     out: Annotated[Path, Opt(help="output masked-LM directory")],
     model: Annotated[str | None, Opt(help="encoder without an MLM head (alias or directory)")] = None,
@@ -262,7 +362,7 @@ def fit_mlm_head(
     max_steps: Annotated[int | None, Opt(help="optimizer steps (default one epoch)")] = None,
     batch_size: Annotated[int | None, Opt()] = None,
     lr: Annotated[float | None, Opt()] = None,
-    recipe: Annotated[Path | None, Opt()] = None,
+    recipe: Annotated[Path | None, _recipe_option("fit_mlm_head")] = None,
     overwrite: Annotated[bool, Opt()] = False,
     teacher: Annotated[str | None, _hidden("--teacher")] = None,
     steps: Annotated[int | None, _hidden("--steps")] = None,
@@ -281,10 +381,10 @@ def fit_mlm_head(
         raise UserError("fit-mlm-head needs --model (or a recipe that sets its teacher)")
     summary = run(cfg)
     out_console.print(f"masked-token accuracy on held-out text: {_score(summary['masked_accuracy_before'])} "
-                      f"-> {_score(summary['masked_accuracy'])} ({out})")
+                      f"-> {_score(summary['masked_accuracy'])}; wrote {out}")
 
 
-@app.command("distill-mlm")
+@app.command("distill-mlm", cls=_recipe_command(("distilprune.jobs.distill:GeneralDistillConfig", True)))
 def distill_mlm(
     teacher: Annotated[str | None, Opt(help="masked-LM teacher directory (see fit-mlm-head)")] = None,
     out: Annotated[Path | None, Opt(help="output student directory")] = None,
@@ -315,7 +415,7 @@ def distill_mlm(
     prune_neurons: PruneNeurons = None,
     checkpoint_every: Annotated[int | None, Opt(help="save a resumable checkpoint every N steps")] = None,
     resume: Annotated[bool, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = False,
-    recipe: Annotated[Path | None, Opt()] = None,
+    recipe: Annotated[Path | None, _recipe_option("distill_mlm")] = None,
     overwrite: Annotated[bool, Opt()] = False,
     steps: Annotated[int | None, _hidden("--steps")] = None,
 ) -> None:
@@ -343,7 +443,7 @@ def distill_mlm(
     out_console.print(
         f"student: {summary['parameters']:,} parameters, sparsity {summary['sparsity']:.1%}, "
         f"masked accuracy {_score(summary['masked_accuracy'])} "
-        f"(teacher {_score(summary['teacher_masked_accuracy'])})")
+        f"(teacher {_score(summary['teacher_masked_accuracy'])}) -> {cfg.out}")
 
 
 @app.command()
@@ -385,22 +485,34 @@ def _split_suffix(spec: str) -> tuple[str, str]:
     return (name, at + kind) if at else (spec, "")
 
 
-def _texts_for(model_dir: Path, data: Path | None, limit: int | None,
-               text_column: str | None = None) -> tuple[list[str] | None, list[int] | None]:
-    """Texts (preprocessed as ``model_dir`` was trained) and labels of ``data``, if given."""
+def _texts_for(model_dir: Path, data: Path | None, limit: int | None, text_column: str | None = None,
+               pairs: bool = False) -> tuple[list | None, list[int] | None]:
+    """Texts (preprocessed as ``model_dir`` was trained) and labels of ``data``, if given; with
+    ``pairs``, a pair classifier's or QA model's inputs as ``(text, second text)`` tuples. NER and
+    QA data give no labels (their scores come from ``evaluate``)."""
     require_at_least("--limit", limit, 1)
     if data is None:
         return None, None
     from distilprune.data.loading import load_table
     from distilprune.jobs.common import label_names_of, preprocess_table, read_metadata
+    from distilprune.task import require_data_for, task_of_model
 
     base = model_dir.parent if model_dir.suffix == ".onnx" else model_dir
+    task = task_of_model(base) if base.is_dir() else "classification"
+    require_data_for(model_dir, task, data)
+    if task != "classification":
+        from distilprune.jobs.tasks import task_texts
+
+        return task_texts(task, data, limit, pairs), None
     meta = read_metadata(base) if base.is_dir() else {}
     names = label_names_of(base) if (base / "config.json").is_file() else None
-    table = load_table(data, text_column, require_labels=False, num_labels=None, label_names=names)
+    table = load_table(data, text_column, require_labels=False, num_labels=None, label_names=names,
+                       pairs=bool(meta.get("text_pairs")))
     if limit:
         table = table.subset(list(range(min(limit, len(table)))))
     table = preprocess_table(table, meta.get("preprocess", []))
+    if pairs and table.pairs is not None:
+        return list(zip(table.texts, table.pairs, strict=True)), table.labels
     return table.texts, table.labels
 
 
@@ -412,6 +524,9 @@ def export(
                                help="compact: sparse bitmask safetensors; sparse: the sparse int8 engine's "
                                     "packed format; deepsparse: static fp32 ONNX")] = "onnx",
     int8: Annotated[bool, Opt(help="int8 weights (ONNX Runtime dynamic / compact int8)")] = False,
+    quantization: Annotated[str | None, Opt(metavar=_choices("dynamic", "qat-static"),
+                                            help="ONNX int8 method (implies --int8); qat-static: static "
+                                                 "QDQ from a QAT model's learned scales")] = None,
     data: Annotated[Path | None, Opt(help="texts for the parity check (default built-in)")] = None,
     limit: Annotated[int, Opt(help="parity texts to use from --data")] = 500,
     max_length: Annotated[int, Opt()] = 128,
@@ -422,6 +537,13 @@ def export(
 
     model = _local(model)
     check_writable(out)
+    if quantization is not None and format != "onnx":
+        raise UserError(f"--quantization applies to --format onnx, not {format}")
+    from distilprune.task import task_of_model
+
+    if format != "onnx" and (task := task_of_model(model)) != "classification":
+        raise UserError(f"{model} is a {task} model: it exports to --format onnx (compact, sparse and "
+                        "deepsparse formats hold classifiers)")
     if format == "sparse":
         from distilprune.export.sparse import export_sparse
 
@@ -451,12 +573,14 @@ def export(
         raise UserError(f"unknown export format {format!r}: use onnx, compact, sparse or deepsparse")
     from distilprune.export import export_onnx
 
-    texts, _ = _texts_for(model, data, limit)
+    texts, _ = _texts_for(model, data, limit, pairs=True)
+    int8 = int8 or quantization is not None
     result = export_onnx(model, out, int8=int8, max_length=max_length, parity_texts=texts,
-                         overwrite=overwrite)
+                         overwrite=overwrite, quantization=quantization or "dynamic")
     _copy_metadata(model, out)
     parity = result["parity"]
-    out_console.print(f"ONNX{' int8' if int8 else ''} -> {out}: parity on {parity['n_texts']} texts: "
+    method = f" int8 ({result['quantization']['method']})" if int8 else ""
+    out_console.print(f"ONNX{method} -> {out}: parity on {parity['n_texts']} texts: "
                       f"max |Δlogit| {parity['max_abs_diff']:.2e}, agreement {parity['agreement']:.4f}")
 
 
@@ -503,10 +627,22 @@ def _positive_ints(text: str, option: str) -> list[int]:
     return [int(part) for part in parts]
 
 
+def _benchmark_prefix(out: Path) -> Path:
+    """Where ``benchmark --out OUT`` writes: ``OUT/benchmark.{json,md,png}``. The old form, a file
+    ``X.json`` (or ``.md``, ``.png``: writes X.json, X.md, X.png), still works with one warning."""
+    if out.suffix in (".json", ".md", ".png") and not out.is_dir():
+        console.print(f"warning: --out {out} as a file is deprecated: --out is a directory that gets "
+                      "benchmark.json, .md and .png", highlight=False, soft_wrap=True)
+        return out.with_suffix("")
+    require(not out.is_file(), f"--out {out} is a file: benchmark writes benchmark.json, .md and .png "
+                               "into a directory")
+    return out / "benchmark"
+
+
 @app.command()
 def benchmark(
     models: Annotated[list[str], typer.Argument(help="model dirs / ONNX exports (first = baseline)")],
-    out: Annotated[Path, Opt(help="output prefix: writes PREFIX.json/.md/.png")],
+    out: Annotated[Path, Opt(help="output directory: gets benchmark.json, .md and .png")],
     data: Annotated[Path | None, Opt(help="labelled data for accuracy (and the texts)")] = None,
     limit: Annotated[int | None, Opt(help="use the first N rows of --data")] = 500,
     threads: Annotated[int, Opt(help="intra-op threads for every model")] = 1,
@@ -532,7 +668,8 @@ def benchmark(
                                ("--max-length", max_length, 2)):
         require_at_least(option, value, low)
     models = [str(_local(Path(name))) + suffix for name, suffix in map(_split_suffix, models)]
-    check_writable(out)
+    prefix = _benchmark_prefix(out)
+    check_writable(prefix.with_name(f"{prefix.name}.json"))
     for spec in models:  # before the first model's subprocess starts
         name, suffix = _split_suffix(spec)
         if suffix and suffix not in SPEC_SUFFIXES:
@@ -542,8 +679,8 @@ def benchmark(
             raise UserError(f"model not found: {path}")
         if (folder := path.parent if path.suffix == ".onnx" else path).is_dir():
             require_tokenizer_files(folder)
-    texts, labels = _texts_for(Path(models[0].split("@")[0]), data, limit)
-    report = run_benchmark(models, texts, labels, out, threads, sizes, max_length, repeats, warmup)
+    texts, labels = _texts_for(Path(models[0].split("@")[0]), data, limit, pairs=True)
+    report = run_benchmark(models, texts, labels, prefix, threads, sizes, max_length, repeats, warmup)
     print(Path(report["files"]["md"]).read_text())
     out_console.print(f"wrote {', '.join(str(f) for f in report['files'].values())}")
 
@@ -568,16 +705,19 @@ def shrink(
 @app.command()
 def evaluate(
     model: Annotated[Path, Opt(help="fine-tuned model directory")],
-    data: Annotated[Path, Opt(help="labelled data file")],
+    data: Annotated[Path, Opt(help="labelled data file (CoNLL for NER, SQuAD JSON for QA)")],
     out: Annotated[Path | None, Opt(help="report directory (default MODEL/eval_<data>)")] = None,
     text_column: Annotated[str | None, Opt()] = None,
     label_column: Annotated[str | None, Opt()] = None,
     engine: Engine = "auto",
+    text_pair_column: Annotated[str | None, Opt(help="second text of a pair classifier's pairs")] = None,
 ) -> None:
-    """Accuracy, F1, precision, recall, confusion matrix (JSON + PNG) on labelled data."""
+    """Accuracy, F1, precision, recall, confusion matrix (JSON + PNG) on labelled data; NER: entity
+    precision / recall / F1 per type; QA: SQuAD exact match and F1."""
     from distilprune.jobs.inference import evaluate_model
 
-    metrics = evaluate_model(model, data, out, text_column, label_column, engine=engine)
+    metrics = evaluate_model(model, data, out, text_column, label_column, engine=engine,
+                             text_pair_column=text_pair_column)
     _print_metrics(f"{data} -> {metrics['out']}", metrics)
 
 
@@ -585,23 +725,31 @@ def evaluate(
 def predict(
     model: Annotated[Path, Opt(help="fine-tuned model directory")],
     data: Annotated[Path | None, Opt(help="file to label")] = None,
-    out: Annotated[Path | None, Opt(help="predictions CSV (id,target)")] = None,
+    out: Annotated[Path | None, Opt(help="output directory (gets predictions.csv, .tsv, .conll or "
+                                          ".json by task and input) or a file whose suffix picks the "
+                                          "format")] = None,
     text: Annotated[list[str] | None, Opt(help="text(s) to label, repeatable")] = None,
     text_column: Annotated[str | None, Opt()] = None,
     overwrite: Annotated[bool, Opt()] = False,
     engine: Engine = "auto",
+    text_pair: Annotated[list[str] | None, Opt(help="second text of each --text (a pair classifier; "
+                                                    "QA: the context of each --text question)")] = None,
+    text_pair_column: Annotated[str | None, Opt(help="second text of a pair classifier's pairs")] = None,
 ) -> None:
-    """Label a file (Kaggle-style id,target CSV) or texts given with --text."""
+    """Label a file (Kaggle-style id,target CSV; GLUE index<TAB>prediction when --out ends in .tsv;
+    NER: token<TAB>tag; QA: {id: answer} JSON) or texts given with --text."""
     from distilprune.jobs.inference import predict_file, predict_text
 
     if text:
-        for row in predict_text(model, text, engine):
+        if text_pair is not None and len(text_pair) != len(text):
+            raise UserError(f"{len(text_pair)} --text-pair for {len(text)} --text: give one per text")
+        for row in predict_text(model, text, engine, text_pair):
             print(json.dumps(row), flush=True)
         return
     if data is None or out is None:
         raise UserError("predict needs --data and --out, or --text")
-    n = predict_file(model, data, out, text_column, overwrite, engine)
-    out_console.print(f"wrote {n} predictions to {out}")
+    n, written = predict_file(model, data, out, text_column, overwrite, engine, text_pair_column)
+    out_console.print(f"wrote {n} predictions to {written}")
 
 
 # typer >= 0.2x vendors its own click: its usage errors are not click.ClickException.
@@ -825,7 +973,7 @@ def _main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         with _signals_raise():
-            code = app(standalone_mode=False)
+            code = app(standalone_mode=False, prog_name=PROG)  # PROG also under python -m
     except UserError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -19,15 +19,21 @@ from sklearn.metrics import (
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from distilprune.data.batching import EncodedDataset, LengthGroupedBatchSampler, encode, make_collator
+from distilprune.data.batching import (
+    TARGETS,
+    EncodedDataset,
+    LengthGroupedBatchSampler,
+    encode,
+    make_collator,
+)
 from distilprune.io import save_png
 from distilprune.models.loading import model_input_names
 
 
 def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop batch entries the model's forward does not accept (and the labels)."""
+    """Drop batch entries the model's forward does not accept (and the targets: labels, QA positions)."""
     accepted = model_input_names(model)
-    return {k: v for k, v in batch.items() if k in accepted and k != "labels"}
+    return {k: v for k, v in batch.items() if k in accepted and k not in TARGETS}
 
 
 @torch.inference_mode()
@@ -51,9 +57,11 @@ def predict_logits(model: nn.Module, dataset: EncodedDataset, tokenizer: PreTrai
 
 
 def predict_texts(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                  max_length: int = 128, batch_size: int = 64, bar: Any = None) -> np.ndarray:
-    """Logits for raw (already preprocessed) texts; ``bar`` as in :func:`predict_logits`."""
-    dataset = EncodedDataset(encode(tokenizer, texts, max_length))
+                  max_length: int = 128, batch_size: int = 64, bar: Any = None,
+                  pairs: Sequence[str] | None = None) -> np.ndarray:
+    """Logits for raw (already preprocessed) texts, or text pairs with ``pairs`` (the second
+    texts); ``bar`` as in :func:`predict_logits`."""
+    dataset = EncodedDataset(encode(tokenizer, texts, max_length, pairs))
     return predict_logits(model, dataset, tokenizer, batch_size, bar)
 
 

@@ -106,7 +106,7 @@ def card_metadata(folder: Path, measured: dict[str, Any] | None) -> dict[str, An
     tags += ["int8"] * (quantization != "none (fp32)") + ["sparse"] * bool(meta.get("sparsity"))
     data: dict[str, Any] = {
         "library_name": "onnx" if onnx else "transformers" if kind == "torch" else "distilprune",
-        "pipeline_tag": "text-classification" if classifier else "fill-mask",
+        "pipeline_tag": _pipeline_tag(config, meta, classifier),
         "tags": tags,
         "base_model": _base_model(meta, export),
         "datasets": [dataset] if dataset else None,
@@ -123,6 +123,16 @@ def card_metadata(folder: Path, measured: dict[str, Any] | None) -> dict[str, An
         "config": meta.get("config"), "distillation": meta.get("distillation"),
     })
     return _drop_none(data)
+
+
+def _pipeline_tag(config: dict[str, Any], meta: dict[str, Any], classifier: bool) -> str:
+    """text-classification, token-classification, question-answering, or fill-mask (an encoder)."""
+    from distilprune.task import PIPELINE_TAGS, has_head, task_of_config
+
+    task = task_of_config(config, meta)
+    if task != "classification" and has_head(config, task):
+        return PIPELINE_TAGS[task]
+    return "text-classification" if classifier else "fill-mask"
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:

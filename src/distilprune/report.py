@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from distilprune.benchmark.baseline import BASELINE_NAME
 from distilprune.config import to_dict
 from distilprune.export.runtime import weights_size
 from distilprune.io import atomic_file
@@ -34,7 +35,8 @@ FIGURES = (  # (stage, file, caption)
     ("distill", "sparsity.png", "Sparsity per layer and tensor after pruned distillation"),
     ("benchmark", "benchmark.png", "Benchmark: accuracy vs latency (Pareto front)"),
 )
-ROLE_LABELS = {"teacher": "teacher", "student": "student, PyTorch", "compressed": "student, ONNX"}
+ROLE_LABELS = {"teacher": "teacher", "student": "student, PyTorch", "compressed": "student, ONNX",
+               "baseline": "baseline: TF-IDF + logistic regression"}
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#1f2328;line-height:1.5}
@@ -82,23 +84,42 @@ def final_stage(cfg: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- sections
+def _compression_phrase(cfg: Any, final: dict[str, Any]) -> str:
+    prune = cfg.distill.prune
+    if prune is not None and prune.method == "structured":
+        return (f"with **{prune.heads:.0%}** of its attention heads and **{prune.neurons:.0%}** of its "
+                "FFN neurons removed")
+    return f"with **{_pct(final.get('sparsity'))}** sparse transformer weights"
+
+
+def _deployed_sentence(bench: list[dict[str, Any]]) -> str:
+    """Speed-ups of the deployed (last) model at every batch size, and the baseline's accuracy."""
+    last = bench[-1]
+    ratios, size = last.get("ratios", {}), last.get("ratios", {}).get("size")
+    speedups = [f"{_num(ratios.get(f'speedup_b{b}'), '{:.1f}')}× at batch {b}"
+                for b in last.get("latency", {})]
+    text = (f" The deployed model `{last.get('name')}` runs faster than the teacher by "
+            f"{' and '.join(speedups)}, and is {_num(1 / size if size else None, '{:.1f}')}× smaller "
+            "on disk.")
+    baseline = next((m for m in bench if m.get("kind") == BASELINE_NAME), None)
+    if baseline is not None and baseline.get("accuracy") is not None:
+        text += (f" On the same {baseline.get('n', '?')} validation rows it scores "
+                 f"{_num(last.get('accuracy'))}; the TF-IDF + logistic-regression baseline "
+                 f"{_num(baseline.get('accuracy'))}.")
+    return text
+
+
 def _headline(cfg: Any, records: dict[str, dict]) -> list[Block]:
     teacher, final = _summary(records, "teacher"), _summary(records, final_stage(cfg))
     student = _summary(records, "student")
     acc_t, acc_s = teacher.get("metrics", {}).get("accuracy"), final.get("metrics", {}).get("accuracy")
     text = (f"Compressed **{cfg.teacher.model}** into a **{student.get('student_layers', '?')}-layer "
-            f"student** with **{_pct(final.get('sparsity'))}** sparse transformer weights"
+            f"student** {_compression_phrase(cfg, final)}"
             f"{' and int8 quantization' if cfg.qat.enabled or cfg.export.int8 else ''}. "
             f"Validation accuracy {_num(acc_s)} (teacher {_num(acc_t)}).")
     bench = _bench_models(records)
     if len(bench) > 1:
-        last = bench[-1]
-        ratios = last.get("ratios", {})
-        batch = next(iter(last.get("latency", {})), "1")
-        size = ratios.get("size")
-        text += (f" The deployed model `{last.get('name')}` is "
-                 f"{_num(ratios.get(f'speedup_b{batch}'), '{:.2f}')}× faster than the teacher at "
-                 f"batch {batch} and {_num(1 / size if size else None, '{:.1f}')}× smaller on disk.")
+        text += _deployed_sentence(bench)
     return [("h1", f"Model card: {Path(cfg.out).name}"), ("p", text)]
 
 
@@ -109,7 +130,9 @@ def _data_blocks(cfg: Any, records: dict[str, dict]) -> list[Block]:
              f"(seed {cfg.data.split_seed})")
     items = [f"Training data: `{cfg.data.train}` ({data.get('n_train', '?')} rows used for training)",
              f"Validation: {split}, {data.get('n_val', '?')} rows",
-             f"Labels: {cfg.data.num_labels} classes; imbalance handling: {cfg.data.imbalance}",
+             f"Task: {cfg.data.kind}; labels: {cfg.data.num_labels or 'from the data'}"
+             + (f" classes; imbalance handling: {cfg.data.imbalance}"
+                if cfg.data.kind == "classification" else ""),
              f"Training file SHA-256: `{str(data.get('train_sha256', '?'))[:16]}…`"]
     train_bal, val_bal = data.get("class_balance_train", {}), data.get("class_balance_val", {})
     rows = [[name, _pct(share), _pct(val_bal.get(name))] for name, share in train_bal.items()]
@@ -181,9 +204,10 @@ def _accuracy_blocks(cfg: Any, records: dict[str, dict]) -> list[Block]:
         rows.append(_model_row("student after QAT", _summary(records, "qat"), _size(root, "qat")))
     export, sparsity = _summary(records, "export"), _summary(records, final_stage(cfg)).get("sparsity")
     for label, bench in zip(_roles(records), _bench_models(records), strict=False):
-        if bench.get("kind", "").startswith("onnx"):
+        kind = bench.get("kind", "")
+        if kind.startswith("onnx") or kind == BASELINE_NAME:
             rows.append([label, _num(bench.get("accuracy")),
-                         _num(bench.get("f1")), "–", _pct(sparsity),
+                         _num(bench.get("f1")), "–", _pct(sparsity) if kind != BASELINE_NAME else "–",
                          _count(bench.get("params")), "–", _mb(bench.get("size_bytes")),
                          f"benchmark subset, n={bench.get('n', '?')}"])
     if export.get("compact"):

@@ -1,4 +1,9 @@
-"""HTTP inference server: ``GET /health``, ``POST /predict`` and ``GET /metrics`` for one classifier.
+"""HTTP inference server: ``GET /health``, ``POST /predict`` and ``GET /metrics`` for one model.
+
+``/predict`` takes ``{"texts": [...]}`` (a pair classifier: ``[[text, second text], ...]``) and
+returns labels with probabilities, or (token classification) the entities of each text with
+character offsets; a QA model takes ``{"question": ..., "context": ...}`` and returns the answer
+span with its score and character offsets.
 
 The model (a PyTorch model directory, an ONNX export directory or a ``.onnx`` file) is loaded
 once by :func:`create_app`, so a bad path fails before the server starts. Concurrent requests are
@@ -36,6 +41,7 @@ from distilprune.export.runtime import ONNX_FILENAME, OnnxClassifier, resolve_on
 from distilprune.serving.batcher import Batcher, Closed, QueueFull
 from distilprune.serving.gate import NOTES, Gate, busy_response
 from distilprune.serving.metrics import CONTENT_TYPE, Metrics
+from distilprune.task import split_pairs, task_of_model
 
 TRAINING_METADATA = "distilprune.json"  # = distilprune.jobs.common.METADATA_FILE (imports torch)
 API_KEY_ENV = "DISTILPRUNE_API_KEY"
@@ -47,15 +53,19 @@ Backend = Literal["torch", "onnx", "sparse", "deepsparse"]
 
 @dataclass
 class LoadedModel:
-    """A classifier behind one interface: ``logits(texts) -> (n, num_labels)``, one forward pass
-    per call; ``lengths(texts)`` (token counts) lets a batch be cut by length (None: static shape)."""
+    """A model behind one interface: ``logits(items) -> (n, num_labels)``, one forward pass per
+    call (token classification / QA: one answer object per item); ``lengths(items)`` (token counts)
+    lets a batch be cut by length (None: static shape). Items are texts, or ``(text, second text)``
+    tuples (a pair classifier; QA: question and context)."""
 
     path: str
     backend: Backend
     labels: list[str]
-    logits: Callable[[Sequence[str]], np.ndarray]
-    lengths: Callable[[list[str]], list[int]] | None = None
+    logits: Callable[[Sequence[Any]], np.ndarray]
+    lengths: Callable[[list[Any]], list[int]] | None = None
     load_seconds: float = 0.0
+    task: str = "classification"
+    pairs: bool = False
 
 
 def _is_onnx(path: Path) -> bool:
@@ -83,13 +93,44 @@ def _load_onnx(path: Path, threads: int) -> LoadedModel:
         return LoadedModel(str(path), "deepsparse", [str(x) for x in labels],
                            _with_preprocessing(_power_of_two_rows(runner.predict_logits),
                                                meta.get("preprocess")))
-    # A server shares its CPUs with its event loop: idle ORT threads sleep instead of spinning.
+    # A server shares its CPUs with its event loop: ORT threads park as soon as a run ends.
     clf = OnnxClassifier(onnx_file, threads=threads, max_length=meta.get("max_length"), spin=False)
     labels = meta.get("label_names") or [str(clf.id2label[i]) for i in sorted(clf.id2label)]
+
+    def logits(items: Sequence[Any]) -> np.ndarray:
+        texts, pairs = split_pairs(items)
+        return clf.predict_logits(texts, max(1, len(texts)), pairs)
+
     return LoadedModel(str(path), "onnx", [str(x) for x in labels],
-                       _with_preprocessing(lambda texts: clf.predict_logits(texts, max(1, len(texts))),
-                                           meta.get("preprocess")),
-                       _token_counter(folder, clf.max_length))
+                       _with_preprocessing(logits, meta.get("preprocess")),
+                       _token_counter(folder, clf.max_length), pairs=bool(meta.get("text_pairs")))
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """A 1-D object array holding one answer per item (the batcher's rows)."""
+    rows = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        rows[i] = value
+    return rows
+
+
+def _load_task(path: Path, threads: int, engine: str, task: str) -> LoadedModel:
+    """A token-classification or QA model (PyTorch directory or ONNX export)."""
+    from distilprune.task_runtime import SpanReader, load_task_runner
+
+    folder = path.parent if path.suffix == ".onnx" else path
+    runner = load_task_runner(path, threads, engine, spin=False)
+    backend: Backend = "onnx" if _is_onnx(path) else "torch"
+    counter = _token_counter(folder, runner.max_length)
+    if isinstance(runner, SpanReader):
+        def answer(items: Sequence[Any]) -> np.ndarray:
+            questions, contexts = split_pairs(items)
+            return _objects(runner.answer_pairs(questions, contexts or []))
+
+        return LoadedModel(str(path), backend, [], answer, counter, task=task, pairs=True)
+    return LoadedModel(str(path), backend, list(runner.labels),
+                       lambda texts: _objects([{"entities": e} for e in runner.entities(list(texts))]),
+                       counter, task=task)
 
 
 def _power_of_two_rows(predict: Callable[..., np.ndarray]) -> Callable[[Sequence[str]], np.ndarray]:
@@ -112,7 +153,7 @@ def _token_counter(folder: Path, max_length: int) -> Callable[[list[str]], list[
 
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     except Exception:  # missing or unreadable: the model loader reports real tokenizer problems
-        return lambda texts: [len(t) // 4 + 2 for t in texts]
+        return lambda texts: [len(str(t)) // 4 + 2 for t in texts]
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
     return lambda texts: [len(e.ids) for e in tokenizer.encode_batch(texts)]
@@ -126,7 +167,8 @@ def _with_preprocessing(logits: Callable[[Sequence[str]], np.ndarray],
     from distilprune.data.preprocess import build_preprocessor
 
     clean = build_preprocessor(steps)
-    return lambda texts: logits([clean(t, {}) for t in texts])
+    return lambda items: logits([tuple(clean(x, {}) for x in t) if isinstance(t, tuple) else clean(t, {})
+                                 for t in items])
 
 
 def _load_torch(path: Path, threads: int, engine: str = "auto") -> LoadedModel:
@@ -142,8 +184,13 @@ def _load_torch(path: Path, threads: int, engine: str = "auto") -> LoadedModel:
     except (OSError, ValueError) as exc:  # transformers: missing weights / tokenizer files
         raise UserError(f"cannot load model {path}: {exc}") from exc
     backend = "sparse" if engine == "sparse" or (path / "model.sparse.safetensors").is_file() else "torch"
-    return LoadedModel(str(path), backend, list(clf.label_names), clf.logits,
-                       _token_counter(path, clf.max_length))
+
+    def logits(items: Sequence[Any]) -> np.ndarray:
+        texts, pairs = split_pairs(items)
+        return clf.logits(texts, pairs=pairs)
+
+    return LoadedModel(str(path), backend, list(clf.label_names), logits,
+                       _token_counter(path, clf.max_length), pairs=clf.pairs)
 
 
 def _resolve_path(model_path: str | Path) -> Path:
@@ -166,7 +213,9 @@ def load_model(model_path: str | Path, threads: int = 1, engine: str = "auto") -
     path = _resolve_path(model_path)
     require(threads >= 1, "threads must be at least 1")
     start = time.perf_counter()
-    if _is_onnx(path):
+    if (task := task_of_model(path)) != "classification":
+        model = _load_task(path, threads, engine, task)
+    elif _is_onnx(path):
         require(engine == "auto", f"{path} is an ONNX export: it runs on its own engine (no --engine)")
         model = _load_onnx(path, threads)
     else:
@@ -200,18 +249,30 @@ class Health(BaseModel):
     labels: list[str]
 
 
-def request_model(max_batch: int, max_text_chars: int) -> type[BaseModel]:
-    """The ``/predict`` body schema with this server's limits."""
+def request_model(max_batch: int, max_text_chars: int, task: str = "classification",
+                  pairs: bool = False) -> type[BaseModel]:
+    """The ``/predict`` body schema with this server's limits: ``{"texts": [...]}`` (text pairs as
+    two-element lists), or ``{"question": ..., "context": ...}`` for a QA model (the context is
+    bounded by the body size only)."""
     text = Annotated[str, StringConstraints(strict=True, max_length=max_text_chars)]
+    if task == "question-answering":
+        class QuestionRequest(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            question: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=max_text_chars)]
+            context: Annotated[str, StringConstraints(strict=True, min_length=1)]
+
+        return QuestionRequest
+    item = tuple[text, text] if pairs else text
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        texts: Annotated[list[text], Field(min_length=1, max_length=max_batch)]
+        texts: Annotated[list[item], Field(min_length=1, max_length=max_batch)]  # type: ignore[valid-type]
 
     return PredictRequest
 
 
-def _describe(error: dict[str, Any], max_batch: int, max_text_chars: int) -> str:
+def _describe(error: dict[str, Any], max_batch: int, max_text_chars: int,
+              fields: str = "'texts'") -> str:
     """One readable sentence for a pydantic / FastAPI validation error."""
     kind, loc = error.get("type", ""), [p for p in error.get("loc", ()) if p != "body"]
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
@@ -219,12 +280,14 @@ def _describe(error: dict[str, Any], max_batch: int, max_text_chars: int) -> str
         return f"request body is not valid JSON: {error.get('ctx', {}).get('error', '')}".rstrip(": ")
     messages = {
         "missing": f"missing field '{where}'" if where else 'body must be {"texts": [...]}',
-        "extra_forbidden": f"unexpected field '{where}' (expected only 'texts')",
+        "extra_forbidden": f"unexpected field '{where}' (expected only {fields})",
         "too_short": "'texts' must contain at least one text",
         "too_long": f"too many texts: at most {max_batch} per request",
         "string_too_long": f"{where} is longer than {max_text_chars} characters",
         "string_type": f"{where} must be a string",
         "list_type": "'texts' must be a list of strings",
+        "tuple_type": f"{where} must be a [text, second text] pair",
+        "string_too_short": f"{where} is empty",
         "model_attributes_type": 'body must be a JSON object {"texts": [...]}',
         "dict_type": 'body must be a JSON object {"texts": [...]}',
     }
@@ -292,7 +355,9 @@ def create_app(model_path: str | Path, *, max_batch: int = 64, max_text_chars: i
                    max_queue, request_timeout)
     model = load_model(model_path, threads, engine)
     metrics = Metrics(model.load_seconds)
-    batcher = Batcher(lambda texts: softmax(np.asarray(model.logits(texts))),
+    forward = (model.logits if model.task != "classification"
+               else lambda texts: softmax(np.asarray(model.logits(texts))))
+    batcher = Batcher(forward,
                       max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                       lengths=model.lengths, on_batch=metrics.batch)
     metrics.queue_depth = lambda: batcher.depth
@@ -302,8 +367,9 @@ def create_app(model_path: str | Path, *, max_batch: int = 64, max_text_chars: i
     app.add_middleware(Gate, metrics=metrics, batcher=batcher, api_key=api_key, access_log=access_log,
                        draining=app.state.draining)
     app.state.model, app.state.batcher, app.state.metrics = model, batcher, metrics
-    _add_error_handler(app, max_batch, max_text_chars)
-    _add_routes(app, request_model(max_batch, max_text_chars), request_timeout)
+    _add_error_handler(app, max_batch, max_text_chars,
+                       "'question' and 'context'" if model.task == "question-answering" else "'texts'")
+    _add_routes(app, request_model(max_batch, max_text_chars, model.task, model.pairs), request_timeout)
     return app
 
 
@@ -348,7 +414,7 @@ def _mark_draining(draining: threading.Event, previous: Callable, signum: int, f
     previous(signum, frame)
 
 
-def _add_error_handler(app: FastAPI, max_batch: int, max_text_chars: int) -> None:
+def _add_error_handler(app: FastAPI, max_batch: int, max_text_chars: int, fields: str = "'texts'") -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
@@ -356,7 +422,7 @@ def _add_error_handler(app: FastAPI, max_batch: int, max_text_chars: int) -> Non
         if not_object and "json" not in request.headers.get("content-type", ""):
             return JSONResponse({"detail": "Content-Type must be application/json"}, 415)
         status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
-        detail = "; ".join(dict.fromkeys(_describe(e, max_batch, max_text_chars) for e in errors))
+        detail = "; ".join(dict.fromkeys(_describe(e, max_batch, max_text_chars, fields) for e in errors))
         return JSONResponse({"detail": detail}, status_code=status)
 
 
@@ -374,9 +440,10 @@ def _add_routes(app: FastAPI, body_model: type[BaseModel], timeout: float) -> No
     @app.post("/predict")
     async def predict(body: body_model, request: Request) -> PredictResponse:  # type: ignore[valid-type]
         notes = request.scope.setdefault(NOTES, {})
-        notes["texts"] = len(body.texts)
+        items = _request_items(body)
+        notes["texts"] = len(items)
         try:
-            probs = await batcher.predict(body.texts, timeout, notes.get("arrival"))
+            probs = await batcher.predict(items, timeout, notes.get("arrival"))
         except (QueueFull, Closed) as exc:
             return _unavailable(exc, batcher)  # type: ignore[return-value]
         except TimeoutError:
@@ -386,7 +453,16 @@ def _add_routes(app: FastAPI, body_model: type[BaseModel], timeout: float) -> No
             log.exception("inference failed")
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return JSONResponse({"detail": f"inference failed: {first}"}, 500)  # type: ignore[return-value]
+        if model.task != "classification":
+            return JSONResponse({"predictions": list(probs)})  # type: ignore[return-value]
         return PredictResponse(predictions=_predictions(probs, model.labels))
+
+
+def _request_items(body: BaseModel) -> list[Any]:
+    """The texts of a request (pairs as tuples; a QA request: one (question, context) pair)."""
+    if hasattr(body, "question"):
+        return [(body.question, body.context)]  # type: ignore[attr-defined]
+    return [tuple(t) if isinstance(t, list | tuple) else t for t in body.texts]  # type: ignore[attr-defined]
 
 
 def _predictions(probs: np.ndarray, labels: list[str]) -> list[Prediction]:

@@ -35,6 +35,7 @@ from distilprune.export.runtime import (
     weights_size,
 )
 from distilprune.io import read_json, write_json
+from distilprune.task import split_pairs
 
 # ``DIR@int8``: PyTorch dynamic int8; ``DIR@sparse``: the sparse int8 engine (packed at load).
 SPEC_SUFFIXES = {"@int8": "torch-int8", "@sparse": "sparse"}
@@ -67,14 +68,16 @@ class OnnxRunner:
     def set_threads(self, threads: int) -> None:
         self.classifier.set_threads(threads)
 
-    def encode(self, texts: Sequence[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
-        return self.classifier.encode(texts, pad_to)
+    def encode(self, texts: Sequence[Any], pad_to: int | None = None) -> dict[str, np.ndarray]:
+        first, pairs = split_pairs(texts)
+        return self.classifier.encode(first, pad_to, pairs)
 
     def run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         return self.classifier.run(batch)
 
-    def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        return self.classifier.predict_logits(texts, batch_size)
+    def predict_logits(self, texts: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        first, pairs = split_pairs(texts)
+        return self.classifier.predict_logits(first, batch_size, pairs)
 
     def info(self) -> dict[str, Any]:
         """Size on disk and number of weight elements (initializers) of the ONNX graph."""
@@ -119,15 +122,18 @@ class TorchRunner:
     def set_threads(self, threads: int) -> None:
         self.torch.set_num_threads(threads)
 
-    def encode(self, texts: Sequence[str], pad_to: int | None = None) -> dict[str, Any]:
-        enc = self.tokenizer(list(texts), padding="max_length" if pad_to else True,
+    def encode(self, texts: Sequence[Any], pad_to: int | None = None) -> dict[str, Any]:
+        first, pairs = split_pairs(texts)
+        enc = self.tokenizer(first, pairs, padding="max_length" if pad_to else True,
                              truncation=True, max_length=pad_to or self.max_length,
                              return_tensors="pt")
         return {n: enc[n] for n in self.names}
 
     def run(self, batch: dict[str, Any]) -> np.ndarray:
+        """The logits (a QA model: its start logits)."""
         with self.torch.inference_mode():
-            return self.model(**batch).logits.float().numpy()
+            out = self.model(**batch)
+        return (out.logits if getattr(out, "logits", None) is not None else out.start_logits).float().numpy()
 
     def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         texts = list(texts)

@@ -11,11 +11,14 @@ from transformers import PreTrainedTokenizerBase
 
 
 class EncodedDataset(Dataset):
-    """Token ids (unpadded) with optional labels."""
+    """Token ids (unpadded) with optional labels: one per item, or one per token (token
+    classification, -100 where none), or ``targets`` per item (e.g. QA start/end positions)."""
 
-    def __init__(self, encodings: dict[str, list[list[int]]], labels: Sequence[int] | None = None):
+    def __init__(self, encodings: dict[str, list[list[int]]], labels: Sequence | None = None,
+                 targets: dict[str, list[int]] | None = None):
         self.encodings = encodings
         self.labels = list(labels) if labels is not None else None
+        self.targets = targets or {}
 
     def __len__(self) -> int:
         return len(self.encodings["input_ids"])
@@ -25,16 +28,27 @@ class EncodedDataset(Dataset):
         item["index"] = index
         if self.labels is not None:
             item["labels"] = self.labels[index]
+        item.update({key: values[index] for key, values in self.targets.items()})
         return item
 
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.encodings["input_ids"]]
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> dict[str, list]:
-    """Tokenise without padding; keep only ids and attention masks."""
-    out = tokenizer(list(texts), truncation=True, max_length=max_length)
-    return {k: out[k] for k in ("input_ids", "attention_mask")}
+def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int,
+           pairs: Sequence[str] | None = None) -> dict[str, list]:
+    """Tokenise without padding; keep ids and attention masks (and the token type ids of text
+    pairs, when the tokenizer makes them)."""
+    if pairs is None:
+        out = tokenizer(list(texts), truncation=True, max_length=max_length)
+        return {k: out[k] for k in ("input_ids", "attention_mask")}
+    out = tokenizer(list(texts), list(pairs), truncation=True, max_length=max_length)
+    return {k: out[k] for k in MODEL_INPUTS if k in out}
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+POSITIONS = ("start_positions", "end_positions")  # QA targets: token indices in the unpadded input
+TARGETS = ("labels", "index", *POSITIONS)
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
@@ -83,16 +97,31 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
 
 def make_collator(tokenizer: PreTrainedTokenizerBase):
-    """Pad a list of items to the batch's longest sequence and tensorise labels."""
+    """Pad a list of items to the batch's longest sequence and tensorise labels (per-token labels
+    are padded with -100 on the tokenizer's padding side)."""
 
     def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-        extras = {k: [item.pop(k) for item in items] for k in ("labels", "index") if k in items[0]}
-        batch = tokenizer.pad(items, return_tensors="pt")
-        batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        batch.update({k: torch.tensor(v, dtype=torch.long) for k, v in extras.items()})
+        extras = {k: [item.pop(k) for item in items] for k in TARGETS if k in items[0]}
+        lengths = [len(item["input_ids"]) for item in items]
+        batch = tokenizer.pad([{k: v for k, v in item.items() if k in MODEL_INPUTS} for item in items],
+                              return_tensors="pt")
+        batch = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+        width, side = batch["input_ids"].shape[1], tokenizer.padding_side
+        for key, values in extras.items():
+            if values and isinstance(values[0], list):
+                values = [pad_labels(v, width, side) for v in values]
+            elif key in POSITIONS and side == "left":  # token positions move with the left padding
+                values = [v + width - n for v, n in zip(values, lengths, strict=True)]
+            batch[key] = torch.tensor(values, dtype=torch.long)
         return batch
 
     return collate
+
+
+def pad_labels(labels: list[int], width: int, side: str = "right") -> list[int]:
+    """Per-token labels padded with -100 to ``width`` (left or right, as the input ids)."""
+    fill = [-100] * (width - len(labels))
+    return fill + labels if side == "left" else labels + fill
 
 
 def make_loader(dataset: EncodedDataset, tokenizer: PreTrainedTokenizerBase, batch_size: int,

@@ -1,7 +1,9 @@
 """Read labelled (or unlabelled) text tables: CSV, TSV, JSONL and JSON arrays.
 
-The Kaggle disaster-tweet format (``id,keyword,location,text,target``) and GLUE SST-2 TSV
-(``sentence<TAB>label``) are recognised without flags.
+The Kaggle disaster-tweet format (``id,keyword,location,text,target``), GLUE SST-2 TSV
+(``sentence<TAB>label``) and the GLUE pair TSVs (QNLI ``question``/``sentence``, MNLI
+``sentence1``/``sentence2``/``gold_label``, QQP ``question1``/``question2``/``is_duplicate``) are
+recognised without flags.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ import pandas as pd
 from distilprune.errors import UserError, require, require_file
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "t")
-LABEL_COLUMNS = ("target", "label", "labels", "sentiment", "s")
-ID_COLUMNS = ("id",)
+LABEL_COLUMNS = ("target", "label", "labels", "sentiment", "gold_label", "is_duplicate", "s")
+ID_COLUMNS = ("id", "index", "idx")
+# (first text, second text) column pairs found without flags, in this order.
+PAIR_COLUMNS = (("question", "sentence"), ("sentence1", "sentence2"), ("question1", "question2"),
+                ("premise", "hypothesis"), ("text", "text_pair"))
 EXTRA_COLUMNS = ("keyword", "location")
 
 
 @dataclass
 class TextTable:
-    """Texts with optional integer labels, ids and extra per-record fields (keyword, location)."""
+    """Texts (or text pairs: ``pairs`` holds the second texts) with optional integer labels, ids
+    and extra per-record fields (keyword, location)."""
 
     texts: list[str]
     labels: list[int] | None
@@ -34,6 +40,8 @@ class TextTable:
     label_names: list[str] = field(default_factory=list)
     source: str = ""
     sha256: str = ""
+    pairs: list[str] | None = None
+    columns: list[str] = field(default_factory=list)  # the text column(s) read
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -48,6 +56,8 @@ class TextTable:
             label_names=self.label_names,
             source=self.source,
             sha256=self.sha256,
+            pairs=None if self.pairs is None else [self.pairs[i] for i in indices],
+            columns=self.columns,
         )
 
 
@@ -166,26 +176,27 @@ def load_table(
     num_labels: int | None = 2,
     label_names: Sequence[str] | None = None,
     with_labels: bool = True,
+    text_pair_column: str | None = None,
+    pairs: bool | None = None,
 ) -> TextTable:
     """Load a text table; raise :class:`UserError` with a one-line reason on any bad input.
 
     ``label_names`` (a trained model's labels) fix the label ids; without them they come from the
     file. ``with_labels=False`` reads texts only (any label column is ignored). Rows whose text is
-    empty, blank or ``null`` are refused with their row numbers.
+    empty, blank or ``null`` are refused with their row numbers. Text pairs: ``text_pair_column``,
+    or found without flags (:data:`PAIR_COLUMNS`); ``pairs=True`` (a pair model) requires them,
+    ``pairs=False`` reads single texts only.
     """
     path = Path(path)
     require_file(path, "data file")
     require(path.stat().st_size > 0, f"{path} is empty")
     frame = _read_frame(path)
     require(len(frame) > 0, f"{path} has no data rows")
-    text_col = _pick_column(frame, text_column, TEXT_COLUMNS, "text", path, required=True)
+    text_col, pair_col = _text_columns(frame, text_column, text_pair_column, path, pairs)
     label_col = (_pick_column(frame, label_column, LABEL_COLUMNS, "label", path, required=require_labels)
                  if with_labels else None)
-    texts = [_cell(t) for t in frame[text_col].tolist()]
-    require(any(t.strip() for t in texts), f"{path}: the text column {text_col!r} is empty")
-    blank = [i for i, t in enumerate(texts) if not t.strip()]
-    require(not blank, f"{path}: {len(blank)} rows have an empty text (data rows {_row_numbers(blank)}); "
-                       "fill or remove them")
+    texts = _texts(frame, text_col, path)
+    second = _texts(frame, pair_col, path) if pair_col else None
     labels, names = None, []
     if label_col is not None:
         labels, names = encode_labels(frame[label_col].tolist(), path, num_labels, label_names)
@@ -194,7 +205,37 @@ def load_table(
     extra_cols = [c for c in EXTRA_COLUMNS if c in frame.columns]
     rows = range(len(frame))
     extras = [{c: _cell(frame[c].iat[i]) for c in extra_cols} for i in rows] if extra_cols else []
-    return TextTable(texts, labels, ids, extras, names, str(path), file_sha256(path))
+    return TextTable(texts, labels, ids, extras, names, str(path), file_sha256(path), second,
+                     [c for c in (text_col, pair_col) if c])
+
+
+def _text_columns(frame: pd.DataFrame, text_column: str | None, pair_column: str | None, path: Path,
+                  pairs: bool | None) -> tuple[str, str | None]:
+    """``(text column, second text column or None)``: given, or found (:data:`PAIR_COLUMNS` first)."""
+    if pair_column is not None or pairs is False:
+        text = _pick_column(frame, text_column, TEXT_COLUMNS, "text", path, required=True)
+        pair = (_pick_column(frame, pair_column, (), "text-pair", path, required=True)
+                if pair_column is not None else None)
+        return text, pair  # type: ignore[return-value]
+    lowered = {str(c).lower(): str(c) for c in frame.columns}
+    if text_column is None:
+        for first, second in PAIR_COLUMNS:
+            if first in lowered and second in lowered:
+                return lowered[first], lowered[second]
+    text = _pick_column(frame, text_column, TEXT_COLUMNS, "text", path, required=True)
+    require(not pairs, f"{path} has no second text column (columns: {', '.join(lowered.values())}): "
+                       "the model was trained on text pairs; pass --text-pair-column")
+    return text, None  # type: ignore[return-value]
+
+
+def _texts(frame: pd.DataFrame, column: str, path: Path) -> list[str]:
+    """The column's texts; an all-empty column or blank rows are refused (with row numbers)."""
+    texts = [_cell(t) for t in frame[column].tolist()]
+    require(any(t.strip() for t in texts), f"{path}: the text column {column!r} is empty")
+    blank = [i for i, t in enumerate(texts) if not t.strip()]
+    require(not blank, f"{path}: {len(blank)} rows have an empty text (data rows {_row_numbers(blank)}); "
+                       "fill or remove them")
+    return texts
 
 
 def class_balance(labels: list[int], label_names: list[str]) -> dict[str, float]:

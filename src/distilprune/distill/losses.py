@@ -134,6 +134,28 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE_INDEX)
 
 
+def token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of per-token logits ``(B, L, C)`` over the labelled tokens (label -100 elsewhere:
+    later sub-tokens, special tokens, padding); 0 when none is labelled."""
+    return mlm_loss(logits, labels)
+
+
+def span_ce(start_logits: torch.Tensor, end_logits: torch.Tensor, start_positions: torch.Tensor,
+            end_positions: torch.Tensor) -> torch.Tensor:
+    """Extractive QA loss: the mean of the start- and end-position cross-entropies (as BERT's)."""
+    return (F.cross_entropy(start_logits, start_positions) + F.cross_entropy(end_logits, end_positions)) / 2
+
+
+def span_kl(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], attention_mask: torch.Tensor,
+            temperature: float = 1.0) -> torch.Tensor:
+    """``KL·T²`` between the teacher's and the student's start (and end) distributions over the
+    sequence positions, padding excluded; the mean over the distributions given."""
+    closed = ~attention_mask.bool()
+    terms = [soft_target_kl(s.masked_fill(closed, -1e4), t.masked_fill(closed, -1e4), temperature)
+             for s, t in zip(student, teacher, strict=True)]
+    return sum(terms) / len(terms)
+
+
 def _masking_ids(
     special: PreTrainedTokenizerBase | Sequence[int],
     mask_id: int | None,

@@ -1,4 +1,5 @@
-"""Objectives for the training loop: plain classification, task distillation, MLM distillation."""
+"""Objectives for the training loop: plain classification, task distillation, MLM distillation,
+token classification and extractive QA (each optionally distilled from a teacher of its task)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distilprune.distill.losses import layerwise_cosine_loss, mask_tokens, mlm_loss, soft_target_kl
+from distilprune.distill.losses import (
+    layerwise_cosine_loss,
+    mask_tokens,
+    mlm_loss,
+    soft_target_kl,
+    span_ce,
+    span_kl,
+    token_ce,
+)
 from distilprune.evaluate import model_inputs
 
 Batch = dict[str, torch.Tensor]
@@ -64,6 +73,51 @@ class TaskDistillationObjective:
             loss = loss + self.alpha_cos * cos
             logs.update(loss=loss.item(), cos=cos.item())
         return loss, logs
+
+
+class _HeadObjective:
+    """Shared by the token-classification and QA objectives: the hard-label loss alone, or with a
+    ``teacher`` of the same task (same tokenizer) ``alpha_soft·KL(teacher‖student at T)·T² +
+    alpha_hard·hard`` (the teacher runs on each batch: its outputs have the batch's shape)."""
+
+    def __init__(self, teacher: nn.Module | None = None, temperature: float = 2.0,
+                 alpha_soft: float = 0.5, alpha_hard: float = 0.5):
+        self.teacher = teacher.eval() if teacher is not None else None
+        self.temperature, self.alpha_soft, self.alpha_hard = temperature, alpha_soft, alpha_hard
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model(**model_inputs(model, batch))
+        hard = self.hard(out, batch)
+        if self.teacher is None:
+            return hard, {"loss": hard.item()}
+        with torch.no_grad():
+            teacher = self.teacher(**model_inputs(self.teacher, batch))
+        soft = self.soft(out, teacher, batch)
+        loss = self.alpha_soft * soft + self.alpha_hard * hard
+        return loss, {"loss": loss.item(), "kd": soft.item(), "ce": hard.item()}
+
+
+class TokenClassificationObjective(_HeadObjective):
+    """Per-token cross-entropy on the labelled tokens (each word's first sub-token); with a teacher,
+    the per-token soft targets on those same tokens."""
+
+    def hard(self, out, batch: Batch) -> torch.Tensor:
+        return token_ce(out.logits, batch["labels"])
+
+    def soft(self, out, teacher, batch: Batch) -> torch.Tensor:
+        return soft_target_kl(out.logits, teacher.logits, self.temperature, batch["labels"] != -100)
+
+
+class QuestionAnsweringObjective(_HeadObjective):
+    """Start/end cross-entropy; with a teacher, the soft start and end distributions over the
+    sequence positions (padding excluded)."""
+
+    def hard(self, out, batch: Batch) -> torch.Tensor:
+        return span_ce(out.start_logits, out.end_logits, batch["start_positions"], batch["end_positions"])
+
+    def soft(self, out, teacher, batch: Batch) -> torch.Tensor:
+        return span_kl((out.start_logits, out.end_logits), (teacher.start_logits, teacher.end_logits),
+                       batch["attention_mask"], self.temperature)
 
 
 class DynamicMasker:

@@ -221,6 +221,7 @@ def export_for_deepsparse(model_dir: str | Path, out_dir: str | Path, seq_len: i
     )
     from distilprune.export.runtime import OnnxClassifier, max_sequence_length
     from distilprune.io import atomic_dir, write_json
+    from distilprune.modelcard import copy_training_metadata, write_model_card
 
     out = Path(out_dir)
     check_export_target(out, overwrite, opset)
@@ -257,6 +258,8 @@ def export_for_deepsparse(model_dir: str | Path, out_dir: str | Path, seq_len: i
         _check_parity(parity)
         if DEEPSPARSE_KEY in parity:
             _check_parity(parity[DEEPSPARSE_KEY])
+        copy_training_metadata(model_dir, tmp)
+        write_model_card(tmp)
     return {**meta, "path": str(out), "parity": parity}
 
 

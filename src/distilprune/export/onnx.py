@@ -7,6 +7,7 @@ The output is a self-contained directory: ``model.onnx`` + tokenizer files + ``c
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import shutil
@@ -39,9 +40,20 @@ from distilprune.io import atomic_dir, write_json
 from distilprune.modelcard import copy_training_metadata, write_model_card
 from distilprune.models.loading import model_input_names
 from distilprune.models.registry import resolve_model
+from distilprune.task import OUTPUTS, task_of_module
 
 PARITY_FILENAME = "parity.json"
 FP32_TOLERANCE = 1e-3  # max |logit diff| (relative to max(1, |logit|)) an fp32 export may show
+# qat-static vs the fake-quantized PyTorch model: the same arithmetic, but the fp32 ops between
+# quantizers differ in the last bits (ORT kernels vs PyTorch), and an activation that lands on
+# the other side of a rounding boundary moves by a whole int8 step. Measured on the QAT MiniLM of
+# benchmarks/qat.py (500 tweets, max |logit| 2.5): mean |Δlogit| 0.003-0.004, heavy-tailed max
+# 0.05-0.24 (0.05 with ORT's graph optimizations off), agreement 1.0. Limits, relative to
+# max(1, max |logit|): a wrong scale or zero point shifts the mean by an order of magnitude.
+QAT_STATIC_TOLERANCE = 0.2  # max |Δlogit|
+QAT_STATIC_MEAN_TOLERANCE = 0.01  # mean |Δlogit|
+QAT_STATIC_MIN_AGREEMENT = 0.99
+QUANTIZATIONS = ("dynamic", "qat-static")  # int8 methods of export_onnx
 
 DEFAULT_PARITY_TEXTS = SAMPLE_TEXTS
 EXPORTERS = ("dynamo", "torchscript")  # tried in this order
@@ -63,14 +75,24 @@ def input_names(model: torch.nn.Module, tokenizer: Any) -> list[str]:
 
 
 class _LogitsOnly(torch.nn.Module):
-    """Positional-input wrapper returning only the logits tensor (what the exporter traces)."""
+    """Positional-input wrapper returning only the output tensors of the model's task (logits;
+    QA: start and end logits) — what the exporter traces."""
 
     def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
         super().__init__()
         self.model, self.names = model, names
+        self.task = task_of_module(model)
+        self.outputs = OUTPUTS[self.task]
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, inputs, strict=True))).logits
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.model(**dict(zip(self.names, inputs, strict=True)))
+        values = tuple(getattr(out, name) for name in self.outputs)
+        return values[0] if len(values) == 1 else values
+
+    def output_axes(self) -> dict[str, dict[int, str]]:
+        """Dynamic axes of the outputs: the batch, and the sequence for per-token outputs."""
+        per_token = self.task != "classification"
+        return {name: {0: "batch", 1: "sequence"} if per_token else {0: "batch"} for name in self.outputs}
 
 
 def _dummy_inputs(tokenizer: Any, names: list[str], max_length: int) -> tuple[torch.Tensor, ...]:
@@ -109,20 +131,20 @@ def torch_to_onnx(model: torch.nn.Module, tokenizer: Any, names: list[str], out_
     raise UserError(f"cannot export this {arch} model to ONNX ({'; '.join(errors)})")
 
 
-def _run_exporter(exporter: str, wrapper: torch.nn.Module, dummy: tuple[torch.Tensor, ...],
+def _run_exporter(exporter: str, wrapper: _LogitsOnly, dummy: tuple[torch.Tensor, ...],
                   names: list[str], out_file: Path, opset: int) -> None:
     with warnings.catch_warnings(), _quiet_loggers(), torch.inference_mode(False):
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+            axes = {n: {0: "batch", 1: "sequence"} for n in names} | wrapper.output_axes()
             torch.onnx.export(wrapper, dummy, str(out_file), input_names=names,
-                              output_names=["logits"], dynamic_axes=axes,
+                              output_names=wrapper.outputs, dynamic_axes=axes,
                               opset_version=opset, do_constant_folding=True, dynamo=False)
         else:
             batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
             shapes = (tuple({0: batch, 1: seq} for _ in names),)  # forward(*inputs)
             program = torch.onnx.export(wrapper, dummy, input_names=names,
-                                        output_names=["logits"], dynamic_shapes=shapes,
+                                        output_names=wrapper.outputs, dynamic_shapes=shapes,
                                         opset_version=opset, dynamo=True, verbose=False)
             program.save(str(out_file))
 
@@ -270,6 +292,28 @@ def _check_parity(parity: dict[str, Any]) -> None:
         )
 
 
+def _check_qat_parity(parity: dict[str, Any]) -> None:
+    scale = max(1.0, parity["max_abs_logit"])
+    if (parity["max_abs_diff"] > QAT_STATIC_TOLERANCE * scale
+            or parity["mean_abs_diff"] > QAT_STATIC_MEAN_TOLERANCE * scale
+            or parity["agreement"] < QAT_STATIC_MIN_AGREEMENT):
+        raise UserError(
+            f"static int8 ONNX does not match the fake-quantized PyTorch model: |logit diff| max "
+            f"{parity['max_abs_diff']:.2e}, mean {parity['mean_abs_diff']:.2e}, agreement "
+            f"{parity['agreement']:.3f} on {parity['n_texts']} texts")
+
+
+def learned_qat_params(model_dir: str | Path) -> dict[str, dict]:
+    """The learned int8 scales of a QAT model directory; a one-line error when it has none."""
+    from distilprune.quantize import load_qat_params
+    from distilprune.quantize.qat import QPARAMS_FILENAME
+
+    params = load_qat_params(resolve_model(model_dir))
+    require(params is not None, f"{model_dir} has no learned QAT scales ({QPARAMS_FILENAME}): "
+            "qat-static needs a model trained with `finetune --qat`; use --int8 (dynamic) otherwise")
+    return params
+
+
 def export_onnx(
     model_dir: str | Path,
     out_path: str | Path,
@@ -281,43 +325,135 @@ def export_onnx(
     overwrite: bool = False,
     per_channel: bool = True,
     quantize_embeddings: bool = True,
+    quantization: str = "dynamic",
 ) -> dict[str, Any]:
     """Export ``model_dir`` to the directory ``out_path`` (written atomically) and check parity.
 
-    ``int8`` applies ONNX Runtime dynamic quantization. An fp32 export whose logits differ
-    from PyTorch raises :class:`UserError`; int8 parity is only reported.
+    ``int8`` applies ``quantization``: ``dynamic`` (ONNX Runtime dynamic quantization; parity
+    only reported) or ``qat-static`` (implies ``int8``: static QDQ from a QAT model's learned
+    scales, checked against the fake-quantized PyTorch model). An fp32 or qat-static export whose
+    logits differ from its PyTorch reference raises :class:`UserError`.
     """
+    require(quantization in QUANTIZATIONS,
+            f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {quantization!r}")
     out = Path(out_path)
     check_export_target(out, overwrite, opset)
+    qparams = learned_qat_params(model_dir) if quantization == "qat-static" else None
+    int8 = int8 or qparams is not None
     model, tokenizer = load_for_export(model_dir)
     limit = max_sequence_length(model.config.to_dict())
     require(max_length > 1 and (limit is None or max_length <= limit),
             f"max length must be between 2 and {limit} for this model, got {max_length}")
     names = input_names(model, tokenizer)
-    texts = list(parity_texts or DEFAULT_PARITY_TEXTS)
+    inputs = list(parity_texts or DEFAULT_PARITY_TEXTS)
+    texts = [t if isinstance(t, str) else t[0] for t in inputs]  # QA inputs: (question, context)
+    task = task_of_module(model)
+    require(task == "classification" or qparams is None,
+            f"qat-static export supports classifiers, not {task}")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         meta = _write_export(model, tokenizer, names, tmp, max_length, opset, int8,
-                             per_channel, quantize_embeddings, texts, model_dir)
-        parity = _parity(model, tokenizer, OnnxClassifier(tmp, threads=None), texts, 32)
+                             per_channel, quantize_embeddings, texts, model_dir, qparams)
+        if task != "classification":
+            parity = task_parity(model, tokenizer, names, tmp, inputs, max_length)
+        else:
+            reference = _reference(model, qparams, quantize_embeddings)
+            parity = _parity(reference, tokenizer, OnnxClassifier(tmp, threads=None), texts, 32)
+        if qparams is not None:
+            rows = ", int8 word-embedding rows" if quantize_embeddings else ""
+            parity["reference"] = f"fake-quantized PyTorch model (learned scales{rows})"
         write_json(tmp / PARITY_FILENAME, parity)
-        if not int8:
+        if qparams is not None:
+            _check_qat_parity(parity)
+            meta["quantization"]["parity"] = parity
+            write_json(tmp / METADATA_FILENAME, meta)
+        elif not int8:
             _check_parity(parity)
         copy_training_metadata(model_dir, tmp)
         write_model_card(tmp)
     return {**meta, "path": str(out), "parity": parity}
 
 
+def task_parity(model: torch.nn.Module, tokenizer: Any, names: list[str], folder: Path,
+                inputs: Sequence[Any], max_length: int) -> dict[str, Any]:
+    """ONNX vs PyTorch outputs of a token-classification model (on the words of ``inputs``) or a QA
+    model (``inputs``: ``(question, context)`` pairs, or texts read as questions about the texts
+    after them), through the same runner: per-token / per-window logits, argmax agreement."""
+    from distilprune.task_runtime import make_runner, onnx_forward, torch_forward
+
+    task = task_of_module(model)
+    labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    settings = {"max_length": max_length, "doc_stride": max(1, max_length // 4)}
+    reference = make_runner(torch_forward(model, task)[0], tokenizer, names, task, settings, labels)
+    onnx_run, onnx_names = onnx_forward(folder / ONNX_FILENAME)
+    candidate = make_runner(onnx_run, tokenizer, onnx_names, task, settings, labels)
+    if task == "token-classification":
+        from distilprune.tasks.ner import split_words
+
+        sentences = [split_words(t if isinstance(t, str) else t[0])[0] or ["."] for t in inputs]
+        return compare_outputs(reference.logits(sentences), candidate.logits(sentences), len(inputs))
+    examples = qa_examples(inputs)
+    _, ref_start, ref_end = reference.logits(examples)
+    _, cand_start, cand_end = candidate.logits(examples)
+    return compare_outputs([*ref_start, *ref_end], [*cand_start, *cand_end], len(examples))
+
+
+def qa_examples(inputs: Sequence[Any]) -> list[Any]:
+    """QA examples of ``(question, context)`` pairs; a plain text asks about itself and the next
+    three texts (so that parity texts alone give contexts of several sentences)."""
+    from distilprune.tasks.qa import QAExample
+
+    texts = [t if isinstance(t, str) else t[0] for t in inputs]
+    pairs = [t if not isinstance(t, str) else (t, " ".join(texts[i:i + 4])) for i, t in enumerate(inputs)]
+    return [QAExample(id=str(i), title="", question=q, context=c, answers=[])
+            for i, (q, c) in enumerate(pairs)]
+
+
+def compare_outputs(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
+                    n_texts: int) -> dict[str, Any]:
+    """:func:`compare_logits` over per-text output arrays of varying length (rows: tokens of a
+    token classifier, whole distributions of a QA model's start / end logits)."""
+    require(len(reference) == len(candidate), f"{len(reference)} vs {len(candidate)} outputs")
+    diffs, agree, largest = [], [], 0.0
+    for ref, cand in zip(reference, candidate, strict=True):
+        require(ref.shape == cand.shape, f"output shapes differ: {ref.shape} vs {cand.shape}")
+        diffs.append(np.abs(ref.astype(np.float64) - cand.astype(np.float64)).ravel())
+        agree.append(np.atleast_1d(ref.argmax(-1) == cand.argmax(-1)))
+        largest = max(largest, float(np.abs(ref).max(initial=0.0)))
+    diff = np.concatenate(diffs) if diffs else np.zeros(1)
+    return {"n_texts": n_texts, "max_abs_diff": float(diff.max(initial=0.0)),
+            "mean_abs_diff": float(diff.mean()),
+            "agreement": float(np.concatenate(agree).mean()) if agree else 1.0, "max_abs_logit": largest}
+
+
+def _reference(model: torch.nn.Module, qparams: dict[str, dict] | None,
+               embeddings: bool) -> torch.nn.Module:
+    """What the export must reproduce: the model, or (qat-static) the model fake-quantized with
+    its learned scales, its word embeddings on their int8 rows if ``embeddings``."""
+    if qparams is None:
+        return model
+    from distilprune.quantize.qat import attach_input_quant, quantize_embedding_rows
+
+    if embeddings:
+        quantize_embedding_rows(model)
+    return attach_input_quant(model, qparams).eval()
+
+
 def _write_export(model: torch.nn.Module, tokenizer: Any, names: list[str], tmp: Path,
                   max_length: int, opset: int, int8: bool, per_channel: bool,
-                  quantize_embeddings: bool, texts: list[str], source: str | Path
-                  ) -> dict[str, Any]:
+                  quantize_embeddings: bool, texts: list[str], source: str | Path,
+                  qparams: dict[str, dict] | None = None) -> dict[str, Any]:
+    from distilprune.quantize.qat import qat_static_onnx
+
     onnx_file = tmp / ONNX_FILENAME
     fp32_file = tmp / "model-fp32.onnx" if int8 else onnx_file
     exporter = torch_to_onnx(model, tokenizer, names, fp32_file, max_length, opset)
     quantization = None
     if int8:
-        quantization = quantize_int8(fp32_file, onnx_file, per_channel=per_channel,
-                                     embeddings=quantize_embeddings)
+        if qparams is not None:
+            quantization = qat_static_onnx(fp32_file, onnx_file, model, qparams, quantize_embeddings)
+        else:
+            quantization = quantize_int8(fp32_file, onnx_file, per_channel=per_channel,
+                                         embeddings=quantize_embeddings)
         quantization["fp32_size_bytes"] = fp32_file.stat().st_size
         fp32_file.unlink()
     meta = export_metadata(model, tokenizer, names, tmp, exporter=exporter, opset=opset,
@@ -351,12 +487,23 @@ def _write_label_names(folder: Path, source: str | Path) -> list[str]:
     return names
 
 
+def portable_tokenizer_class(folder: Path) -> None:
+    """Name transformers 5's generic tokenizer class ``TokenizersBackend`` by its alias
+    ``PreTrainedTokenizerFast`` in ``tokenizer_config.json``: transformers 4 (which Optimum's
+    ``ORTModel`` needs) knows only the alias; transformers 5 loads both."""
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        write_json(path, {**config, "tokenizer_class": "PreTrainedTokenizerFast"})
+
+
 def export_metadata(model: torch.nn.Module, tokenizer: Any, names: list[str], folder: Path, *,
                     exporter: str, opset: int, max_length: int, texts: Sequence[str],
                     source: str | Path, int8: bool = False, quantization: dict | None = None
                     ) -> dict[str, Any]:
     """Save tokenizer + config beside ``folder/model.onnx``; the ``export.json`` content."""
     tokenizer.save_pretrained(folder)
+    portable_tokenizer_class(folder)
     model.config.save_pretrained(folder)
     labels = _write_label_names(folder, source)
     spec = EncoderSpec.from_hf(tokenizer, names)
@@ -370,7 +517,8 @@ def export_metadata(model: torch.nn.Module, tokenizer: Any, names: list[str], fo
         "opset": opset,
         "max_length": max_length,
         "inputs": names,
-        "outputs": ["logits"],
+        "task": task_of_module(model),
+        "outputs": OUTPUTS[task_of_module(model)],
         "labels": labels,
         "int8": int8,
         "quantization": quantization,
@@ -382,6 +530,7 @@ def export_metadata(model: torch.nn.Module, tokenizer: Any, names: list[str], fo
 
 __all__ = [
     "DEFAULT_PARITY_TEXTS",
+    "QUANTIZATIONS",
     "OnnxClassifier",
     "compare_logits",
     "export_onnx",

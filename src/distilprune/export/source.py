@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from distilprune.errors import require
-from distilprune.models.loading import load_classifier, load_config, load_tokenizer
+from distilprune.models.loading import load_classifier, load_config, load_task_model, load_tokenizer
 from distilprune.models.registry import resolve_model
+from distilprune.task import task_of_model
 
 ENGINES = ("auto", "torch", "sparse")
 
@@ -40,6 +41,11 @@ def load_source_model(model_dir: str | Path, engine: str = "auto") -> torch.nn.M
         return load_sparse(path)
     config = load_config(path)
     labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    task = task_of_model(path)
+    if task != "classification":
+        require(engine != "sparse" and kind == "torch",
+                f"{model_dir}: {task} models run in PyTorch or ONNX (not compact, shrunk or sparse)")
+        return load_task_model(path, task, labels if task == "token-classification" else None).eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = load_classifier(path, num_labels=config.num_labels, label_names=labels)

@@ -30,21 +30,37 @@ METADATA_FILE = "distilprune.json"
 
 @dataclass
 class DataConfig:
-    """Where the labelled data is and how it is read, split and preprocessed."""
+    """Where the labelled data is and how it is read, split and preprocessed.
+
+    ``task`` overrides the kind found from the training file (:mod:`distilprune.task`);
+    ``num_labels`` (default: the classes found in the training file) fixes a classifier's width;
+    ``limit`` samples N training rows (sentences, questions), ``val_limit`` keeps the first N
+    validation rows. Question answering: contexts longer than ``max_length`` are read in windows
+    overlapping by ``doc_stride`` tokens (default: a quarter of ``max_length``); answers are decoded
+    from the ``n_best`` start and end positions, at most ``max_answer_length`` tokens long.
+    """
 
     train: str = ""
     validation: str | None = None
+    task: str | None = None
     text_column: str | None = None
+    text_pair_column: str | None = None
     label_column: str | None = None
     val_fraction: float = 0.15
     split_seed: int = 42
     preprocess: list[str] = field(default_factory=list)
     max_length: int = 128
-    num_labels: int = 2
+    num_labels: int | None = None
     imbalance: str = "none"
     limit: int | None = None
+    val_limit: int | None = None
+    doc_stride: int | None = None
+    max_answer_length: int = 30
+    n_best: int = 20
 
     def __post_init__(self) -> None:
+        from distilprune.task import parse_task
+
         require(self.imbalance in ("none", "class_weights", "oversample"),
                 f"imbalance must be none, class_weights or oversample, got {self.imbalance!r}")
         require(self.max_length >= 8, f"max_length must be >= 8, got {self.max_length}")
@@ -52,7 +68,23 @@ class DataConfig:
         require_at_least("split_seed", self.split_seed, 0)
         require_at_least("num_labels", self.num_labels, 2)
         require_at_least("limit", self.limit, 1)
+        require_at_least("val_limit", self.val_limit, 1)
+        for name in ("doc_stride", "max_answer_length", "n_best"):
+            require_at_least(name, getattr(self, name), 1)
+        self.task = parse_task(self.task)
         self.preprocess = parse_steps(self.preprocess)
+
+    @property
+    def stride(self) -> int:
+        """The QA windows' overlap in tokens (``doc_stride``, default a quarter of ``max_length``)."""
+        return self.doc_stride or max(1, self.max_length // 4)
+
+    @property
+    def kind(self) -> str:
+        """The task of the training data (``task``, else found from the file)."""
+        from distilprune.task import task_of_data
+
+        return task_of_data(self.train, self.task)
 
 
 @dataclass
@@ -71,6 +103,8 @@ def preprocess_table(table: TextTable, steps: list[str]) -> TextTable:
     fn = build_preprocessor(steps)
     records = table.extras or [{} for _ in table.texts]
     table.texts = [fn(text, record) for text, record in zip(table.texts, records, strict=True)]
+    if table.pairs is not None:
+        table.pairs = [fn(text, record) for text, record in zip(table.pairs, records, strict=True)]
     return table
 
 
@@ -88,12 +122,13 @@ def prepare_data(cfg: DataConfig, label_names: Sequence[str] | None = None) -> P
     the training labels, so a file holding a subset of the classes keeps their ids.
     """
     full = load_table(cfg.train, cfg.text_column, cfg.label_column, num_labels=cfg.num_labels,
-                      label_names=label_names)
+                      label_names=label_names, text_pair_column=cfg.text_pair_column)
     require_classes(full)
     if cfg.validation:
         train = full
         val = load_table(cfg.validation, cfg.text_column, cfg.label_column, num_labels=cfg.num_labels,
-                         label_names=full.label_names)
+                         label_names=full.label_names, text_pair_column=cfg.text_pair_column,
+                         pairs=full.pairs is not None)
         split = {"mode": "file", "validation": cfg.validation, "validation_sha256": val.sha256}
     else:
         train_idx, val_idx = stratified_split(full.labels, cfg.val_fraction, cfg.split_seed)
@@ -103,6 +138,8 @@ def prepare_data(cfg: DataConfig, label_names: Sequence[str] | None = None) -> P
     if cfg.limit and cfg.limit < len(train):
         keep = sorted(random.Random(cfg.split_seed).sample(range(len(train)), cfg.limit))
         train = train.subset(keep)
+    if cfg.val_limit and cfg.val_limit < len(val):
+        val = val.subset(list(range(cfg.val_limit)))
     require(len(train) > 0 and len(val) > 0, "not enough data to train and validate")
     split.update(train_sha256=full.sha256, n_train=len(train), n_val=len(val),
                  class_balance_train=class_balance(train.labels, train.label_names),
@@ -111,8 +148,9 @@ def prepare_data(cfg: DataConfig, label_names: Sequence[str] | None = None) -> P
 
 
 def encode_table(tokenizer: PreTrainedTokenizerBase, table: TextTable, max_length: int) -> EncodedDataset:
-    """Tokenise a table into an :class:`EncodedDataset` (labels kept when present)."""
-    return EncodedDataset(encode(tokenizer, table.texts, max_length), table.labels)
+    """Tokenise a table (texts or text pairs) into an :class:`EncodedDataset` (labels kept when
+    present)."""
+    return EncodedDataset(encode(tokenizer, table.texts, max_length, table.pairs), table.labels)
 
 
 def environment() -> dict[str, Any]:

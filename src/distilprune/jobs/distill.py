@@ -315,19 +315,21 @@ class TaskDistillConfig:
     loss: TaskLoss = field(default_factory=TaskLoss)
 
 
-def teacher_logits(teacher_dir: str, texts: list[str], max_length: int) -> torch.Tensor:
-    """The teacher's logits for ``texts``, cached on disk (safetensors) by weights + data hash."""
+def teacher_logits(teacher_dir: str, texts: list[str], max_length: int,
+                   pairs: list[str] | None = None) -> torch.Tensor:
+    """The teacher's logits for ``texts`` (or text pairs, ``pairs`` the second texts), cached on disk
+    (safetensors) by weights + data hash."""
     weights = sorted(Path(resolve_model(teacher_dir)).glob("*.safetensors"))
     require(weights, f"teacher {teacher_dir} has no safetensors weights")
     key = stable_hash({"weights": [file_sha256(w) for w in weights], "texts": texts,
-                       "max_length": max_length})
+                       "max_length": max_length, **({"pairs": pairs} if pairs is not None else {})})
     path = cache_dir() / "teacher_logits" / f"{key}.safetensors"
     if path.is_file():
         return load_file(path)["logits"]
     tokenizer = load_tokenizer(teacher_dir)
     model = load_classifier(teacher_dir, num_labels=_num_labels(teacher_dir))
     with progress_bar(len(texts), "teacher logits") as bar:
-        logits = torch.from_numpy(predict_texts(model, tokenizer, texts, max_length, bar=bar))
+        logits = torch.from_numpy(predict_texts(model, tokenizer, texts, max_length, bar=bar, pairs=pairs))
     with atomic_file(path, "wb") as handle:
         handle.write(save({"logits": logits.contiguous()}))
     return logits
@@ -342,15 +344,25 @@ def _num_layers(model_dir: str) -> int:
 
 
 def distill_task(cfg: TaskDistillConfig) -> dict[str, Any]:
-    """Task distillation = the fine-tuning job with a distillation objective."""
+    """Task distillation = the fine-tuning job with a distillation objective (token classification
+    and QA: per-token / per-position soft targets of a teacher of the same task)."""
     require(cfg.teacher, "task distillation needs --teacher (a fine-tuned classifier directory)")
+    if (task := cfg.finetune.data.kind) != "classification":
+        from distilprune.jobs.tasks import finetune_task
+
+        require(cfg.loss.alpha_cos == 0, f"the hidden-state cosine term is for classifiers, not {task}")
+        require_classifier(cfg.teacher, task)
+        return finetune_task(cfg.finetune, metadata={"distillation": {"teacher": cfg.teacher,
+                                                                      **to_dict(cfg.loss)}},
+                             label_names=label_names_of(cfg.teacher) if task == "token-classification"
+                             else None, teacher=cfg.teacher, loss=cfg.loss)
     require_classifier(cfg.teacher)  # a random head's soft targets would teach nothing
     teacher_model = None
     if cfg.loss.alpha_cos > 0:
         teacher_model = load_classifier(cfg.teacher, num_labels=_num_labels(cfg.teacher)).eval()
 
     def objective(train_ds: EncodedDataset, table: TextTable) -> TaskDistillationObjective:
-        logits = teacher_logits(cfg.teacher, table.texts, cfg.finetune.data.max_length)
+        logits = teacher_logits(cfg.teacher, table.texts, cfg.finetune.data.max_length, table.pairs)
         if len(logits) != len(train_ds):
             raise UserError("cached teacher logits do not match the training set")
         pairs = (hidden_layer_pairs(_num_layers(cfg.finetune.model), num_layers_of(teacher_model),

@@ -1,4 +1,5 @@
-"""Evaluate a saved classifier on labelled data, or predict labels for new texts."""
+"""Evaluate a saved model on labelled data, or predict for new data. Classifiers (texts or text
+pairs) are handled here; token-classification and QA models by :mod:`distilprune.jobs.tasks`."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ from distilprune.jobs.common import read_metadata, trained_label_names
 from distilprune.models.loading import load_tokenizer, require_classifier
 from distilprune.models.registry import resolve_model
 from distilprune.progress import chunked, progress_bar
+from distilprune.task import require_data_for, split_pairs, task_of_model
+
+Items = list  # texts, or (text, second text) tuples for a pair classifier
 
 
 class SavedClassifier:
@@ -39,14 +43,16 @@ class SavedClassifier:
         self.meta = read_metadata(path)
         self.preprocess: list[str] = self.meta.get("preprocess", [])
         self.max_length: int = int(self.meta.get("max_length", 128))
+        self.pairs: bool = bool(self.meta.get("text_pairs"))
         self._predict = self._backend(engine)
         id2label = read_config(path).get("id2label") or {}
         self.label_names: list[str] = trained_label_names(self.meta, id2label) or [
             str(i) for i in range(len(id2label) or 2)]
 
-    def _backend(self, engine: str) -> Callable[[list[str], Any], np.ndarray]:
-        """``(texts, bar)`` -> logits on the directory's own runtime
-        (:func:`~distilprune.formats.model_kind`); ``bar`` is a tqdm bar or ``None``."""
+    def _backend(self, engine: str) -> Callable[[Items, Any], np.ndarray]:
+        """``(items, bar)`` -> logits on the directory's own runtime
+        (:func:`~distilprune.formats.model_kind`); items are texts or text-pair tuples, ``bar`` is a
+        tqdm bar or ``None``."""
         kind = model_kind(self.path)
         if kind in ONNX_KINDS:
             require(engine == "auto", f"{self.path} is an ONNX export: it runs on onnxruntime "
@@ -54,45 +60,80 @@ class SavedClassifier:
             if kind == "deepsparse":
                 from distilprune.benchmark.speed import load_runner
 
+                require(not self.pairs, f"{self.path}: DeepSparse exports take single texts only")
                 return _with_bar(load_runner(self.path, threads=None).predict_logits)
             from distilprune.export.runtime import OnnxClassifier
 
-            return _with_bar(OnnxClassifier(self.path, max_length=self.max_length).predict_logits)
+            onnx = OnnxClassifier(self.path, max_length=self.max_length)
+            return _with_bar(lambda items: _onnx_logits(onnx, items))
         model, tokenizer = load_source_model(self.path, engine), load_tokenizer(self.path)
-        return lambda texts, bar: predict_texts(model, tokenizer, texts, self.max_length, bar=bar)
+        return lambda items, bar: predict_texts(model, tokenizer, split_pairs(items)[0], self.max_length,
+                                                bar=bar, pairs=split_pairs(items)[1])
 
     def logits(self, texts: Sequence[str], records: Sequence[dict] | None = None,
-               progress: str | None = None) -> np.ndarray:
-        """Logits for raw texts (the model's own preprocessing is applied); ``progress`` names a
-        progress bar on stderr (shown on a terminal only)."""
+               progress: str | None = None, pairs: Sequence[str] | None = None) -> np.ndarray:
+        """Logits for raw texts, or text pairs (``pairs``: the second texts), the model's own
+        preprocessing applied; ``progress`` names a progress bar on stderr (on a terminal only)."""
+        require((pairs is not None) == self.pairs,
+                f"{self.path} was trained on {'text pairs' if self.pairs else 'single texts'}: "
+                f"give it {'text pairs' if self.pairs else 'single texts'}")
         if self.preprocess:
             from distilprune.data.preprocess import build_preprocessor
 
             fn = build_preprocessor(self.preprocess)
             records = records or [{} for _ in texts]
             texts = [fn(t, r) for t, r in zip(texts, records, strict=True)]
+            pairs = None if pairs is None else [fn(t, r) for t, r in zip(pairs, records, strict=True)]
+        items = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
         if progress is None:
-            return self._predict(list(texts), None)
-        with progress_bar(len(texts), progress) as bar:
-            return self._predict(list(texts), bar)
+            return self._predict(items, None)
+        with progress_bar(len(items), progress) as bar:
+            return self._predict(items, bar)
 
 
-def _with_bar(predict: Callable[[list[str]], np.ndarray]) -> Callable[[list[str], Any], np.ndarray]:
-    """A texts -> logits runtime as ``(texts, bar)`` -> logits, in chunks when a bar is given."""
-    return lambda texts, bar: predict(texts) if bar is None else chunked(predict, texts, bar)
+def _onnx_logits(onnx: Any, items: Items) -> np.ndarray:
+    texts, pairs = split_pairs(items)
+    return onnx.predict_logits(texts, 32, pairs)
+
+
+def _with_bar(predict: Callable[[Items], np.ndarray]) -> Callable[[Items, Any], np.ndarray]:
+    """An items -> logits runtime as ``(items, bar)`` -> logits, in chunks when a bar is given."""
+    return lambda items, bar: predict(items) if bar is None else chunked(predict, items, bar)
+
+
+def _table(clf: SavedClassifier, data: str | Path, text_column: str | None, label_column: str | None,
+           text_pair_column: str | None, with_labels: bool):
+    """The data file read as the classifier needs it (its labels, single texts or pairs)."""
+    return load_table(data, text_column, label_column, label_names=clf.label_names, with_labels=with_labels,
+                      text_pair_column=text_pair_column, pairs=clf.pairs)
+
+
+def model_task(model_dir: str | Path, data: str | Path) -> str:
+    """The model's task; data of another kind is refused in one line."""
+    task = task_of_model(resolve_model(model_dir))
+    require_data_for(model_dir, task, data)
+    return task
 
 
 def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path | None = None,
                    text_column: str | None = None, label_column: str | None = None,
-                   overwrite: bool = True, engine: str = "auto") -> dict[str, Any]:
-    """Metrics (JSON) and plots (confusion matrix, PR curve) of a saved model on labelled data."""
+                   overwrite: bool = True, engine: str = "auto",
+                   text_pair_column: str | None = None) -> dict[str, Any]:
+    """Metrics (JSON) and plots (confusion matrix, PR curve) of a saved model on labelled data;
+    token-classification and QA models: entity / SQuAD scores (:mod:`distilprune.jobs.tasks`)."""
     out = Path(out) if out else Path(model_dir) / f"eval_{Path(data).stem}"
     check_writable(out)
+    if (task := model_task(model_dir, data)) != "classification":
+        from distilprune.jobs.tasks import evaluate_task
+
+        return evaluate_task(model_dir, task, data, out, overwrite, engine)
     clf = SavedClassifier(model_dir, engine)
-    table = load_table(data, text_column, label_column, label_names=clf.label_names)
-    logits = clf.logits(table.texts, table.extras or None, progress="evaluate")
+    table = _table(clf, data, text_column, label_column, text_pair_column, with_labels=True)
+    logits = clf.logits(table.texts, table.extras or None, progress="evaluate", pairs=table.pairs)
     metrics = classification_metrics(table.labels, logits)
     metrics["data"] = str(data)
+    metrics["task"] = "classification"
+    metrics["labels"] = clf.label_names
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / "metrics.json", metrics)
         plot_confusion_matrix(metrics, clf.label_names, tmp / "confusion_matrix.png")
@@ -102,30 +143,75 @@ def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path | No
     return metrics
 
 
+def prediction_file(out: Path, task: str, data: str | Path) -> Path:
+    """Where predictions go: ``out`` itself when it names a file (its suffix picks the format),
+    else ``out/predictions.<ext>``: ``conll`` (NER), ``json`` (QA), ``tsv`` (GLUE TSV input) or
+    ``csv`` (Kaggle ``id,target``)."""
+    if out.suffix and not out.is_dir():
+        return out
+    ext = {"token-classification": "conll", "question-answering": "json"}.get(task)
+    return out / f"predictions.{ext or ('tsv' if Path(data).suffix.lower() == '.tsv' else 'csv')}"
+
+
 def predict_file(model_dir: str | Path, data: str | Path, out: str | Path,
-                 text_column: str | None = None, overwrite: bool = False, engine: str = "auto") -> int:
-    """Write ``id,target`` rows (Kaggle style; the target is the model's label name) for every row
-    of ``data``; returns the count."""
+                 text_column: str | None = None, overwrite: bool = False, engine: str = "auto",
+                 text_pair_column: str | None = None) -> tuple[int, Path]:
+    """Predictions for every row of ``data`` (see :func:`prediction_file` for where and in which
+    format); returns ``(count, file)``. A directory ``out`` is created, and removed again when
+    nothing could be written."""
     out = Path(out)
     check_writable(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists (pass --overwrite to replace it)")
+    task = model_task(model_dir, data)
+    target = prediction_file(out, task, data)
+    if target.exists() and not overwrite:
+        raise UserError(f"{target} already exists (pass --overwrite to replace it)")
+    made = target.parent == out and not out.exists()
+    if made:
+        out.mkdir(parents=True)
+    try:
+        return _predict_into(model_dir, task, data, target, text_column, engine, text_pair_column), target
+    except BaseException:
+        if made and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _predict_into(model_dir: str | Path, task: str, data: str | Path, out: Path, text_column: str | None,
+                  engine: str, text_pair_column: str | None) -> int:
+    if task != "classification":
+        from distilprune.jobs.tasks import predict_task
+
+        return predict_task(model_dir, task, data, out, engine)
     clf = SavedClassifier(model_dir, engine)
-    table = load_table(data, text_column, with_labels=False)
-    predictions = clf.logits(table.texts, table.extras or None, progress="predict").argmax(axis=-1).tolist()
+    table = _table(clf, data, text_column, None, text_pair_column, with_labels=False)
+    logits = clf.logits(table.texts, table.extras or None, progress="predict", pairs=table.pairs)
+    labels = [clf.label_names[p] for p in logits.argmax(axis=-1).tolist()]
+    if out.suffix.lower() == ".tsv":
+        from distilprune.tasks.glue import write_glue_predictions
+
+        write_glue_predictions(out, table.ids, labels)
+        return len(table)
     with atomic_file(out, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "target"])
-        writer.writerows(zip(table.ids, [clf.label_names[p] for p in predictions], strict=True))
+        writer.writerows(zip(table.ids, labels, strict=True))
     return len(table)
 
 
-def predict_text(model_dir: str | Path, texts: Sequence[str], engine: str = "auto") -> list[dict[str, Any]]:
-    """Label and class probabilities for each text."""
-    require(all(t.strip() for t in texts), "empty text given to --text")
+def predict_text(model_dir: str | Path, texts: Sequence[str], engine: str = "auto",
+                 pairs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Label and class probabilities for each text (or text pair, ``pairs`` the second texts);
+    a token-classification model answers with entities, a QA model needs a question (``texts``)
+    and a context (``pairs``) and answers with a span."""
+    require(all(t.strip() for t in [*texts, *(pairs or [])]), "empty text given to --text")
+    if (task := task_of_model(resolve_model(model_dir))) != "classification":
+        from distilprune.jobs.tasks import predict_task_texts
+
+        return predict_task_texts(model_dir, task, texts, pairs, engine)
     clf = SavedClassifier(model_dir, engine)
-    probs = softmax(clf.logits(list(texts)))
+    probs = softmax(clf.logits(list(texts), pairs=None if pairs is None else list(pairs)))
     return [
-        {"text": t, "label": clf.label_names[int(p.argmax())], "probabilities": p.round(4).tolist()}
-        for t, p in zip(texts, probs, strict=True)
+        {"text": t, **({"text_pair": pairs[i]} if pairs else {}),
+         "label": clf.label_names[int(p.argmax())], "probabilities": p.round(4).tolist()}
+        for i, (t, p) in enumerate(zip(texts, probs, strict=True))
     ]

@@ -39,7 +39,8 @@ STAGES = ("teacher", "mlm_head", "student", "distill", "finetune", "qat", "expor
           "report")
 STAGE_FILE = "stage.json"
 UNHASHED = frozenset({"checkpoint_every", "checkpoint_dir", "resume"})  # how, not what, to train
-BENCHMARK_MODELS = ("teacher", "student", "compressed")
+# "baseline": TF-IDF + logistic regression fitted on the training split (no model directory)
+BENCHMARK_MODELS = ("teacher", "student", "compressed", "baseline")
 
 
 # ----------------------------------------------------------------------------- recipe
@@ -204,7 +205,15 @@ def preflight(cfg: PipelineConfig) -> None:
         validate_layer_map(cfg.student.layer_map, layers)
     else:
         default_layer_map(layers, cfg.student.layers)
-    prepare_data(cfg.data)
+    if (task := cfg.data.kind) == "classification":
+        prepare_data(cfg.data)
+        return
+    from distilprune.jobs.tasks import read_rows
+
+    require("baseline" not in cfg.benchmark.models,
+            f"benchmark.models: the baseline is a classifier, not {task}")
+    for path in filter(None, (cfg.data.train, cfg.data.validation)):
+        read_rows(task, path)
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -315,10 +324,17 @@ def _empty_stage(cfg: PipelineConfig, stage: str) -> None:
         pass
 
 
-def _val_texts(cfg: PipelineConfig, limit: int | None) -> tuple[list[str], list[int]]:
+def _val_texts(cfg: PipelineConfig, limit: int | None) -> tuple[list, list[int] | None]:
+    """The first ``limit`` validation inputs (text pairs and QA inputs as tuples) and labels (none
+    for NER / QA: their scores are the stages' own metrics)."""
+    if (task := cfg.data.kind) != "classification":
+        from distilprune.jobs.tasks import validation_texts
+
+        return validation_texts(task, cfg.data, limit), None
     val = prepare_data(cfg.data).val
     n = len(val) if limit is None else min(limit, len(val))
-    return val.texts[:n], (val.labels or [])[:n]
+    texts = val.texts[:n] if val.pairs is None else list(zip(val.texts[:n], val.pairs[:n], strict=True))
+    return texts, (val.labels or [])[:n]
 
 
 # ----------------------------------------------------------------------------- stage runners
@@ -410,7 +426,7 @@ def _run_export(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]
                            max_length=section.max_length or cfg.data.max_length)
         _copy_metadata(source, tmp / onnx_name(cfg))
         summary["onnx"] = {**onnx, "path": onnx_name(cfg)}
-        if section.compact:
+        if section.compact and cfg.data.kind == "classification":  # compact storage: classifiers
             name = "compact-int8" if section.int8 else "compact"
             summary["compact"] = {**save_compact(source, tmp / name, int8=section.int8), "path": name}
             _copy_metadata(source, tmp / name)
@@ -418,17 +434,29 @@ def _run_export(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]
 
 
 def _run_benchmark(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
-    from distilprune.benchmark import run_benchmark
+    from distilprune.benchmark.baseline import benchmark_baseline
+    from distilprune.benchmark.report import write_report
+    from distilprune.benchmark.speed import benchmark_models
 
     section = cfg.benchmark
     paths = {"teacher": model_path(cfg, records, "teacher"), "student": model_path(cfg, records, "qat"),
              "compressed": model_path(cfg, records, "export")}
     texts, labels = _val_texts(cfg, section.limit)
+    settings = {"threads": section.threads, "batch_sizes": section.batch_sizes,
+                "seq_len": section.seq_len or cfg.data.max_length, "repeats": section.repeats,
+                "warmup": section.warmup}
+    measured = iter(benchmark_models([paths[m] for m in section.models if m != "baseline"], texts, labels,
+                                     **settings))
+    results = []
+    for role in section.models:
+        if role == "baseline":
+            train = prepare_data(cfg.data).train
+            results.append(benchmark_baseline(train.texts, train.labels, texts, labels, **settings))
+        else:
+            results.append(next(measured))
     with atomic_dir(stage_dir(cfg, "benchmark"), overwrite=True) as tmp:
-        report = run_benchmark([paths[m] for m in section.models], texts, labels, tmp / "benchmark",
-                               threads=section.threads, batch_sizes=section.batch_sizes,
-                               seq_len=section.seq_len or cfg.data.max_length,
-                               repeats=section.repeats, warmup=section.warmup)
+        files = [tmp / f"benchmark.{ext}" for ext in ("json", "md", "png")]
+        report = write_report(results, *files)
     report["files"] = {ext: f"benchmark.{ext}" for ext in ("json", "md", "png")}
     report["roles"] = list(section.models)
     return report

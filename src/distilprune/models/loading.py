@@ -1,4 +1,5 @@
-"""Load tokenizers and sequence classifiers for any BERT-class architecture."""
+"""Load tokenizers and task models (sequence / token classifiers, extractive QA) for any
+BERT-class architecture."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import torch
 import transformers
 from transformers import (
     AutoConfig,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
-from distilprune.errors import UserError
+from distilprune.errors import UserError, require
 from distilprune.models.registry import resolve_model
 
 SUPPORTED_ARCHITECTURES = ("bert", "roberta", "distilbert", "xlnet", "mpnet")
@@ -82,13 +85,58 @@ def check_max_length(name: str | Path, max_length: int) -> None:
         raise UserError(f"max_length {max_length} is longer than {name} allows ({limit} tokens)")
 
 
-def require_classifier(name: str | Path) -> None:
-    """Refuse a model never trained as a classifier (a pretrained encoder, a masked-LM): its
-    classification head would be random, and every answer made up."""
+def require_classifier(name: str | Path, task: str = "classification") -> None:
+    """Refuse a model never trained for ``task`` (a pretrained encoder, a masked-LM): its head
+    would be random, and every answer made up."""
+    from distilprune.task import HEADS
+
     kinds = ", ".join(load_config(name).architectures or []) or "no architectures in its config.json"
-    if "ForSequenceClassification" not in kinds:
-        raise UserError(f"{name} is not a trained classifier ({kinds}): fine-tune it first "
+    if HEADS[task] not in kinds:  # type: ignore[index]
+        what = "classifier" if task == "classification" else f"{task} model"
+        raise UserError(f"{name} is not a trained {what} ({kinds}): fine-tune it first "
                         f"(distilprune finetune --model {name} ...)")
+
+
+AUTO_CLASSES = {"classification": AutoModelForSequenceClassification,
+                "token-classification": AutoModelForTokenClassification,
+                "question-answering": AutoModelForQuestionAnswering}
+
+
+def _other_task_head(config: transformers.PretrainedConfig, task: str) -> bool:
+    """Whether the checkpoint carries a trained head of another task (dropped when loading)."""
+    from distilprune.task import HEADS
+
+    heads = [h for t, h in HEADS.items() if t != task]
+    return any(h in a for a in config.architectures or [] for h in heads)
+
+
+def load_task_model(name: str | Path, task: str = "classification",
+                    label_names: list[str] | None = None) -> PreTrainedModel:
+    """Load a model with the head of ``task`` (:data:`AUTO_CLASSES`); a fresh head is added when the
+    checkpoint has none, or one of another task (a sparse pre-trained encoder, a masked-LM, a
+    classifier fine-tuned for NER...). ``label_names`` set the (token) classes."""
+    if task == "classification":
+        return load_classifier(name, len(label_names) if label_names else 2, label_names)
+    require_weights(name)
+    config = load_config(name)
+    require(not getattr(config, "pruned_heads", None),
+            f"{name} is structurally shrunk: {task} supports unshrunk models only")
+    if label_names:
+        config.num_labels = len(label_names)
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {n: i for i, n in enumerate(label_names)}
+    elif task == "question-answering":
+        config.num_labels = 2
+    try:
+        model = _load("model", name, AUTO_CLASSES[task].from_pretrained, config=config,
+                      ignore_mismatched_sizes=_other_task_head(config, task))
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc):
+            raise
+        raise UserError(f"{name} has a {load_config(name).num_labels}-tag {task} head, so it cannot "
+                        f"learn {config.num_labels} tags: fine-tune the encoder it was trained from "
+                        "instead") from exc
+    return model.float()
 
 
 def load_classifier(
@@ -117,7 +165,8 @@ def load_classifier(
 
         return load_shrunk(resolve_model(name), config).float()
     try:
-        model = _load("model", name, AutoModelForSequenceClassification.from_pretrained, config=config)
+        model = _load("model", name, AutoModelForSequenceClassification.from_pretrained, config=config,
+                      ignore_mismatched_sizes=_other_task_head(config, "classification"))
     except RuntimeError as exc:
         if "ignore_mismatched_sizes" not in str(exc) and "size mismatch" not in str(exc):
             raise
@@ -169,8 +218,14 @@ def load_masked_lm(name: str | Path) -> tuple[PreTrainedModel, bool]:
 
 
 def load_for_student(name: str | Path) -> PreTrainedModel:
-    """Load a teacher with the head it was saved with (masked-LM or sequence classifier)."""
+    """Load a teacher with the head it was saved with (masked-LM, sequence / token classifier, QA)."""
+    from distilprune.task import task_of_config
+
     config = load_config(name)
     if any("MaskedLM" in a or "LMHead" in a for a in (config.architectures or [])):
         return load_masked_lm(name)[0]
+    task = task_of_config(config.to_dict())
+    if task != "classification":
+        return load_task_model(name, task, [config.id2label[i] for i in range(config.num_labels)]
+                               if task == "token-classification" else None)
     return load_classifier(name, num_labels=config.num_labels)

@@ -4,21 +4,27 @@ from distilprune.quantize.ptq import dynamic_quantize, static_quantize_onnx
 from distilprune.quantize.qat import (
     QATConfig,
     QATHook,
+    attach_input_quant,
     finalize_qat,
     freeze_observers,
     int8_row_qparams,
+    load_qat_params,
     prepare_qat,
     quantizable_linears,
+    save_qat_params,
 )
 
 __all__ = [
     "QATConfig",
     "QATHook",
+    "attach_input_quant",
     "dynamic_quantize",
     "finalize_qat",
     "freeze_observers",
     "int8_row_qparams",
+    "load_qat_params",
     "prepare_qat",
     "quantizable_linears",
+    "save_qat_params",
     "static_quantize_onnx",
 ]

@@ -13,6 +13,10 @@
 * :func:`finalize_qat` bakes the weights onto the int8 grid as plain fp32 values, removes every
   QAT module/hook and returns the per-layer scales. The result saves with ``save_pretrained``;
   re-quantizing those weights per channel with ``amax/127`` symmetric int8 is lossless.
+* :func:`save_qat_params` keeps those scales beside the model (``qat_qparams.safetensors``: the
+  per-channel weight scales and the learned input scale/zero point of every layer);
+  :func:`load_qat_params` reads them back and :func:`attach_input_quant` rebuilds the
+  fake-quantized model from a saved one (the reference of a static int8 export).
 
 Selection (default): the Linear layers inside the transformer blocks (``...layer.<i>....``),
 not embeddings, pooler or classifier. XLNet's attention projections are raw ``nn.Parameter``
@@ -21,17 +25,25 @@ einsums, not Linear, so only its feed-forward layers are covered.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 # torch.ao.quantization is deprecated in favour of torchao, whose QATConfig (with
 # IntxFakeQuantizeConfig) is the replacement. We still use torch.ao's FakeQuantize + observers
-# because our QAT is a parametrization stacked on the pruning masks (pruned weights stay exactly
-# zero) and resumable checkpoints store these modules' state: moving is left for later.
+# (torchao is not a dependency) because:
+# - our weight fake quantization is a parametrization stacked on the pruning masks (pruned weights
+#   stay exactly zero); torchao's prepare step swaps each Linear for its own FakeQuantizedLinear;
+# - the static int8 export (qat_static_onnx) needs one per-tensor activation range per layer,
+#   learned in training: torchao's activation fake quantization is dynamic by default
+#   (``is_dynamic=True``, e.g. per token), learned static ranges (``range_learning``) are a
+#   prototype, and its convert step targets torchao tensor subclasses for PyTorch, not ONNX QDQ;
+# - resumable checkpoints store these modules' state.
 # torch 2.13 emits no warning for these classes; where torch.ao does warn
 # (quantize_dynamic in ptq.py), the warning is silenced locally, never globally.
 from torch.ao.quantization import (
@@ -41,12 +53,14 @@ from torch.ao.quantization import (
 )
 from torch.nn.utils import parametrize
 
-from distilprune.errors import require
+from distilprune.errors import UserError, require
 from distilprune.train import Hook
 
 BLOCK_MODULE = re.compile(r"(?:^|\.)layers?\.\d+\.")
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
 INPUT_ATTR = "input_fake_quant"
+QPARAMS_FILENAME = "qat_qparams.safetensors"
+QPARAMS_FORMAT = "distilprune-qat-qparams/1"
 
 
 @dataclass
@@ -208,17 +222,20 @@ def _bake_weight(module: nn.Module, index: int) -> torch.Tensor:
     return scale
 
 
-def _drop_input_quant(module: nn.Module) -> tuple[float | None, int | None]:
+def _drop_input_quant(module: nn.Module) -> dict:
+    """Remove a layer's input quantizer; its learned ``input_*`` parameters (``None`` if none)."""
     fake = getattr(module, INPUT_ATTR, None)
     if fake is None:
-        return None, None
+        return {"input_scale": None, "input_zero_point": None, "input_dtype": None}
     for key, hook in list(module._forward_pre_hooks.items()):
         if hook is _quantize_input:
             del module._forward_pre_hooks[key]
     delattr(module, INPUT_ATTR)
     if not fake.observed():
-        return None, None
-    return float(fake.fake_quant.scale), int(fake.fake_quant.zero_point)
+        return {"input_scale": None, "input_zero_point": None, "input_dtype": None}
+    dtype = "uint8" if fake.fake_quant.dtype == torch.quint8 else "int8"
+    return {"input_scale": float(fake.fake_quant.scale), "input_dtype": dtype,
+            "input_zero_point": int(fake.fake_quant.zero_point)}
 
 
 def finalize_qat(model: nn.Module) -> dict[str, dict]:
@@ -226,8 +243,10 @@ def finalize_qat(model: nn.Module) -> dict[str, dict]:
 
     Pruning-mask parametrizations stay in place (with their ``original`` set to the baked
     values). Returns ``{layer: {"weight_scale": Tensor[out], "input_scale": float | None,
-    "input_zero_point": int | None}}``. Run it before :func:`distilprune.prune.finalize`
-    (which would bake the weights itself, leaving only the input quantizers to remove).
+    "input_zero_point": int | None, "input_dtype": "uint8" | "int8" | None}}`` (input values
+    ``None`` for a layer whose activations were not quantized or never observed). Run it before
+    :func:`distilprune.prune.finalize` (which would bake the weights itself, leaving only the
+    input quantizers to remove).
     """
     scales: dict[str, dict] = {}
     for name, module in model.named_modules():
@@ -238,11 +257,98 @@ def finalize_qat(model: nn.Module) -> dict[str, dict]:
             weight_scale = _bake_weight(module, index)
         else:  # weights already baked by someone else (e.g. pruning finalize ran first)
             weight_scale = int8_row_qparams(module.weight)[0]
-        input_scale, input_zero_point = _drop_input_quant(module)
-        scales[name] = {"weight_scale": weight_scale, "input_scale": input_scale,
-                        "input_zero_point": input_zero_point}
+        scales[name] = {"weight_scale": weight_scale, **_drop_input_quant(module)}
     require(bool(scales), "model is not prepared for QAT (nothing to finalize)")
     return scales
+
+
+# ----------------------------------------------------------------------------- learned parameters
+def save_qat_params(folder: str | Path, params: dict[str, dict]) -> Path:
+    """Write :func:`finalize_qat`'s parameters to ``folder/qat_qparams.safetensors`` (atomically).
+
+    Tensors ``<layer>.weight_scale`` (float32, per output channel), ``<layer>.input_scale``
+    (float32) and ``<layer>.input_zero_point`` (int32); the metadata names the scheme: int8
+    symmetric per-channel weights on ``[-127, 127]``, per-tensor activations of ``activation_dtype``.
+    """
+    from safetensors.torch import save
+
+    from distilprune.io import atomic_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    dtypes = {info["input_dtype"] for info in params.values() if info["input_scale"] is not None}
+    require(len(dtypes) <= 1, f"layers disagree on the activation dtype: {sorted(dtypes)}")
+    for name, info in params.items():
+        tensors[f"{name}.weight_scale"] = info["weight_scale"].detach().float().contiguous()
+        if info["input_scale"] is not None:
+            tensors[f"{name}.input_scale"] = torch.tensor([info["input_scale"]], dtype=torch.float32)
+            tensors[f"{name}.input_zero_point"] = torch.tensor([info["input_zero_point"]],
+                                                               dtype=torch.int32)
+    metadata = {"format": QPARAMS_FORMAT, "layers": json.dumps(list(params)),
+                "weight": json.dumps({"dtype": "int8", "qmin": WEIGHT_QMIN, "qmax": WEIGHT_QMAX,
+                                      "scheme": "per_channel_symmetric", "axis": 0}),
+                "activation_dtype": next(iter(dtypes), "none")}
+    path = Path(folder) / QPARAMS_FILENAME
+    with atomic_file(path, "wb") as handle:
+        handle.write(save(tensors, metadata))
+    return path
+
+
+def load_qat_params(folder: str | Path) -> dict[str, dict] | None:
+    """The parameters :func:`save_qat_params` wrote into ``folder`` (``None`` if it has none),
+    in :func:`finalize_qat`'s layout; a corrupt file is a :class:`UserError`."""
+    from safetensors import safe_open
+
+    path = Path(folder) / QPARAMS_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        layers, dtype = json.loads(meta["layers"]), meta.get("activation_dtype")
+        params = {name: _layer_params(tensors, name, dtype) for name in layers}
+    except Exception as exc:  # safetensors raises its own error type; JSON/KeyError for bad metadata
+        raise UserError(f"{path} is corrupt: {_first_line(exc)}") from exc
+    require(meta.get("format") == QPARAMS_FORMAT, f"{path} is not a distilprune QAT file")
+    return params
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _layer_params(tensors: dict[str, torch.Tensor], name: str, dtype: str | None) -> dict:
+    scale = tensors.get(f"{name}.input_scale")
+    return {"weight_scale": tensors[f"{name}.weight_scale"],
+            "input_scale": None if scale is None else float(scale[0]),
+            "input_zero_point": None if scale is None else int(tensors[f"{name}.input_zero_point"][0]),
+            "input_dtype": None if scale is None else dtype}
+
+
+def attach_input_quant(model: nn.Module, params: dict[str, dict]) -> nn.Module:
+    """Re-attach frozen input fake quantization with the learned ``params`` to a saved QAT model.
+
+    The result computes what the QAT model computed in eval mode (its saved weights are already
+    on the int8 grid of ``weight_scale``): the reference a static int8 export must reproduce.
+    """
+    require(not is_qat_prepared(model), "model is already prepared for QAT")
+    for name, info in params.items():
+        if info["input_scale"] is None:
+            continue
+        module = model.get_submodule(name)
+        fake = InputFakeQuant(QATConfig(activation_dtype=info["input_dtype"]))
+        quant = fake.fake_quant
+        scale, zero_point = info["input_scale"], info["input_zero_point"]
+        quant.scale.copy_(torch.tensor([scale]))
+        quant.zero_point.copy_(torch.tensor([zero_point]))
+        observer = quant.activation_post_process  # finite range: observed, never updated (frozen)
+        observer.min_val.copy_(torch.tensor((quant.quant_min - zero_point) * scale))
+        observer.max_val.copy_(torch.tensor((quant.quant_max - zero_point) * scale))
+        fake.frozen = True
+        module.add_module(INPUT_ATTR, fake)
+        module.register_forward_pre_hook(_quantize_input)
+    return model
 
 
 class QATHook(Hook):
@@ -266,9 +372,195 @@ class QATHook(Hook):
             self.freeze_step = max(1, math.ceil(self.cfg.freeze_observers_at * total_steps))
 
     def on_step_end(self, model: nn.Module, step: int) -> None:
-        if self.freeze_step is not None and step == self.freeze_step:
+        if self.freeze_step is not None and step >= self.freeze_step:  # also after a resume
             freeze_observers(model)
 
     def on_train_end(self, model: nn.Module) -> None:
         if self.finalize:
             self.scales = finalize_qat(model)
+
+
+# ----------------------------------------------------------------------------- static int8 ONNX
+def fake_quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight on its per-row symmetric int8 grid, row scales)``: how an embedding table is
+    stored as int8 (the ONNX Gather and the PyTorch reference compute the same values)."""
+    scale, zero_point = int8_row_qparams(weight)
+    grid = torch.fake_quantize_per_channel_affine(weight.detach().float(), scale, zero_point, 0,
+                                                  WEIGHT_QMIN, WEIGHT_QMAX)
+    return grid, scale
+
+
+def quantize_embedding_rows(model: nn.Module) -> None:
+    """Put the word embeddings on their per-row int8 grid, in place (post-training, as the int8
+    ONNX stores them)."""
+    embedding = model.get_input_embeddings()
+    with torch.no_grad():
+        embedding.weight.copy_(fake_quantize_rows(embedding.weight)[0])
+
+
+def qat_static_onnx(onnx_in: str | Path, onnx_out: str | Path, model: nn.Module,
+                    params: dict[str, dict], embeddings: bool = True) -> dict:
+    """Static int8 (QDQ) copy of the fp32 ONNX export of a saved QAT ``model``, from ``params``.
+
+    Each quantized layer's MatMul (found by its weight's values: exporters rename, transpose and
+    fold initializers) gets int8 per-channel weights (``DequantizeLinear`` with the learned
+    ``weight_scale``, axis 1) and a ``QuantizeLinear``/``DequantizeLinear`` pair on its input with
+    the learned input scale and zero point: nothing is calibrated. ``embeddings``: the word
+    embedding table is stored int8 per row too (gathered, then scaled; not learned in QAT: the
+    reference model needs :func:`quantize_embedding_rows`). Returns a summary for
+    ``export.json``; the output is written atomically.
+    """
+    import onnx
+
+    from distilprune.io import atomic_file
+
+    proto = onnx.load(str(onnx_in))
+    if embeddings:
+        _quantize_embedding_gather(proto.graph, model.get_input_embeddings().weight)
+    layers = {name: info for name, info in params.items() if info["input_scale"] is not None}
+    require(bool(layers), "the QAT model has no learned activation scales (trained without "
+            "activation quantization?): nothing to export as static int8")
+    weights = {name: model.get_submodule(name).weight.detach().float().numpy() for name in layers}
+    matches = _match_layers(proto.graph, weights)
+    missing = sorted(set(layers) - set(matches.values()))
+    require(not missing, f"cannot find QAT layer {missing[0] if missing else ''} in the ONNX graph")
+    error = _insert_qdq(proto.graph, matches, layers, weights)
+    _drop_unused(proto.graph)
+    onnx.checker.check_model(proto)
+    with atomic_file(onnx_out, "wb") as handle:
+        handle.write(proto.SerializeToString())
+    return {"method": "qat-static", "format": "QDQ", "layers": len(layers),
+            "activations": f"per-tensor {next(iter(layers.values()))['input_dtype']}, learned in QAT",
+            "weights": "int8 per-channel symmetric [-127, 127], learned in QAT",
+            "embeddings": "int8 per row (post-training)" if embeddings else "fp32",
+            "weight_grid_max_error": error}
+
+
+def _quantize_embedding_gather(graph, weight: torch.Tensor) -> None:
+    """Store the Gather table equal to ``weight`` as int8 rows: Gather the rows and their scales,
+    cast, multiply (only the gathered rows are dequantized)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    key = _weight_key(weight.detach().float().numpy())
+    names = [init.name for init in graph.initializer
+             if tuple(init.dims) == key[0] and _weight_key(numpy_helper.to_array(init)) == key]
+    gathers = [n for n in graph.node if n.op_type == "Gather" and names and n.input[0] == names[0]]
+    require(len(gathers) == 1, "cannot find the word embedding lookup in the ONNX graph")
+    grid, scale = fake_quantize_rows(weight)
+    rows = torch.round(grid / scale[:, None]).to(torch.int8).numpy()
+    graph.initializer.extend([numpy_helper.from_array(rows, "word_embeddings.quantized"),
+                              numpy_helper.from_array(scale.numpy()[:, None].astype(np.float32),
+                                                      "word_embeddings.scale")])
+    node, out = gathers[0], gathers[0].output[0]
+    node.input[0], node.output[0] = "word_embeddings.quantized", "word_embeddings.rows_q"
+    index = list(graph.node).index(node) + 1
+    extra = [
+        helper.make_node("Gather", ["word_embeddings.scale", node.input[1]],
+                         ["word_embeddings.row_scale"], name="word_embeddings.scale_Gather"),
+        helper.make_node("Cast", ["word_embeddings.rows_q"], ["word_embeddings.rows_f"],
+                         name="word_embeddings.Cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["word_embeddings.rows_f", "word_embeddings.row_scale"], [out],
+                         name="word_embeddings.Mul"),
+    ]
+    for offset, item in enumerate(extra):
+        graph.node.insert(index + offset, item)
+
+
+def _weight_key(array) -> tuple:
+    import hashlib
+
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return array.shape, hashlib.sha1(array.tobytes()).hexdigest()
+
+
+def _matmul_weight(node, initializers: dict, producers: dict):
+    """The constant ``[in, out]`` weight of a MatMul (an initializer, possibly transposed)."""
+    from onnx import numpy_helper
+
+    name = node.input[1]
+    if name in initializers:
+        return numpy_helper.to_array(initializers[name])
+    source = producers.get(name)
+    if source is not None and source.op_type == "Transpose" and source.input[0] in initializers:
+        perm = [list(a.ints) for a in source.attribute if a.name == "perm"]
+        if perm in ([], [[1, 0]]):
+            return numpy_helper.to_array(initializers[source.input[0]]).T
+    return None
+
+
+def _match_layers(graph, weights: dict) -> dict[int, str]:
+    """``{index of MatMul node: layer}`` for the MatMuls computing a QAT layer."""
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    by_key: dict[tuple, list[str]] = {}
+    for name, weight in weights.items():
+        by_key.setdefault(_weight_key(weight.T), []).append(name)
+    matches: dict[int, str] = {}
+    for index, node in enumerate(graph.node):
+        if node.op_type != "MatMul":
+            continue
+        weight = _matmul_weight(node, initializers, producers)
+        names = by_key.get(_weight_key(weight)) if weight is not None and weight.ndim == 2 else None
+        if names:
+            matches[index] = names.pop(0)  # identical weights (rare): one MatMul each, in order
+    return matches
+
+
+def _insert_qdq(graph, matches: dict[int, str], layers: dict, weights: dict) -> float:
+    """Rewrite the matched MatMuls to QDQ form; returns the largest weight change (0: lossless)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, error = [], 0.0
+    for index, node in enumerate(graph.node):
+        name = matches.get(index)
+        if name is None:
+            nodes.append(node)
+            continue
+        info, tag = layers[name], name.replace(".", "_")
+        scale = info["weight_scale"].detach().float().numpy()
+        weight_t = weights[name].T
+        quantized = np.clip(np.rint(weight_t / scale[None, :]), WEIGHT_QMIN, WEIGHT_QMAX)
+        error = max(error, float(np.abs(quantized * scale[None, :] - weight_t).max()))
+        zp_type = TensorProto.UINT8 if info["input_dtype"] == "uint8" else TensorProto.INT8
+        graph.initializer.extend([
+            numpy_helper.from_array(quantized.astype(np.int8), f"{tag}.weight_quantized"),
+            numpy_helper.from_array(scale.astype(np.float32), f"{tag}.weight_scale"),
+            numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{tag}.weight_zero_point"),
+            numpy_helper.from_array(np.array(info["input_scale"], np.float32), f"{tag}.input_scale"),
+            helper.make_tensor(f"{tag}.input_zero_point", zp_type, [], [info["input_zero_point"]]),
+        ])
+        source = node.input[0]
+        nodes += [
+            helper.make_node("QuantizeLinear", [source, f"{tag}.input_scale", f"{tag}.input_zero_point"],
+                             [f"{tag}.input_q"], name=f"{tag}.input_QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [f"{tag}.input_q", f"{tag}.input_scale",
+                                                  f"{tag}.input_zero_point"],
+                             [f"{tag}.input_dq"], name=f"{tag}.input_DequantizeLinear"),
+            helper.make_node("DequantizeLinear", [f"{tag}.weight_quantized", f"{tag}.weight_scale",
+                                                  f"{tag}.weight_zero_point"],
+                             [f"{tag}.weight_dq"], name=f"{tag}.weight_DequantizeLinear", axis=1),
+        ]
+        node.input[0], node.input[1] = f"{tag}.input_dq", f"{tag}.weight_dq"
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return error
+
+
+def _drop_unused(graph) -> None:
+    """Remove nodes and initializers nothing reads any more (the replaced fp32 weights)."""
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [node for node in graph.node if not any(out in used for out in node.output)]
+        for node in dead:
+            graph.node.remove(node)
+        if not dead:
+            break
+    used = {name for node in graph.node for name in node.input}
+    keep = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)

@@ -1,0 +1,260 @@
+"""One sparse pre-trained model, many tasks (#20): dense MiniLM vs the *same* Prune OFA sparse
+pre-trained MiniLM at 80 % and 90 % (1x4 blocks, mask locked), each fine-tuned with the same
+budget on SST-2, QNLI, WNUT-17 and SQuAD v1.1, then exported to ONNX int8.
+
+Every step is a ``distilprune`` command (what a user would type) and is skipped when its output
+exists, so the script resumes; ``--tasks`` picks tasks, ``--models`` models. Results:
+``benchmarks/results/tasks.{json,md,png}`` (a ``summary`` keyed by task) and the predictions on
+the unlabelled test files, ``predictions_<task>_<model>.<tsv|conll|json>``.
+
+    python benchmarks/tasks.py                       # all tasks (hours on 2 CPUs)
+    python benchmarks/tasks.py --tasks wnut17 sst2   # a part; rerun to add the others
+
+Validation splits: SST-2 ``dev.tsv``; WNUT-17 ``dev.conll``; QNLI 15 % of ``train.tsv``
+(seed 42, written to the work directory); SQuAD by article (``split_by_article``, seed 42), the
+first ``--squad-val`` questions of the held-out articles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import DATA, RESULTS, WORK, markdown_table, write_results
+
+SPARSE = WORK / "prune609"
+MODELS = {"dense": ("minilm-l6", False), "sparse80": (str(SPARSE / "gd-block-0.80"), True),
+          "sparse90": (str(SPARSE / "gd-block-0.90"), True)}
+
+
+@dataclass
+class Task:
+    """A task's files, budget and metric (the same budget for every model)."""
+
+    name: str
+    train: Path
+    validation: Path
+    test: Path
+    metric: str
+    suffix: str  # of the predictions file
+    flags: list[str] = field(default_factory=list)
+
+
+def tasks(work: Path, squad_train: int, squad_val: int) -> dict[str, Task]:
+    qnli_train, qnli_val = split_qnli(work / "data")
+    squad_train_file, squad_val_file = split_squad(work / "data", squad_train, squad_val)
+    return {
+        "wnut17": Task("wnut17", DATA / "wnut17/train.conll", DATA / "wnut17/dev.conll",
+                       DATA / "wnut17/test.tokens", "f1", "conll",
+                       ["--max-steps", "500", "--lr", "1e-4", "--max-length", "64"]),
+        "sst2": Task("sst2", DATA / "sst2/train.tsv", DATA / "sst2/dev.tsv", DATA / "sst2/test.tsv",
+                     "accuracy", "tsv", ["--max-steps", "600", "--lr", "5e-5", "--max-length", "64"]),
+        "qnli": Task("qnli", qnli_train, qnli_val, DATA / "qnli/test.tsv", "accuracy", "tsv",
+                     ["--max-steps", "420", "--lr", "5e-5", "--max-length", "128"]),
+        "squad": Task("squad", squad_train_file, squad_val_file, DATA / "squad/test-questions.json", "f1",
+                      "json", ["--max-steps", "600", "--batch-size", "16", "--lr", "1e-4",
+                               "--max-length", "256", "--doc-stride", "64"]),
+    }
+
+
+def split_qnli(folder: Path) -> tuple[Path, Path]:
+    """QNLI train.tsv cut 85/15 (stratified, seed 42) into the work directory, GLUE layout kept."""
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    train, val = folder / "qnli_train.tsv", folder / "qnli_val.tsv"
+    if not val.is_file():
+        frame = pd.read_csv(DATA / "qnli/train.tsv", sep="\t", quoting=3, keep_default_na=False)
+        fit, held = train_test_split(frame, test_size=0.15, random_state=42, stratify=frame["label"])
+        folder.mkdir(parents=True, exist_ok=True)
+        fit.to_csv(train, sep="\t", index=False, quoting=3)
+        held.to_csv(val, sep="\t", index=False, quoting=3)
+    return train, val
+
+
+def split_squad(folder: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
+    """SQuAD train.json split by article (seed 42): the first ``n_train`` questions of the training
+    articles and ``n_val`` of the held-out ones, as SQuAD JSON files in the work directory."""
+    from distilprune.tasks.qa import read_squad, split_by_article
+
+    train, val = folder / f"squad_train{n_train}.json", folder / f"squad_val{n_val}.json"
+    if not val.is_file():
+        fit, held = split_by_article(read_squad(DATA / "squad/train.json"), 0.1, 42)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_squad(train, fit[:n_train])
+        write_squad(val, held[:n_val])
+    return train, val
+
+
+def write_squad(path: Path, examples: list) -> None:
+    articles: dict[str, list] = {}
+    for ex in examples:
+        articles.setdefault(ex.title, []).append({"context": ex.context, "qas": [
+            {"id": ex.id, "question": ex.question, "answers": ex.answers}]})
+    payload = {"version": "1.1", "data": [{"title": t, "paragraphs": p} for t, p in articles.items()]}
+    path.write_text(json.dumps(payload))
+
+
+def cli(*args: str | Path, log: Path) -> None:
+    """One ``distilprune`` command; its output goes to ``log``; a failure stops the benchmark."""
+    command = [sys.executable, "-m", "distilprune.cli", *map(str, args)]
+    with log.open("a") as handle:
+        handle.write(f"\n$ distilprune {' '.join(map(str, args))}\n")
+        handle.flush()
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"failed ({done.returncode}): distilprune {' '.join(map(str, args))}; see {log}")
+
+
+def once(marker: Path, *args: str | Path, log: Path) -> None:
+    """Run the command unless ``marker`` (its output) exists."""
+    if not marker.exists():
+        start = time.perf_counter()
+        cli(*args, log=log)
+        print(f"[step] {marker.parent.name}/{marker.name} in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def run_model(task: Task, name: str, root: Path, log: Path, threads: int) -> dict[str, Any]:
+    """Fine-tune, evaluate (fp32 and int8 ONNX) and time one model on one task."""
+    source, locked = MODELS[name]
+    model, onnx = root / name, root / f"{name}-onnx-int8"
+    recipe = root.parent / "no-early-stopping.yaml"  # the whole budget for every model
+    recipe.write_text("train: {patience: null}\n")
+    once(model / "distilprune.json", "finetune", "--model", source, "--data", task.train,
+         "--validation", task.validation, "--out", model, "--recipe", recipe, *task.flags,
+         *(["--lock-sparsity"] if locked else []), log=log)
+    once(onnx / "model.onnx", "export", "--model", model, "--out", onnx, "--int8",
+         "--data", task.validation, "--limit", "200", log=log)
+    row: dict[str, Any] = {"task": task.name, "model": name, "metric": task.metric}
+    for kind, path in (("fp32", model), ("int8", onnx)):
+        scores = root / f"eval-{name}-{kind}"
+        once(scores / "metrics.json", "evaluate", "--model", path, "--data", task.validation,
+             "--out", scores, log=log)
+        metrics = json.loads((scores / "metrics.json").read_text())
+        scale = 100 if task.name == "squad" else 1  # SQuAD's official scores are percentages
+        row[kind] = metrics[task.metric] / scale
+        if task.name == "squad":
+            row[f"{kind}_exact_match"] = metrics["exact_match"] / scale
+    bench = root / f"bench-{name}"
+    once(bench / "benchmark.json", "benchmark", model, onnx, "--out", bench, "--threads", str(threads),
+         "--data", task.validation, "--limit", "64", "--batch-sizes", "1,8", "--repeats", "10", log=log)
+    for result, kind in zip(json.loads((bench / "benchmark.json").read_text())["models"],
+                            ("fp32", "int8"), strict=True):
+        row[f"{kind}_b1_ms"] = result["latency"]["1"]["p50_ms"]
+        row[f"{kind}_b8_ms"] = result["latency"]["8"]["p50_ms"]
+        row[f"{kind}_mb"] = result["size_bytes"] / 1e6
+    row["sparsity"] = json.loads((model / "distilprune.json").read_text()).get("sparsity")
+    return row
+
+
+def predict_test(task: Task, name: str, kind: str, root: Path, log: Path) -> Path:
+    path = root / name if kind == "fp32" else root / f"{name}-onnx-int8"
+    target = RESULTS / f"predictions_{task.name}_minilm-{name}-{kind}.{task.suffix}"
+    once(target, "predict", "--model", path, "--data", task.test, "--out", target, log=log)
+    return target
+
+
+def task_summary(by: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One task's scores (fp32 unless int8) and retentions, ``by`` model name."""
+    score = {key: by.get(model, {}).get(kind) for key, model, kind in (
+        ("dense", "dense", "fp32"), ("sparse80", "sparse80", "fp32"), ("sparse90", "sparse90", "fp32"),
+        ("sparse90_int8", "sparse90", "int8"))}
+    dense = score["dense"]
+    retention = {f"retention{n}": score[f"sparse{n}"] / dense if score[f"sparse{n}"] is not None and dense
+                 else None for n in (80, 90)}
+    return {"metric": next(iter(by.values()))["metric"], **score, **retention}
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per task: the metric of dense / sparse80 / sparse90 (fp32), sparse90 int8 and retentions."""
+    tasks_ = dict.fromkeys(r["task"] for r in rows)
+    return {t: task_summary({r["model"]: r for r in rows if r["task"] == t}) for t in tasks_}
+
+
+def plot(summary_: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from distilprune.io import save_png
+
+    names = list(summary_)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for i, key in enumerate(("dense", "sparse80", "sparse90", "sparse90_int8")):
+        values = [summary_[t][key] or 0 for t in names]
+        ax.bar([x + i * 0.2 for x in range(len(names))], values, width=0.2, label=key)
+    ax.set_xticks([x + 0.3 for x in range(len(names))],
+                  [f"{t} ({summary_[t]['metric']})" for t in names])
+    ax.set_ylim(0, 1)
+    ax.set_title("MiniLM-L6: dense vs Prune OFA 1x4 sparse (mask locked), same budget")
+    ax.legend(fontsize=8, ncol=4, loc="lower center")
+    fig.tight_layout()
+    save_png(fig, path, dpi=110)
+
+
+def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.Namespace) -> None:
+    table = summary(rows)
+    payload = {"summary": table, "rows": rows, "budgets": budgets,
+               "command": "python benchmarks/tasks.py " + " ".join(sys.argv[1:]),
+               "threads": args.threads, "conditions": args.conditions}
+    pct = [{"task": t, "metric": s["metric"], **{k: s[k] for k in ("dense", "sparse80", "sparse90",
+                                                                   "sparse90_int8")},
+            "retention80": s["retention80"], "retention90": s["retention90"]} for t, s in table.items()]
+    cols = ["task", "model", "sparsity", "fp32", "int8", "fp32_b1_ms", "int8_b1_ms", "fp32_b8_ms",
+            "int8_b8_ms", "fp32_mb", "int8_mb"]
+    md = ("# One sparse pre-trained model, many tasks\n\n"
+          "MiniLM-L6 (`minilm-l6`) dense vs the same model after Prune OFA general distillation at 80 % and "
+          "90 % 1x4-block sparsity (`benchmarks/work/prune609/gd-block-*`), each fine-tuned with the "
+          "sparsity mask locked and the same budget as the dense model; int8 = ONNX Runtime dynamic int8 "
+          f"export. Latency: p50 ms, batch 1 and 8, {args.threads} thread(s), pre-tokenized validation "
+          "inputs. "
+          f"Conditions: {args.conditions}.\n\n"
+          "## Retention (Prune OFA paper form: task x sparsity)\n\n"
+          + markdown_table(pct, ["task", "metric", "dense", "sparse80", "sparse90", "sparse90_int8",
+                                 "retention80", "retention90"])
+          + "\n## Every model\n\n" + markdown_table(rows, cols)
+          + "\n## Budgets\n\n" + "\n".join(f"- {t}: {b}" for t, b in budgets.items()) + "\n\n"
+          "![scores](tasks.png)\n")
+    write_results("tasks", payload, md)
+    plot(table, RESULTS / "tasks.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["wnut17", "sst2", "qnli", "squad"])
+    parser.add_argument("--models", nargs="+", default=["dense", "sparse90", "sparse80"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--squad-train", type=int, default=12000, help="training questions")
+    parser.add_argument("--squad-val", type=int, default=1000, help="validation questions")
+    parser.add_argument("--work", type=Path, default=WORK / "tasks")
+    parser.add_argument("--conditions", default="2 CPUs shared with other jobs")
+    args = parser.parse_args()
+    log = Path(__file__).parent / "logs" / "tasks.log"
+    log.parent.mkdir(exist_ok=True)
+    all_tasks = tasks(args.work, args.squad_train, args.squad_val)
+    previous = RESULTS / "tasks.json"
+    rows = json.loads(previous.read_text())["rows"] if previous.is_file() else []
+    budgets = json.loads(previous.read_text()).get("budgets", {}) if previous.is_file() else {}
+    for name in args.tasks:
+        task = all_tasks[name]
+        budgets[name] = " ".join(task.flags) + f"; train {task.train.name}, validation {task.validation.name}"
+        for model in args.models:
+            row = run_model(task, model, args.work / name, log, args.threads)
+            rows = [r for r in rows if (r["task"], r["model"]) != (name, model)] + [row]
+            report(rows, budgets, args)
+        best = max((r for r in rows if r["task"] == name and r["model"] != "dense"),
+                   key=lambda r: r["int8"], default=None)
+        predict_test(task, "dense", "fp32", args.work / name, log)
+        if best is not None:
+            predict_test(task, best["model"], "int8", args.work / name, log)
+
+
+if __name__ == "__main__":
+    main()
