@@ -253,3 +253,16 @@ def drop_checkpoint(train_cfg: Any) -> None:
     if train_cfg.checkpoint_dir:
         sweep_stale(train_cfg.checkpoint_dir)
         discard(train_cfg.checkpoint_dir)
+
+
+def trained_model_summary(model: Any, result: Any, shrink: dict | None = None) -> dict[str, Any]:
+    """The saved-model summary fields every training job records: parameter counts, sparsity of
+    the prunable weights, the loop's steps/seconds/best, and what ``shrink`` removed."""
+    from distilprune.models.loading import count_parameters
+    from distilprune.prune import sparsity_report
+
+    return {"parameters": count_parameters(model),
+            "nonzero_parameters": count_parameters(model, nonzero=True),
+            "sparsity": sparsity_report(model)["prunable"]["sparsity"],
+            "train": {"steps": result.steps, "seconds": round(result.seconds, 1), "best": result.best},
+            **({"shrink": shrink} if shrink else {})}

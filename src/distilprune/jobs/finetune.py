@@ -31,10 +31,10 @@ from distilprune.jobs.common import (
     run_fingerprint,
     save_model_dir,
     save_on_main_process,
+    trained_model_summary,
 )
 from distilprune.models.loading import (
     check_max_length,
-    count_parameters,
     load_classifier,
     load_tokenizer,
 )
@@ -44,7 +44,6 @@ from distilprune.prune import (
     PruningHook,
     finalize,
     remove_pruned,
-    sparsity_report,
 )
 from distilprune.quantize import QATConfig, QATHook, attach_input_quant, save_qat_params
 from distilprune.quantize.qat import QPARAMS_FILENAME
@@ -168,11 +167,7 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
         "label_names": data.train.label_names,
         "data": {k: v for k, v in data.split.items() if k != "val_ids"},
         "metrics": metrics,
-        "parameters": count_parameters(model),
-        "nonzero_parameters": count_parameters(model, nonzero=True),
-        "sparsity": sparsity_report(model)["prunable"]["sparsity"],
-        "train": {"steps": result.steps, "seconds": round(result.seconds, 1), "best": result.best},
-        **({"shrink": shrink} if shrink else {}),
+        **trained_model_summary(model, result, shrink),
         **({"qat": _qat_summary(model, qparams, validate)} if qparams else {}),
         **(metadata or {}),
     }

@@ -26,6 +26,7 @@ from distilprune.jobs.common import (
     run_fingerprint,
     save_model_dir,
     save_on_main_process,
+    trained_model_summary,
 )
 from distilprune.jobs.finetune import (
     FinetuneConfig,
@@ -35,12 +36,10 @@ from distilprune.jobs.finetune import (
 )
 from distilprune.models.loading import (
     check_max_length,
-    count_parameters,
     load_task_model,
     load_tokenizer,
     require_classifier,
 )
-from distilprune.prune import sparsity_report
 from distilprune.task import Task
 from distilprune.task_runtime import SpanReader, TokenTagger, load_task_runner, make_runner, torch_forward
 from distilprune.train import Hook, save_losses_plot, train
@@ -237,11 +236,7 @@ def _summary(cfg: FinetuneConfig, task: Task, data: TaskData, metrics: dict[str,
         "label_names": data.labels,
         "data": {k: v for k, v in data.split.items() if k != "val_rows"},
         "metrics": metrics,
-        "parameters": count_parameters(model),
-        "nonzero_parameters": count_parameters(model, nonzero=True),
-        "sparsity": sparsity_report(model)["prunable"]["sparsity"],
-        "train": {"steps": result.steps, "seconds": round(result.seconds, 1), "best": result.best},
-        **({"shrink": shrink} if shrink else {}),
+        **trained_model_summary(model, result, shrink),
         **(metadata or {}),
     }
 
