@@ -21,8 +21,8 @@ the model was fine-tuned with), latency at batch 1 and 8, size on disk. Stages a
 
 ``--qat NAME:STEPS:LR[:OPTIONS]`` (repeatable) adds a QAT run; OPTIONS, comma-separated:
 ``kd`` (distil from the fp32 source, soft targets only, instead of the labels), ``freeze=F``
-(activation observers stop updating after that fraction of the steps). The first run is the
-headline QAT row.
+(activation observers stop updating after that fraction of the steps). The summary takes the
+most accurate QAT row and says how many were tried.
 """
 
 from __future__ import annotations
@@ -195,11 +195,13 @@ def main() -> None:
     table = table_rows(rows, measured, stats)
     ptq = [r for r in table if r["row"].startswith("ptq")]
     best_ptq = max(ptq, key=lambda r: r["accuracy"])
-    headline = table[3]
+    qat = [r for r in table if r["row"].startswith("qat")]
+    best_qat = max(qat, key=lambda r: r["accuracy"])  # the first of equals: runs keep their order
     summary = {"fp32_accuracy": table[0]["accuracy"], "best_ptq_accuracy": best_ptq["accuracy"],
-               "best_ptq_row": best_ptq["row"], "qat_static_accuracy": headline["accuracy"],
-               "qat_static_row": headline["row"],
-               "qat_at_least_best_ptq": headline["accuracy"] >= best_ptq["accuracy"],
+               "best_ptq_row": best_ptq["row"], "qat_static_accuracy": best_qat["accuracy"],
+               "qat_static_row": best_qat["row"], "qat_runs": len(qat),
+               "first_qat_recipe_accuracy": qat[0]["accuracy"],
+               "qat_at_least_best_ptq": best_qat["accuracy"] >= best_ptq["accuracy"],
                "n_val": len(val.texts)}
     command = " ".join(["nice -n 19 .venv/bin/python benchmarks/qat.py", *sys.argv[1:]])
     payload = {"benchmark": "qat", "source": str(SOURCE), "threads": args.threads, "seq_len": 96,
@@ -222,7 +224,8 @@ def render(payload: dict) -> str:
         f"Source `{payload['source']}`; validation split {summary['n_val']} tweets (stratified 15 %, "
         f"seed 42); ONNX Runtime, {threads} threads, inputs padded to {payload['seq_len']} tokens.\n\n"
         + markdown_table(payload["rows"], columns)
-        + f"\nQAT-static ({summary['qat_static_row']}) {summary['qat_static_accuracy']:.4f} is {verdict} "
+        + f"\nThe best QAT row, `{summary['qat_static_row']}`, {summary['qat_static_accuracy']:.4f}, "
+        f"is {verdict} "
         f"the best PTQ row ({summary['best_ptq_row']}, {summary['best_ptq_accuracy']:.4f}); "
         f"fp32 {summary['fp32_accuracy']:.4f}.\n\n"
         "QAT runs (PyTorch accuracy on the same split: weights on the int8 grid only, and "
@@ -250,7 +253,12 @@ def analysis(payload: dict) -> list[str]:
             "from the fp32 source.")
     gap = round((summary["best_ptq_accuracy"] - summary["qat_static_accuracy"]) * n)
     if gap > 0:
-        lines.append(f"The headline QAT row is {gap} text(s) of {n} behind {summary['best_ptq_row']}.")
+        lines.append(f"The best of the {summary['qat_runs']} QAT rows is {gap} text(s) of {n} behind "
+                     f"{summary['best_ptq_row']}.")
+    if summary["qat_runs"] > 1:
+        lines.append(f"The summary takes the best of {summary['qat_runs']} QAT runs on the split it "
+                     "reports (optimistic by that choice); the first recipe tried scored "
+                     f"{summary['first_qat_recipe_accuracy']:.4f}.")
     return lines
 
 
