@@ -121,17 +121,19 @@ def once(marker: Path, *args: str | Path, log: Path) -> None:
         print(f"[step] {marker.parent.name}/{marker.name} in {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def sparse_flags(root: Path, sparse_lr: str | None) -> list[str | Path]:
-    """What a sparse model's fine-tuning adds to the task's budget: the mask locked and, as in
-    Prune OFA, task distillation from the dense model fine-tuned on the same task."""
+def sparse_flags(task: Task, root: Path, lr_scale: float) -> list[str | Path]:
+    """What a sparse model's fine-tuning adds to the task's budget: the mask locked, as in Prune
+    OFA task distillation from the dense model fine-tuned on the same task, and the task's
+    learning rate times ``lr_scale`` (sparse models learn slower)."""
     teacher = root / "dense"
     if not (teacher / "distilprune.json").is_file():
         raise SystemExit(f"the dense model of {root.name} is its sparse models' teacher: run it first")
-    return ["--lock-sparsity", "--teacher", teacher, *(["--lr", sparse_lr] if sparse_lr else [])]
+    lr = float(task.flags[task.flags.index("--lr") + 1]) * lr_scale
+    return ["--lock-sparsity", "--teacher", teacher, "--lr", f"{lr:g}"]
 
 
 def run_model(task: Task, name: str, root: Path, log: Path, threads: int,
-              sparse_lr: str | None = None) -> dict[str, Any]:
+              sparse_lr_scale: float = 1.0) -> dict[str, Any]:
     """Fine-tune, evaluate (fp32 and int8 ONNX) and time one model on one task."""
     source, locked = MODELS[name]
     model, onnx = root / name, root / f"{name}-onnx-int8"
@@ -139,7 +141,7 @@ def run_model(task: Task, name: str, root: Path, log: Path, threads: int,
     recipe.write_text("train: {patience: null}\n")
     once(model / "distilprune.json", "finetune", "--model", source, "--data", task.train,
          "--validation", task.validation, "--out", model, "--recipe", recipe, *task.flags,
-         *(sparse_flags(root, sparse_lr) if locked else []), log=log)
+         *(sparse_flags(task, root, sparse_lr_scale) if locked else []), log=log)
     once(onnx / "model.onnx", "export", "--model", model, "--out", onnx, "--int8",
          "--data", task.validation, "--limit", "200", log=log)
     row: dict[str, Any] = {"task": task.name, "model": name, "metric": task.metric}
@@ -224,7 +226,7 @@ def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.N
           "MiniLM-L6 (`minilm-l6`) dense vs the same model after Prune OFA general distillation at 80 % and "
           "90 % 1x4-block sparsity (`benchmarks/work/prune609/gd-block-*`), each fine-tuned with the "
           "sparsity mask locked, the same budget (steps, batch, sequence length) as the dense model and task "
-          "distillation from it (T=2, 0.5 soft + 0.5 hard); int8 = ONNX Runtime dynamic int8 "
+          "distillation from it (T=2, 0.5 soft + 0.5 hard) at the learning rate in Budgets; int8 = ONNX Runtime dynamic int8 "
           f"export. Latency: p50 ms, batch 1 and 8, {args.threads} thread(s), pre-tokenized validation "
           "inputs. "
           f"Conditions: {args.conditions}.\n\n"
@@ -243,8 +245,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["wnut17", "sst2", "qnli", "squad"])
     parser.add_argument("--models", nargs="+", default=["dense", "sparse90", "sparse80"],
                         help="dense first: it is the sparse models' task-distillation teacher")
-    parser.add_argument("--sparse-lr", default=None, help="learning rate of the sparse fine-tunes "
-                        "(default: the task's)")
+    parser.add_argument("--sparse-lr-scale", type=float, default=2.0,
+                        help="sparse fine-tunes use the task's learning rate times this")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--squad-train", type=int, default=12000, help="training questions")
     parser.add_argument("--squad-val", type=int, default=1000, help="validation questions")
@@ -260,10 +262,10 @@ def main() -> None:
     for name in args.tasks:
         task = all_tasks[name]
         budgets[name] = (" ".join(task.flags) + f"; train {task.train.name}, validation "
-                         f"{task.validation.name}; sparse: --lock-sparsity --teacher dense"
-                         + (f" --lr {args.sparse_lr}" if args.sparse_lr else ""))
+                         f"{task.validation.name}; sparse: --lock-sparsity --teacher dense, "
+                         f"lr x {args.sparse_lr_scale:g}")
         for model in args.models:
-            row = run_model(task, model, args.work / name, log, args.threads, args.sparse_lr)
+            row = run_model(task, model, args.work / name, log, args.threads, args.sparse_lr_scale)
             rows = [r for r in rows if (r["task"], r["model"]) != (name, model)] + [row]
             report(rows, budgets, args)
         best = max((r for r in rows if r["task"] == name and r["model"] != "dense"),
