@@ -39,13 +39,20 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     return "\n".join(lines) + "\n"
 
 
+def result_path(name: str, suffix: str) -> Path:
+    """``results/<name><suffix>``, its folder created: ``name`` may be ``trials/<stem>`` (trial and
+    variant runs go to ``results/trials/``, beside their own json/md/png)."""
+    path = RESULTS / f"{name}{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_results(name: str, payload: dict[str, Any], markdown: str) -> None:
-    """Write ``results/<name>.json`` and ``results/<name>.md``."""
+    """Write ``results/<name>.json`` and ``results/<name>.md`` (``name`` may be ``trials/<stem>``)."""
     from distilprune.io import atomic_file, write_json
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / f"{name}.json", payload)
-    with atomic_file(RESULTS / f"{name}.md") as handle:
+    write_json(result_path(name, ".json"), payload)
+    with atomic_file(result_path(name, ".md")) as handle:
         handle.write(markdown)
 
 

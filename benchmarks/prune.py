@@ -20,7 +20,8 @@ general distillation from the 12L MPNet teacher is repeated with pruning); ~4x t
     python benchmarks/prune.py --work DIR --only unstructured:0.50 --variants ofa   # off the matrix
     python benchmarks/prune.py --work DIR --variants kd   # control: dense, sparse cells' recipe
 
-Trials (each in a fresh ``--work``; link in the stages they share): ``--ft-lr`` / ``--dense-lr``
+Trials (each in a fresh ``--work``; link in the stages they share; ``--name trials/<stem>`` writes
+``results/trials/``, summarised by ``benchmarks/trials.py``): ``--ft-lr`` / ``--dense-lr``
 (sparse and dense fine-tuning rates apart), ``--gd-alpha-ce 0 --gd-cos-layers all`` (sparse
 pre-training on the every-layer hidden-state cosine alone), ``--no-task-kd`` (sparse fine-tunes on
 the labels only), ``--task-cos``, ``--kd-teacher``, ``--scope global``, ``--seed``.
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import RESULTS, WORK, load_summary, markdown_table, require_data, staged, write_results
+from common import WORK, load_summary, markdown_table, require_data, result_path, staged, write_results
 from finetune import data_config
 
 from distilprune.io import save_png
@@ -196,7 +197,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--base", choices=("minilm-l6", "mpnet-student"), default="minilm-l6")
     parser.add_argument("--work", type=Path, default=WORK / "prune", help="stage directory (resumable)")
-    parser.add_argument("--name", default="prune", help="results file stem")
+    parser.add_argument("--name", default="prune",
+                        help="results file stem; trials and controls: trials/<stem> (results/trials/)")
     parser.add_argument("--head-steps", type=int, default=300, help="MLM head fit (minilm-l6 base)")
     parser.add_argument("--gd-steps", type=int, default=150)
     parser.add_argument("--ft-steps", type=int, default=203)
@@ -290,7 +292,7 @@ def main() -> None:
 def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict],
            missing: list[str]) -> None:
     """``results/<name>.{json,md}`` and the accuracy-vs-sparsity PNG."""
-    plot(rows, RESULTS / f"{args.name}_accuracy.png")
+    plot(rows, result_path(args.name, "_accuracy.png"))
     gd_loss, task_loss = budget.gd_loss(base.loss), budget.task_loss()
     dense_steps = budget.dense_ft_steps
     checks = target_checks(rows)
@@ -325,7 +327,7 @@ def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict
           f"{'every layer' if gd_loss.cos_layers == 'all' else 'the last layer'}). "
           "`best_step`: the fine-tuning step whose checkpoint (evaluated every epoch, at the "
           "final sparsity) is kept; `seconds` = training wall time (a: distillation + fine-tuning). "
-          f"Plot: `{args.name}_accuracy.png`. Command: `{payload['command']}`.\n\n"
+          f"Plot: `{Path(args.name).name}_accuracy.png`. Command: `{payload['command']}`.\n\n"
           + "".join(f"- {c['sparsity']:.0%} sparse: best {c['best']} retains {c['retention']:.1%} of dense "
                     f"(target {c['target']:.1%}): {'met' if c['met'] else 'NOT met'}\n" for c in checks)
           + (f"- not run at this budget: {', '.join(missing)}\n" if missing else ""))

@@ -7,10 +7,12 @@ This reads finished ``benchmarks/prune.py`` work directories that differ only in
 pre-training, same task-distillation teacher) and reports, per model, the mean and spread of
 the kept (best-epoch) accuracy, and the retention of the mean sparse over the mean dense accuracy.
 
-    python benchmarks/prune.py --work W/prune-seed1 --seed 1 --kd-teacher W/prune-full/dense \
-        --ft-steps 1015 --ft-lr 1e-4 --dense-steps 609 --only unstructured:0.85 unstructured:0.90 \
-        --variants ofa
+    python benchmarks/prune.py --work W/prune-seed1 --name trials/prune_seed1 --seed 1 \
+        --kd-teacher W/prune-full/dense --ft-steps 1015 --ft-lr 1e-4 --dense-steps 609 \
+        --only unstructured:0.85 unstructured:0.90 --variants ofa
     python benchmarks/prune_seeds.py --runs W/prune-full W/prune-seed1 W/prune-seed2
+
+Spreads of trial recipes go beside their trials: ``--name trials/<stem>``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from common import RESULTS, load_summary, markdown_table, write_results
+from common import load_summary, markdown_table, result_path, write_results
 from prune import TARGETS
 
 from distilprune.io import save_png
@@ -34,7 +36,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=Path, nargs="+", required=True, help="prune.py work directories")
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
                         help="stage names inside every run; the first is the dense baseline")
-    parser.add_argument("--name", default="prune_seeds", help="results file stem")
+    parser.add_argument("--name", default="prune_seeds",
+                        help="results file stem; trials: trials/<stem> (results/trials/)")
     return parser.parse_args()
 
 
@@ -109,12 +112,12 @@ def main() -> None:
     rows = summarise(args.runs, args.models)
     results = checks(rows)
     command = " ".join(["python benchmarks/prune_seeds.py", *sys.argv[1:]])
-    plot(rows, RESULTS / f"{args.name}.png")
+    plot(rows, result_path(args.name, ".png"))
     md = (f"# Prune OFA over {len(args.runs)} fine-tuning seeds (disaster tweets validation)\n\n"
           + markdown_table(rows, ["model", "sparsity", "per_seed_text", "mean", "std", "retention_of_means"])
           + "\n`per_seed_text`: kept (best-epoch) accuracy per run, in the order of `--runs` (seeds "
           + ", ".join(str(s) for s in rows[0]["seeds"]) + "); retention = mean sparse / mean dense. "
-          f"Plot: `{args.name}.png`. Command: `{command}`.\n\n"
+          f"Plot: `{Path(args.name).name}.png`. Command: `{command}`.\n\n"
           + "".join(f"- {c['model']}: retention of means {c['retention']:.1%} (target {c['target']:.1%}): "
                     f"{'met' if c['met'] else 'NOT met'}\n" for c in results))
     write_results(args.name, {"benchmark": "prune_seeds", "runs": [str(r) for r in args.runs],

@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common import DISASTER_TRAIN, RESULTS, ROOT, WORK, require_data
+from common import DISASTER_TRAIN, RESULTS, ROOT, WORK, require_data, result_path
 
 from distilprune.jobs.study import load_study_recipe, run_study
 
@@ -30,7 +30,7 @@ def parse_args() -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "disaster-study.yaml")
     parser.add_argument("--out", type=Path, default=WORK / "study", help="study directory (resumable)")
-    parser.add_argument("--name", default="study", help="results file stem")
+    parser.add_argument("--name", default="study", help="results file stem (trials: trials/<stem>)")
     parser.add_argument("--models", nargs="+", help="override the recipe's models")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the recipe's seeds")
     parser.add_argument("--learning-rates", type=float, nargs="+", help="override the recipe's lr grid")
@@ -68,15 +68,15 @@ def main() -> None:
     cfg.max_runs = args.max_runs if args.max_runs is not None else cfg.max_runs
     cfg.threads = args.threads or cfg.threads
     result = run_study(cfg)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = Path(cfg.out)
-    shutil.copy(out / "study.json", RESULTS / f"{args.name}.json")
-    markdown = (out / "study.md").read_text().replace("(study_accuracy.png)", f"({args.name}_accuracy.png)")
+    shutil.copy(out / "study.json", result_path(args.name, ".json"))  # name may be trials/<stem>
+    markdown = (out / "study.md").read_text().replace("(study_accuracy.png)",
+                                                      f"({Path(args.name).name}_accuracy.png)")
     command = " ".join(["python benchmarks/study.py", *sys.argv[1:]])
     markdown += f"\nCommand: `{command}` (recipe `{args.recipe.name}`).\n"
-    (RESULTS / f"{args.name}.md").write_text(re.sub(r"\n{3,}", "\n\n", markdown))
+    result_path(args.name, ".md").write_text(re.sub(r"\n{3,}", "\n\n", markdown))
     if (out / "study_accuracy.png").is_file():
-        shutil.copy(out / "study_accuracy.png", RESULTS / f"{args.name}_accuracy.png")
+        shutil.copy(out / "study_accuracy.png", result_path(args.name, "_accuracy.png"))
     counts = result["counts"]
     print(f"{counts['done']}/{counts['total']} runs done ({counts['pending']} pending) -> "
           f"{RESULTS / args.name}.md")

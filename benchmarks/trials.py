@@ -1,0 +1,105 @@
+"""One summary table of the Prune OFA trial runs in ``results/trials/`` -> ``results/trials/README.md``.
+
+Reads every trial's json (``prune.py`` / ``prune_seeds.py`` results written with
+``--name trials/<stem>``): the question it asked (below, else the first sentence of its ``note``),
+its headline figures (accuracy and retention of dense per cell) and the command that reproduces it.
+
+    python benchmarks/trials.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from common import RESULTS
+
+TRIALS = RESULTS / "trials"
+WORK_ROOT = "/root/.cache/distilprune/bench-work-session1/"  # where the recorded runs kept their stages
+QUESTIONS = {  # in reading order; a trial not listed here follows, asked by its note
+    "prune_203": "First full matrix on 203 fine-tuning steps (lr 8e-5): is that budget enough?",
+    "prune_x1": "Does a 609-step locked fine-tune lift 90 % OFA (dense still the 203-step one)?",
+    "prune_x2": "90 % OFA vs GMP with the dense fine-tune also on 609 steps (lr 1e-4)?",
+    "prune_x4": "90 % OFA vs GMP on 1,015 fine-tuning steps?",
+    "prune_low": "OFA from 50 % to 90 % sparsity on `../prune.md`'s budget: how flat is it?",
+    "prune_low_gmp": "GMP at 50 % on the same budget?",
+    "prune_lr2e4": "Does a higher sparse fine-tuning rate (2e-4, dense stays 1e-4) help at 85/90 %?",
+    "prune_gdcos": "Sparse pre-training on the every-layer hidden-state cosine alone (no soft targets)?",
+    "prune_gd800": "Does a 5x longer sparse pre-training (800 steps, every-layer cosine) close the gap?",
+    "prune_global": "One global magnitude threshold across all tensors instead of one per tensor?",
+    "prune_nokd": "What is task distillation worth to the sparse fine-tunes (labels only)?",
+    "prune_mpnetkd": "Task-distil from the 12L MPNet teacher (0.8555) instead of the dense MiniLM?",
+    "prune_taskcos": "Add an every-layer hidden-state cosine to the dense fine-tune while fine-tuning?",
+    "prune_control": "Control: dense on the sparse cells' recipe (1,015 distilled steps, no pruning)?",
+    "prune_dense1015": "Dense on the labels for 1,015 steps: schedule length or task distillation?",
+    "prune_denserecipe": "Sparse fine-tunes on the dense baseline's own recipe (609 steps, labels only)?",
+    "prune_denserecipe_seeds": "Is the dense-recipe 50 % result seed noise (3 fine-tuning seeds)?",
+    "prune_seed1": "`../prune.md`'s 85/90 % OFA cells with fine-tuning seed 1 (for `../prune_seeds.md`)",
+    "prune_seed2": "The same with fine-tuning seed 2 (for `../prune_seeds.md`)",
+    "prune_engine": "90 % OFA, 1x4 and unstructured, 609 steps (`benchmarks/work/prune609`, the sparse "
+                    "engine's models): what do they keep?",
+    "prune_engine80": "The same at 80 %",
+}
+SHORT = {"(a) Prune OFA": "OFA", "(b) GMP on task": "GMP", "unstructured": "unstructured", "block": "1x4"}
+
+
+def headline(payload: dict) -> str:
+    """Accuracy (retention of dense) per cell, one line per variant and method."""
+    rows = payload["rows"]
+    if payload["benchmark"] == "prune_seeds":
+        return "<br>".join(f"{r['model']} {r['mean']:.4f} ± {r['std']:.4f}"
+                           + (f" ({r['retention_of_means']:.1%})" if i else "")
+                           for i, r in enumerate(rows)).replace("%", " %")
+    lines = [f"dense {rows[0]['accuracy']:.4f}"]
+    lines += [f"{r['variant']} {r['accuracy']:.4f} ({r['retention']:.1%})"
+              for r in rows[1:] if r["method"] == "-"]
+    groups: dict[str, list[str]] = {}
+    for r in rows[1:]:
+        if r["method"] != "-":
+            key = f"{SHORT.get(r['variant'], r['variant'])} {SHORT.get(r['method'], r['method'])}"
+            groups.setdefault(key, []).append(
+                f"{r['target_sparsity']:.0%} {r['accuracy']:.4f} ({r['retention']:.1%})")
+    lines += [f"{key}: {', '.join(cells)}" for key, cells in groups.items()]
+    return "<br>".join(lines).replace("%", " %")
+
+
+def command(stem: str, payload: dict) -> str:
+    """The recorded command, writing to ``trials/<stem>`` (work root shortened to ``W/``)."""
+    cmd = payload["command"].replace(WORK_ROOT, "W/")
+    cmd, found = re.subn(r"--name \S+", f"--name trials/{stem}", cmd)
+    return cmd if found else f"{cmd} --name trials/{stem}"
+
+
+def question(stem: str, payload: dict) -> str:
+    note = payload.get("note") or ""
+    return QUESTIONS.get(stem) or note.split(". ")[0] or "-"
+
+
+def table() -> str:
+    found = {p.stem: json.loads(p.read_text()) for p in sorted(TRIALS.glob("*.json"))}
+    order = [s for s in QUESTIONS if s in found] + [s for s in found if s not in QUESTIONS]
+    lines = ["| trial | question | headline: accuracy (retention of dense) | command |", "|---|---|---|---|"]
+    lines += [f"| [{s}]({s}.md) | {question(s, found[s])} | {headline(found[s])} | `{command(s, found[s])}` |"
+              for s in order]
+    return ("# Prune OFA trials\n\n"
+            "Trial, variant and control runs of `benchmarks/prune.py` / `prune_seeds.py` (MiniLM-L6, "
+            "disaster tweets validation, one seed unless named). The canonical results stay one level "
+            "up: [`../prune.md`](../prune.md) (Prune OFA vs downstream GMP) and "
+            "[`../prune_seeds.md`](../prune_seeds.md) (3-seed spread). Each trial's json, md and PNG "
+            "sit together here; the README's \"where the gap comes from\" section reads them.\n\n"
+            + "\n".join(lines) + "\n\n"
+            "Commands as recorded, written to `--name trials/<stem>`; `--report-only` reports the "
+            "cells of `--work` trained in lanes by the same command without it (cells listed as not "
+            f"run were left out on purpose). `W/` = `{WORK_ROOT.rstrip('/')}`, the work root of those "
+            "runs (use fresh `--work` dirs; stages shared with `W/prune-full` were linked in). "
+            "Generated by `python benchmarks/trials.py`.\n")
+
+
+def main() -> None:
+    out = TRIALS / "README.md"
+    out.write_text(table())
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
