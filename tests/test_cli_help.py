@@ -65,9 +65,10 @@ def test_bash_completes_commands_and_options(monkeypatch, capfd, words, expected
 
 # ----------------------------------------------------------------------------- recipe defaults
 RECIPE_COMMANDS = {  # command: (its config classes, its visible options no recipe key sets)
-    "finetune": ("finetune:FinetuneConfig", {"recipe", "teacher", "temperature", "alpha_soft", "alpha_hard"}),
-    "fit-mlm-head": ("distill:MLMHeadConfig", {"recipe", "out"}),  # --out is required
-    "distill-mlm": ("distill:GeneralDistillConfig", {"recipe"}),
+    "finetune": ("finetune:FinetuneConfig", {"recipe", "set_", "teacher", "temperature", "alpha_soft",
+                                             "alpha_hard"}),
+    "fit-mlm-head": ("distill:MLMHeadConfig", {"recipe", "set_", "out"}),  # --out is required
+    "distill-mlm": ("distill:GeneralDistillConfig", {"recipe", "set_"}),
 }
 
 
@@ -212,6 +213,9 @@ def test_readme_says_which_commands_take_a_recipe():
              for name, cmd in _root().commands.items()}
     assert _named(as_option[1]) == {name for name, kind in kinds.items() if kind == {"option"}}
     assert _named(as_argument[1]) == {name for name, kind in kinds.items() if kind == {"argument"}}
+    with_set = {name for name, cmd in _root().commands.items()
+                 if any("--set" in getattr(p, "opts", []) for p in cmd.params)}
+    assert with_set == {name for name, kind in kinds.items() if kind}, "every recipe command takes --set"
 
 
 # ----------------------------------------------------------------------------- benchmark --out

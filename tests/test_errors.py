@@ -502,6 +502,10 @@ BAD_INPUTS: dict[str, tuple[Args, str]] = {
     "number/study_max_runs_negative": (lambda f: study(f, "--max-runs", "-1"), "--max-runs"),
     # ---- recipes
     "recipe/missing": (lambda f: ft(f, "--recipe", f.work / "nope.yaml"), "recipe not found"),
+    "set/no_equals": (lambda f: ft(f, "--set", "train.lr"), "expected KEY=VALUE"),
+    "set/unknown_key": (lambda f: ft(f, "--set", "train.lrr=1e-4"), "finetune.train: unknown key 'lrr'"),
+    "set/wrong_type": (lambda f: ft(f, "--set", "train.epochs=many"), "many"),
+    "set/run_unknown_key": (lambda f: pipeline(f, "--set", "qat.stepz=3"), "recipe.qat: unknown key 'stepz'"),
     "recipe/a_directory": (lambda f: ft(f, "--recipe", f.work), "is a directory"),
     "recipe/empty": (lambda f: ftr(f, ""), "must be a YAML mapping"),
     "recipe/not_a_mapping": (lambda f: ftr(f, "- a\n- b\n"), "mapping"),

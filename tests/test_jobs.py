@@ -349,13 +349,31 @@ def test_recipe_drives_finetune_and_flags_override(
         "3",
         "--val-fraction",
         "0.2",
+        "--set", "train.batch_size=4",  # dotted override beats the recipe
+        "--set", "train.max_steps=5",  # ... but not a flag
+        "--set", "train.patience=null",  # null switches a setting off
     )
     meta = read_json(out / "distilprune.json")
     config = meta["config"]
-    assert config["train"]["max_steps"] == 3  # flag beats recipe
+    assert config["train"]["max_steps"] == 3  # flag beats recipe and --set
+    assert config["train"]["batch_size"] == 4 and config["train"]["patience"] is None
     assert meta["train"]["steps"] == 3
     assert config["data"]["val_fraction"] == 0.2 and meta["data"]["n_val"] == 8
-    assert config["train"]["lr"] == 1e-4 and config["train"]["batch_size"] == 8  # from the recipe
+    assert config["train"]["lr"] == 1e-4  # from the recipe
     assert meta["max_length"] == 24
     assert meta["preprocess"] == ["keyword", "lowercase"]
     assert config["train"]["epochs"] == 3.0  # untouched default
+
+
+def test_dotted_overrides_read_yaml_values_and_keep_none():
+    from distilprune.config import apply_overrides, dotted_overrides
+
+    overrides = dotted_overrides(["train.lr=1e-4", "train.seed=7", "qat=null", "data.preprocess=[a, b]",
+                                  "data.text_column=body"])
+    assert overrides == {"train": {"lr": "1e-4", "seed": 7}, "qat": None,
+                         "data": {"preprocess": ["a", "b"], "text_column": "body"}}
+    base = {"train": {"lr": 5e-5, "epochs": 3}, "qat": {"steps": 10}, "out": "x"}
+    assert apply_overrides(base, overrides) == {
+        "train": {"lr": "1e-4", "seed": 7, "epochs": 3}, "qat": None, "out": "x",
+        "data": {"preprocess": ["a", "b"], "text_column": "body"}}
+    assert base["train"] == {"lr": 5e-5, "epochs": 3}  # the recipe itself is not changed

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
 
-from distilprune.config import from_dict, merge, recipe_section
+from distilprune.config import apply_overrides, dotted_overrides, from_dict, merge, recipe_section
 from distilprune.errors import Interrupted, UserError, require, require_at_least
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,  # --install-completion
@@ -88,8 +88,15 @@ def _prune_overrides(method, final_sparsity, block_size, prune_end, prune_every,
     return values if method else None
 
 
-def _recipe(path: Path | None, section: str) -> dict[str, Any]:
-    return recipe_section(path, section) if path is not None else {}
+def _recipe(path: Path | None, section: str, assignments: list[str] | None = None) -> dict[str, Any]:
+    """The command's recipe section with the ``--set`` assignments applied."""
+    base = recipe_section(path, section) if path is not None else {}
+    return apply_overrides(base, dotted_overrides(assignments))
+
+
+SetOption = Annotated[list[str] | None, Opt("--set", metavar="KEY=VALUE",
+                                            help="set any recipe key, dotted (train.lr=1e-4, "
+                                                 "qat=null); repeatable; flags win")]
 
 
 def _recipe_option(section: str) -> Any:
@@ -153,7 +160,7 @@ class _RecipeHelp(TyperCommand):
 
         tables = [(DEFAULTS[path], recipe) for path, recipe in self.configs]
         for param in self.params:
-            if param.name == "recipe" or param.required or getattr(param, "hidden", False):
+            if param.name in ("recipe", "set_") or param.required or getattr(param, "hidden", False):
                 continue
             for values, recipe in tables:
                 if (key := _config_key(param.name, values)) is not None:
@@ -245,6 +252,7 @@ def finetune(
                                           "(QA)")] = None,
     out: Annotated[Path | None, Opt(help="output model directory")] = None,
     recipe: Annotated[Path | None, _recipe_option("finetune")] = None,
+    set_: SetOption = None,
     validation: Annotated[Path | None, Opt(help="validation file (default: stratified split)")] = None,
     task: Annotated[str | None, Opt(metavar=_choices("classification", "token-classification",
                                                      "question-answering"),
@@ -307,7 +315,7 @@ def finetune(
                   "seed": seed, "patience": patience, "checkpoint_every": checkpoint_every,
                   "resume": resume or None},
     }
-    cfg = from_dict(FinetuneConfig, merge(_recipe(recipe, "finetune"), overrides), "finetune")
+    cfg = from_dict(FinetuneConfig, merge(_recipe(recipe, "finetune", set_), overrides), "finetune")
     if not cfg.model or not cfg.data.train:
         raise UserError("finetune needs --model and --data (or a recipe that sets them)")
     if teacher:
@@ -363,6 +371,7 @@ def fit_mlm_head(
     batch_size: Annotated[int | None, Opt()] = None,
     lr: Annotated[float | None, Opt()] = None,
     recipe: Annotated[Path | None, _recipe_option("fit_mlm_head")] = None,
+    set_: SetOption = None,
     overwrite: Annotated[bool, Opt()] = False,
     teacher: Annotated[str | None, _hidden("--teacher")] = None,
     steps: Annotated[int | None, _hidden("--steps")] = None,
@@ -376,7 +385,7 @@ def fit_mlm_head(
     overrides = {"teacher": model, "out": str(out), "overwrite": overwrite or None,
                  "corpus": _corpus(corpus, corpus_limit, max_length),
                  "train": {"max_steps": max_steps, "batch_size": batch_size, "lr": lr}}
-    cfg = from_dict(MLMHeadConfig, merge(_recipe(recipe, "fit_mlm_head"), overrides), "fit_mlm_head")
+    cfg = from_dict(MLMHeadConfig, merge(_recipe(recipe, "fit_mlm_head", set_), overrides), "fit_mlm_head")
     if not cfg.teacher:
         raise UserError("fit-mlm-head needs --model (or a recipe that sets its teacher)")
     summary = run(cfg)
@@ -416,6 +425,7 @@ def distill_mlm(
     checkpoint_every: Annotated[int | None, Opt(help="save a resumable checkpoint every N steps")] = None,
     resume: Annotated[bool, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = False,
     recipe: Annotated[Path | None, _recipe_option("distill_mlm")] = None,
+    set_: SetOption = None,
     overwrite: Annotated[bool, Opt()] = False,
     steps: Annotated[int | None, _hidden("--steps")] = None,
 ) -> None:
@@ -436,7 +446,8 @@ def distill_mlm(
         "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope,
                                   prune_heads, prune_neurons),
     }
-    cfg = from_dict(GeneralDistillConfig, merge(_recipe(recipe, "distill_mlm"), overrides), "distill_mlm")
+    settings = merge(_recipe(recipe, "distill_mlm", set_), overrides)
+    cfg = from_dict(GeneralDistillConfig, settings, "distill_mlm")
     if not cfg.teacher or not cfg.out:
         raise UserError("distill-mlm needs --teacher and --out (or a recipe that sets them)")
     summary = general_distill(cfg)
@@ -830,12 +841,13 @@ def run(
                                            "distill, finetune, qat, export, benchmark, report")] = None,
     force: Annotated[bool, Opt(help="re-run the selected stages even when up to date")] = False,
     out: Annotated[Path | None, Opt(help="output root directory (overrides the recipe's out)")] = None,
+    set_: SetOption = None,
 ) -> None:
     """Run the whole Prune-OFA pipeline of a recipe; finished, unchanged stages are skipped."""
     from distilprune.jobs.pipeline import load_recipe, run_pipeline
 
     _enable_logging()
-    cfg = load_recipe(recipe)
+    cfg = load_recipe(recipe, dotted_overrides(set_))
     if out is not None:
         cfg.out = str(out)
     _print_pipeline(run_pipeline(cfg, stages, force), f"{recipe} -> {cfg.out}")
@@ -859,12 +871,13 @@ def study(
     recipe: Annotated[Path, typer.Argument(help="study recipe (YAML), e.g. recipes/disaster-study.yaml")],
     out: Annotated[Path | None, Opt(help="study directory (overrides the recipe's out)")] = None,
     max_runs: Annotated[int | None, Opt(help="train at most N runs now; rerun to continue")] = None,
+    set_: SetOption = None,
 ) -> None:
     """Compare models x preprocessing x imbalance x learning rates over seeds (resumable)."""
     from distilprune.jobs.study import load_study_recipe, run_study
 
     _enable_logging()
-    cfg = load_study_recipe(recipe)
+    cfg = load_study_recipe(recipe, dotted_overrides(set_))
     if out is not None:
         cfg.out = str(out)
     if max_runs is not None:

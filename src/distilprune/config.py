@@ -141,6 +141,40 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def dotted_overrides(assignments: list[str] | None) -> dict[str, Any]:
+    """``["train.lr=1e-4", "qat=null"]`` as a nested mapping; values are read as YAML, so ``null``
+    switches a setting off and ``[a, b]`` is a list."""
+    out: dict[str, Any] = {}
+    for assignment in assignments or []:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise UserError(f"--set {assignment!r}: the value is not valid YAML") from exc
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {assignment!r}: {part} is set to a value above")
+        node[leaf] = value
+    return out
+
+
+def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into a copy of ``base``; unlike :func:`merge`, ``None`` is kept
+    (it switches a setting off)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = apply_overrides(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """A dataclass as a plain dict (for JSON metadata and config hashes)."""
     return dataclasses.asdict(obj)

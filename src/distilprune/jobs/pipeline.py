@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distilprune.config import from_dict, load_yaml, to_dict
+from distilprune.config import apply_overrides, from_dict, load_yaml, to_dict
 from distilprune.data.loading import file_sha256
 from distilprune.errors import UserError, require, require_at_least
 from distilprune.io import atomic_dir, locked_dir, read_json, stable_hash, write_json
@@ -179,9 +179,9 @@ class PipelineConfig:
         require(bool(self.data.train), "recipe: 'data.train' is required")
 
 
-def load_recipe(path: str | Path) -> PipelineConfig:
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Read a pipeline recipe; ``out`` defaults to ``runs/<recipe name>``."""
-    data = load_yaml(path)
+    data = apply_overrides(load_yaml(path), overrides or {})
     data.setdefault("out", str(Path("runs") / Path(path).stem))
     cfg = from_dict(PipelineConfig, data, "recipe")
     cfg.validate()

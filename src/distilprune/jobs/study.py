@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distilprune.config import from_dict, load_yaml, to_dict
+from distilprune.config import apply_overrides, from_dict, load_yaml, to_dict
 from distilprune.data.coverage import vocabulary_coverage
 from distilprune.data.loading import file_sha256, load_table
 from distilprune.data.preprocess import parse_steps
@@ -102,9 +102,9 @@ class Cell:
     seed: int
 
 
-def load_study_recipe(path: str | Path) -> StudyConfig:
+def load_study_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
     """Read a study recipe; ``out`` defaults to ``runs/<recipe name>``."""
-    data = load_yaml(path)
+    data = apply_overrides(load_yaml(path), overrides or {})
     data.setdefault("out", str(Path("runs") / Path(path).stem))
     return from_dict(StudyConfig, data, "study")
 
