@@ -30,8 +30,8 @@ from distilprune.export.storage import save_compact
 from distilprune.jobs.common import prepare_data
 from distilprune.jobs.distill import TaskDistillConfig, TaskLoss, distill_task
 from distilprune.jobs.finetune import FinetuneConfig, finetune
+from distilprune.jobs.shrink import shrink_dir
 from distilprune.quantize import QATConfig
-from distilprune.shrink import shrink_dir
 from distilprune.train import TrainConfig
 
 SPARSE_INT8 = ("sparse-ptq-int8-onnx", "sparse-qat-int8-onnx", "sparse-static-int8-onnx",

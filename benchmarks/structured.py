@@ -32,9 +32,9 @@ from prune import Budget, downstream, expected, ofa_pretrain, prepare_base
 
 from distilprune.evaluate import classification_metrics, predict_texts
 from distilprune.jobs.common import prepare_data
+from distilprune.jobs.shrink import shrink_dir
 from distilprune.models.loading import count_parameters, load_classifier, load_tokenizer
 from distilprune.prune import PruneConfig
-from distilprune.shrink import shrink_dir
 
 BASE = "minilm-l6"
 COLUMNS = ["variant", "heads_removed", "neurons_removed_per_layer", "parameters", "parameter_ratio",

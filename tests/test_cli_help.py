@@ -277,7 +277,7 @@ WRITERS = {  # command: (stubbed job, what it returns, extra arguments); "o" is 
     "export": ("distilprune.export.storage.save_compact",
                {"compact_bytes": 1, "dense_bytes": 2, "ratio": 2.0}, ("--format", "compact")),
     "quantize": ("distilprune.export.onnx.static_quantize_export", _fake_static, ("--data", "{csv}")),
-    "shrink": ("distilprune.shrink.shrink_dir", SimpleNamespace(params_before=2, params_after=1), ()),
+    "shrink": ("distilprune.jobs.shrink.shrink_dir", SimpleNamespace(params_before=2, params_after=1), ()),
     "evaluate": ("distilprune.jobs.inference.evaluate_model", None, ("--data", "{csv}")),
     "predict": ("distilprune.jobs.inference.predict_file",
                 lambda model, data, out, *a, **k: (3, Path(out) / "predictions.csv"), ("--data", "{csv}")),

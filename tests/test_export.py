@@ -88,7 +88,7 @@ def test_inputs_are_what_tokenizer_and_model_share(arch, expected, tiny_model_fa
 def test_shrunk_and_compact_models_export(bert_export, tmp_path):
     from distilprune.export.storage import save_compact
     from distilprune.jobs.common import read_metadata
-    from distilprune.shrink import shrink_dir
+    from distilprune.jobs.shrink import shrink_dir
 
     report = shrink_dir(bert_export[0], tmp_path / "shrunk", head_fraction=0.25, neuron_fraction=0.5)
     assert report.params_after < report.params_before and report.heads_removed

@@ -26,8 +26,8 @@ KILLER = textwrap.dedent("""
             if step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    original = job._compression_hooks
-    job._compression_hooks = lambda cfg: [*original(cfg), Kill()]
+    original = job.compression_hooks
+    job.compression_hooks = lambda cfg: [*original(cfg), Kill()]
     distill_train = distill_job.train
     distill_job.train = lambda model, loader, objective, cfg, hooks=(), **kw: distill_train(
         model, loader, objective, cfg, [*hooks, Kill()], **kw)

@@ -14,8 +14,9 @@ from conftest import run_cli
 from distilprune.engine import kernels as kernel_module
 from distilprune.engine.kernels import kernel_status
 from distilprune.engine.packing import pack_int8, pack_linear
-from distilprune.engine.sparse import SparseLinear, encoder_linears, is_sparse_dir, load_sparse, sparsify
+from distilprune.engine.sparse import SparseLinear, encoder_linears, load_sparse, sparsify
 from distilprune.export.source import load_model_and_tokenizer
+from distilprune.formats import is_sparse_dir
 
 ARCHS = ("bert", "roberta", "distilbert", "xlnet", "mpnet")
 TEXTS = ["Forest fire near La Ronge Sask. Canada", "I love fruits", "ok",

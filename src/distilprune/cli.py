@@ -618,7 +618,7 @@ def quantize(
     Dynamic int8 is 'distilprune export --int8'; QAT is 'distilprune finetune --qat'.
     """
     from distilprune.export.onnx import static_quantize_export
-    from distilprune.jobs.finetune import check_output_dir
+    from distilprune.jobs.common import check_output_dir
 
     check_output_dir(out, overwrite)
     if not (model / "model.onnx").is_file():
@@ -705,7 +705,7 @@ def shrink(
     overwrite: Annotated[bool, Opt()] = False,
 ) -> None:
     """Physically remove the least important heads / FFN neurons (smaller matrices)."""
-    from distilprune.shrink import shrink_dir
+    from distilprune.jobs.shrink import shrink_dir
 
     report = shrink_dir(_local(model), out, heads, neurons, overwrite)
     out_console.print(f"parameters {report.params_before:,} -> {report.params_after:,} -> {out} "

@@ -20,20 +20,13 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from distilprune.data.batching import (
-    TARGETS,
     EncodedDataset,
     LengthGroupedBatchSampler,
     encode,
     make_collator,
 )
 from distilprune.io import save_png
-from distilprune.models.loading import model_input_names
-
-
-def model_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop batch entries the model's forward does not accept (and the targets: labels, QA positions)."""
-    accepted = model_input_names(model)
-    return {k: v for k, v in batch.items() if k in accepted and k not in TARGETS}
+from distilprune.models.base import model_inputs
 
 
 @torch.inference_mode()

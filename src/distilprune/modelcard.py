@@ -16,10 +16,10 @@ from typing import Any
 import yaml
 
 from distilprune import __version__
-from distilprune.formats import model_kind
+from distilprune.formats import COMPACT_WEIGHTS, model_kind
+from distilprune.metadata import METADATA_FILE
 
 CARD_FILE = "README.md"
-METADATA_FILE = "distilprune.json"  # = distilprune.jobs.common.METADATA_FILE
 METRICS = {"accuracy": "Accuracy", "f1": "F1", "f1_macro": "F1 (macro)", "precision": "Precision",
            "recall": "Recall"}
 STEP_TEXT = {
@@ -73,9 +73,7 @@ def _quantization(kind: str, meta: dict[str, Any], export: dict[str, Any], folde
 def _compact_int8(folder: Path) -> bool:
     from safetensors import safe_open
 
-    from distilprune.export.storage import WEIGHTS_NAME
-
-    with safe_open(str(folder / WEIGHTS_NAME), framework="np") as handle:
+    with safe_open(str(folder / COMPACT_WEIGHTS), framework="np") as handle:
         manifest = json.loads((handle.metadata() or {}).get("manifest", "{}"))
     return any("int8" in info["layout"] for info in manifest.values())
 

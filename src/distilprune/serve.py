@@ -38,12 +38,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from distilprune.errors import Interrupted, UserError, require, require_at_least
 from distilprune.export.runtime import ONNX_FILENAME, OnnxClassifier, resolve_onnx
+from distilprune.metadata import METADATA_FILE as TRAINING_METADATA
 from distilprune.serving.batcher import Batcher, Closed, QueueFull
 from distilprune.serving.gate import NOTES, Gate, busy_response
 from distilprune.serving.metrics import CONTENT_TYPE, Metrics
 from distilprune.task import split_pairs, task_of_model
 
-TRAINING_METADATA = "distilprune.json"  # = distilprune.jobs.common.METADATA_FILE (imports torch)
 API_KEY_ENV = "DISTILPRUNE_API_KEY"
 SETTINGS_ENV = "DISTILPRUNE_SERVE_SETTINGS"  # create_app keyword arguments for --workers processes
 log = logging.getLogger("uvicorn.error")

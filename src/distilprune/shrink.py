@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 from transformers import AutoModelForSequenceClassification, PretrainedConfig
 
 from distilprune.errors import UserError, require
-from distilprune.models.loading import load_config
+from distilprune.models.base import count_parameters, load_config
 
 _BERT_LIKE = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
               "o": "attention.output.dense", "attn": "attention.self",
@@ -228,8 +228,6 @@ def prune_heads_and_neurons(
     [per-layer tensor over FFN neurons]}``; lower means less important. The config is updated
     (``pruned_heads``, intermediate size) so that :func:`load_shrunk` rebuilds the same shapes.
     """
-    from distilprune.models.loading import count_parameters
-
     require(0.0 <= head_fraction < 1.0, f"head_fraction must be in [0, 1), got {head_fraction}")
     require(0.0 <= neuron_fraction < 1.0,
             f"neuron_fraction must be in [0, 1), got {neuron_fraction}")
@@ -245,25 +243,6 @@ def prune_heads_and_neurons(
         report.neurons_removed_per_layer = _prune_neurons(model, neuron_fraction,
                                                           scores.get("neurons"))
     report.params_after = count_parameters(model)
-    return report
-
-
-def shrink_dir(model: str | Path, out: str | Path, head_fraction: float = 0.0,
-               neuron_fraction: float = 0.0, overwrite: bool = False) -> ShrinkReport:
-    """Shrink the classifier directory ``model`` into ``out`` (written atomically, metadata kept)."""
-    from distilprune.io import atomic_dir
-    from distilprune.jobs.common import read_metadata, save_model_dir
-    from distilprune.jobs.finetune import check_output_dir
-    from distilprune.modelcard import write_model_card
-    from distilprune.models.loading import load_tokenizer, require_weights
-
-    check_output_dir(Path(out), overwrite)
-    require_weights(model)
-    net = load_shrunk(model)
-    report = prune_heads_and_neurons(net, head_fraction, neuron_fraction)
-    with atomic_dir(Path(out), overwrite) as tmp:
-        save_model_dir(tmp, net, load_tokenizer(str(model)), {**read_metadata(model), "shrink": vars(report)})
-        write_model_card(tmp)  # the copied metrics are the unshrunk model's
     return report
 
 

@@ -2,7 +2,7 @@
 
 Word 1-2 grams and character 2-5 grams (sublinear TF), one logistic regression. It is fitted on
 the training split and benchmarked in-process beside the transformer models, with the same
-latency protocol (:func:`distilprune.benchmark.speed.measure`) and the same accuracy function.
+latency protocol (:func:`distilprune.engine.timing.measure`) and the same accuracy function.
 """
 
 from __future__ import annotations

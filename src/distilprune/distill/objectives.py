@@ -18,7 +18,7 @@ from distilprune.distill.losses import (
     span_kl,
     token_ce,
 )
-from distilprune.evaluate import model_inputs
+from distilprune.models.base import model_inputs
 
 Batch = dict[str, torch.Tensor]
 Pairs = Sequence[tuple[int, int]]

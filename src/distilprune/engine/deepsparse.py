@@ -50,9 +50,9 @@ from distilprune.export.runtime import (
     resolve_onnx,
     weights_size,
 )
+from distilprune.formats import DEEPSPARSE_KEY, is_deepsparse_export
 
 DEEPSPARSE_VERSION = "1.8.0"
-DEEPSPARSE_KEY = "deepsparse"  # the export.json field that marks a DeepSparse export
 VENV_NAME = ".venv-deepsparse"
 PYTHON_ENV = "DISTILPRUNE_DEEPSPARSE_PYTHON"  # override the worker interpreter
 DEFAULT_OPSET = 14
@@ -143,13 +143,6 @@ def require_deepsparse() -> None:
     ok, message = deepsparse_available()
     if not ok:
         raise UserError(f"DeepSparse is not available: {message}")
-
-
-def is_deepsparse_export(path: str | Path) -> bool:
-    """Whether ``path`` (export dir or its model.onnx) was written by :func:`export_for_deepsparse`."""
-    path = Path(path)
-    folder = path.parent if path.is_file() else path
-    return bool(read_metadata(folder).get(DEEPSPARSE_KEY))
 
 
 # --------------------------------------------------------------------------- export
@@ -577,7 +570,7 @@ class DeepSparseRunner:
 
 def _bench(args: argparse.Namespace) -> int:
     """Latency of one export at each (threads, batch size), in this process (DeepSparse venv)."""
-    from distilprune.benchmark.speed import measure, peak_rss_mb
+    from distilprune.engine.timing import measure, peak_rss_mb
     from distilprune.io import write_json
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None

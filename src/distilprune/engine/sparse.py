@@ -30,9 +30,9 @@ from torch import nn
 from distilprune.engine.kernels import kernel_status, kernels, warn_fallback
 from distilprune.engine.packing import PackedWeight, avx2_operands, pack_linear
 from distilprune.errors import require
+from distilprune.formats import SPARSE_WEIGHTS as WEIGHTS_NAME
 
 FORMAT = "distilprune-sparse/1"
-WEIGHTS_NAME = "model.sparse.safetensors"
 SAVED_FIELDS = ("row_ptr", "cols", "vals", "wsum", "wscale")
 
 
@@ -202,11 +202,6 @@ def _dense_int8(model: nn.Module, names: set[str]) -> nn.Module:
                             dtype=torch.qint8)
 
 
-def is_sparse_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a sparse-engine model directory."""
-    return (Path(path) / WEIGHTS_NAME).is_file()
-
-
 def save_sparse_weights(model: nn.Module, folder: Path) -> dict[str, Any]:
     """Write ``model.sparse.safetensors`` for a :func:`sparsify`-ed model; returns its summary."""
     from distilprune.export.storage import compact_tensors
@@ -237,7 +232,7 @@ def save_sparse_weights(model: nn.Module, folder: Path) -> dict[str, Any]:
 def load_sparse(path: str | Path) -> nn.Module:
     """Rebuild the classifier of a sparse-engine directory with its packed layers (eval mode)."""
     from distilprune.export.storage import expand_tensors
-    from distilprune.models.loading import load_config
+    from distilprune.models.base import load_config
     from distilprune.shrink import build_from_config
 
     file = Path(path) / WEIGHTS_NAME

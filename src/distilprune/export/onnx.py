@@ -474,8 +474,8 @@ def check_export_target(out: Path, overwrite: bool, opset: int) -> None:
 def _write_label_names(folder: Path, source: str | Path) -> list[str]:
     """Write the label names into ``config.json``: the trained ones, else transformers' default
     ``LABEL_i`` (transformers 5 omits that map, so a reader without transformers would find none)."""
-    from distilprune.jobs.common import read_metadata as training_metadata
-    from distilprune.jobs.common import trained_label_names
+    from distilprune.metadata import read_metadata as training_metadata
+    from distilprune.metadata import trained_label_names
 
     config = read_config(folder)
     id2label = config.get("id2label") or {}

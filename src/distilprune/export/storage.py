@@ -39,11 +39,11 @@ from torch.nn.utils import parametrize
 from transformers import PreTrainedTokenizerBase
 
 from distilprune.errors import UserError, require
+from distilprune.formats import COMPACT_WEIGHTS as WEIGHTS_NAME
 from distilprune.io import atomic_dir
-from distilprune.models.loading import load_config, load_tokenizer
+from distilprune.models.base import load_config, load_tokenizer
 
 FORMAT = "distilprune-compact/1"
-WEIGHTS_NAME = "model.compact.safetensors"
 QMAX = 127
 
 
@@ -229,11 +229,6 @@ def _report(state: dict[str, torch.Tensor], manifest: dict[str, Any], compact_by
     return {"compact_bytes": compact_bytes, "dense_bytes": dense,
             "ratio": dense / max(compact_bytes, 1), "int8": int8,
             "sparsity": zeros / max(sum(t.numel() for t in floats), 1), "layouts": layouts}
-
-
-def is_compact(path: str | Path) -> bool:
-    """Whether ``path`` is a compact model directory."""
-    return (Path(path) / WEIGHTS_NAME).is_file()
 
 
 def read_compact_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,8 @@ from distilprune.data.loading import TextTable, class_balance, file_sha256, load
 from distilprune.data.preprocess import build_preprocessor, parse_steps
 from distilprune.data.split import stratified_split
 from distilprune.errors import UserError, require, require_at_least
-from distilprune.io import atomic_dir, discard, stable_hash, sweep_stale, write_json
-
-METADATA_FILE = "distilprune.json"
+from distilprune.io import atomic_dir, check_writable, discard, stable_hash, sweep_stale, write_json
+from distilprune.metadata import METADATA_FILE, read_metadata, trained_label_names
 
 
 @dataclass
@@ -165,6 +163,18 @@ def environment() -> dict[str, Any]:
     }
 
 
+def check_output_dir(out: str | Path, overwrite: bool) -> Path:
+    """Fail early (before any training) when ``out`` exists and may not be replaced, cannot be
+    created at all, or another run is writing it (``out`` stays locked until it is written)."""
+    out = Path(out)
+    if not str(out):
+        raise UserError("an output directory is required (--out)")
+    check_writable(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"output directory {out} already exists (pass --overwrite to replace it)")
+    return out
+
+
 def save_on_main_process(out: str | Path, overwrite: bool, write: Callable[[Path], None],
                          train_cfg: Any = None) -> None:
     """``write(tmp)`` into an atomic ``out`` on the main process only; every process waits for it.
@@ -194,15 +204,6 @@ def save_model_dir(out: Path, model: PreTrainedModel, tokenizer: PreTrainedToken
     write_model_card(out, metadata.get("metrics"))  # metrics of these very weights (finetune)
 
 
-def trained_label_names(meta: dict[str, Any], id2label: Mapping[Any, Any]) -> list[str] | None:
-    """The labels a classifier was trained with: its ``distilprune.json``, else a ``config.id2label``
-    other than transformers' default ``LABEL_i``; ``None`` when it never recorded any."""
-    if meta.get("label_names"):
-        return [str(name) for name in meta["label_names"]]
-    names = [str(id2label[key]) for key in sorted(id2label, key=int)]
-    return names if names and names != [f"LABEL_{i}" for i in range(len(names))] else None
-
-
 def label_names_of(model: str | Path) -> list[str] | None:
     """:func:`trained_label_names` of a model directory, alias or ONNX export (``None`` if unknown)."""
     from distilprune.export.runtime import read_config
@@ -212,17 +213,6 @@ def label_names_of(model: str | Path) -> list[str] | None:
     if not path.is_dir():
         return None
     return trained_label_names(read_metadata(path), read_config(path).get("id2label") or {})
-
-
-def read_metadata(model_dir: str | Path) -> dict[str, Any]:
-    """The ``distilprune.json`` of a model directory, or ``{}`` for foreign models."""
-    path = Path(model_dir) / METADATA_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is corrupt: {exc.msg}") from exc
 
 
 RUN_ONLY = frozenset({"out", "overwrite", "resume", "checkpoint_every", "checkpoint_dir"})  # where/how

@@ -5,26 +5,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from torch.nn.utils import parametrize
 
 from distilprune.config import to_dict
 from distilprune.data.batching import EncodedDataset, class_weights, make_loader, oversample_indices
 from distilprune.data.loading import TextTable
 from distilprune.distill.objectives import ClassificationObjective
-from distilprune.errors import UserError, require, require_at_least
+from distilprune.errors import require
 from distilprune.evaluate import (
     classification_metrics,
     plot_confusion_matrix,
     plot_pr_curve,
     predict_logits,
 )
-from distilprune.io import check_writable, write_json
+from distilprune.io import write_json
 from distilprune.jobs.common import (
-    DataConfig,
+    check_output_dir,
     checkpoint_beside,
     encode_table,
     prepare_data,
@@ -33,72 +30,17 @@ from distilprune.jobs.common import (
     save_on_main_process,
     trained_model_summary,
 )
+from distilprune.jobs.compression import FinetuneConfig, compression_hooks, finalize_compression
 from distilprune.models.loading import (
     check_max_length,
     load_classifier,
     load_tokenizer,
 )
-from distilprune.prune import (
-    LockSparsityHook,
-    PruneConfig,
-    PruningHook,
-    finalize,
-    remove_pruned,
-)
-from distilprune.quantize import QATConfig, QATHook, attach_input_quant, save_qat_params
+from distilprune.quantize import QATHook, attach_input_quant, save_qat_params
 from distilprune.quantize.qat import QPARAMS_FILENAME
-from distilprune.train import Hook, Objective, TrainConfig, save_losses_plot, train
-
-
-@dataclass
-class FinetuneConfig:
-    """A fine-tuning run: model, data, optimisation and compression switches."""
-
-    model: str = ""
-    out: str = ""
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    lock_sparsity: bool = False
-    prune: PruneConfig | None = None
-    qat: QATConfig | None = None
-    eval_batch_size: int = 64
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        require_at_least("eval_batch_size", self.eval_batch_size, 1)
-
+from distilprune.train import Hook, Objective, save_losses_plot, train
 
 ObjectiveFactory = Callable[[EncodedDataset, TextTable], Objective]
-
-
-def check_output_dir(out: str | Path, overwrite: bool) -> Path:
-    """Fail early (before any training) when ``out`` exists and may not be replaced, cannot be
-    created at all, or another run is writing it (``out`` stays locked until it is written)."""
-    out = Path(out)
-    if not str(out):
-        raise UserError("an output directory is required (--out)")
-    check_writable(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"output directory {out} already exists (pass --overwrite to replace it)")
-    return out
-
-
-def _compression_hooks(cfg: FinetuneConfig) -> list[Hook]:
-    """Mask locking (sparse transfer), gradual pruning and/or int8 QAT (applied last)."""
-    hooks: list[Hook] = [LockSparsityHook()] if cfg.lock_sparsity else []
-    if cfg.prune:
-        hooks.append(PruningHook(cfg.prune))
-    if cfg.qat:
-        hooks.append(QATHook(cfg.qat))
-    return hooks
-
-
-def _finalize_compression(model, cfg: FinetuneConfig) -> dict | None:
-    """Bake any mask parametrizations into plain weights (a no-op for dense runs); after
-    structured pruning, remove the pruned heads/neurons (returns what was removed)."""
-    if any(parametrize.is_parametrized(m) for m in model.modules()):
-        finalize(model)
-    return vars(remove_pruned(model)) if cfg.prune and cfg.prune.method == "structured" else None
 
 
 def _qat_summary(model, qparams: dict[str, dict], validate: Callable) -> dict[str, Any]:
@@ -146,11 +88,11 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
         return {k: metrics[k] for k in ("accuracy", "f1", "f1_macro")}
 
     settings = {"config": to_dict(cfg), "metadata": metadata, "labels": label_names}
-    compression = _compression_hooks(cfg)
+    compression = compression_hooks(cfg)
     result = train(model, loader, objective, cfg.train, [*compression, *hooks],
                    validate, description=f"finetune {Path(cfg.model).name}",
                    fingerprint=run_fingerprint(settings, [cfg.data.train, cfg.data.validation]))
-    shrink = _finalize_compression(model, cfg)
+    shrink = finalize_compression(model, cfg)
     logits = predict_logits(model, val_ds, tokenizer, cfg.eval_batch_size)
     metrics = classification_metrics(data.val.labels, logits)
     # learned int8 scales, for a static export; not kept when structured pruning cut channels out

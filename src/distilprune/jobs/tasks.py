@@ -22,18 +22,14 @@ from distilprune.errors import require
 from distilprune.io import atomic_dir, check_writable, write_json
 from distilprune.jobs.common import (
     DataConfig,
+    check_output_dir,
     checkpoint_beside,
     run_fingerprint,
     save_model_dir,
     save_on_main_process,
     trained_model_summary,
 )
-from distilprune.jobs.finetune import (
-    FinetuneConfig,
-    _compression_hooks,
-    _finalize_compression,
-    check_output_dir,
-)
+from distilprune.jobs.compression import FinetuneConfig, compression_hooks, finalize_compression
 from distilprune.models.loading import (
     check_max_length,
     load_task_model,
@@ -204,10 +200,10 @@ def finetune_task(cfg: FinetuneConfig, hooks: Sequence[Hook] = (), metadata: dic
 
     settings = {"config": to_dict(cfg), "metadata": metadata, "labels": data.labels, "teacher": teacher}
     result = train(model, loader, _objective(task, teacher_model, loss), train_cfg,
-                   [*_compression_hooks(cfg), *hooks], validate,
+                   [*compression_hooks(cfg), *hooks], validate,
                    description=f"finetune {Path(cfg.model).name}",
                    fingerprint=run_fingerprint(settings, [cfg.data.train, cfg.data.validation]))
-    shrink = _finalize_compression(model, cfg)
+    shrink = finalize_compression(model, cfg)
     metrics, _ = score(task, _runner(model, tokenizer, task, cfg.data, data.labels, cfg.eval_batch_size),
                        data.val)
     summary = _summary(cfg, task, data, metrics, model, result, shrink, metadata)

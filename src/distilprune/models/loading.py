@@ -1,88 +1,52 @@
-"""Load tokenizers and task models (sequence / token classifiers, extractive QA) for any
-BERT-class architecture."""
+"""Load any model directory distilprune writes, or a Hugging Face checkpoint, with its head:
+sequence / token classifiers, extractive QA, masked-LMs; compact (sparse/int8) and structurally
+shrunk directories included, for any BERT-class architecture.
+
+The basics every loader shares (config, tokenizer, model facts) live in
+:mod:`distilprune.models.base` and are importable from here too.
+"""
 
 from __future__ import annotations
 
-import inspect
-import logging
 from pathlib import Path
 
-import torch
 import transformers
 from transformers import (
-    AutoConfig,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
-    AutoTokenizer,
     PreTrainedModel,
-    PreTrainedTokenizerBase,
 )
 
 from distilprune.errors import UserError, require
+from distilprune.formats import is_compact
+from distilprune.models.base import (
+    SUPPORTED_ARCHITECTURES,
+    check_max_length,
+    count_parameters,
+    load_config,
+    load_pretrained,
+    load_tokenizer,
+    model_input_names,
+    require_weights,
+)
 from distilprune.models.registry import resolve_model
 
-SUPPORTED_ARCHITECTURES = ("bert", "roberta", "distilbert", "xlnet", "mpnet")
-
-transformers.logging.set_verbosity_error()
-transformers.utils.logging.disable_progress_bar()
-logging.getLogger("transformers").setLevel(logging.ERROR)
-
-
-def _load(what: str, name: str | Path, loader, **kwargs):
-    path = resolve_model(name)
-    try:
-        return loader(path, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load {what} from {name}: {first_line}") from exc
-
-
-def load_tokenizer(name: str | Path) -> PreTrainedTokenizerBase:
-    """Load the tokenizer of an alias, directory or hub ID; never a stand-in built from nothing."""
-    from distilprune.export.runtime import require_tokenizer_files
-
-    path = resolve_model(name)
-    if Path(path).is_dir():
-        require_tokenizer_files(path)
-    tokenizer = _load("tokenizer", name, AutoTokenizer.from_pretrained)
-    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        raise UserError(f"the tokenizer of {name} has no vocabulary beyond its special tokens")
-    return tokenizer
-
-
-def load_config(name: str | Path) -> transformers.PretrainedConfig:
-    """Load a model config, checking that its architecture is one we handle."""
-    config = _load("config", name, AutoConfig.from_pretrained)
-    if config.model_type not in SUPPORTED_ARCHITECTURES:
-        raise UserError(
-            f"unsupported architecture {config.model_type!r}; "
-            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
-    return config
-
-
-def require_weights(name: str | Path) -> None:
-    """Refuse a local directory without PyTorch weights before loading it: an ONNX export is named
-    as such (transformers would only say that no ``model.safetensors`` was found)."""
-    path = Path(resolve_model(name))
-    if not path.is_dir() or any(path.glob("*.safetensors")) or any(path.glob("*.bin")):
-        return
-    if (path / "model.onnx").is_file():
-        raise UserError(f"{name} is an ONNX export (model.onnx, no PyTorch weights): evaluate, predict, "
-                        "serve, benchmark and quantize run it; this command needs the model directory "
-                        "it was exported from")
-    raise UserError(f"{name} holds no model weights (model.safetensors)")
-
-
-def check_max_length(name: str | Path, max_length: int) -> None:
-    """Refuse a ``max_length`` beyond the model's position embeddings before any work (the first
-    long text would otherwise fail mid-training)."""
-    from distilprune.export.runtime import max_sequence_length
-
-    limit = max_sequence_length(load_config(name).to_dict())
-    if limit is not None and max_length > limit:
-        raise UserError(f"max_length {max_length} is longer than {name} allows ({limit} tokens)")
+__all__ = [
+    "AUTO_CLASSES",
+    "SUPPORTED_ARCHITECTURES",
+    "check_max_length",
+    "count_parameters",
+    "load_classifier",
+    "load_config",
+    "load_for_student",
+    "load_masked_lm",
+    "load_task_model",
+    "load_tokenizer",
+    "model_input_names",
+    "require_classifier",
+    "require_weights",
+]
 
 
 def require_classifier(name: str | Path, task: str = "classification") -> None:
@@ -128,8 +92,8 @@ def load_task_model(name: str | Path, task: str = "classification",
     elif task == "question-answering":
         config.num_labels = 2
     try:
-        model = _load("model", name, AUTO_CLASSES[task].from_pretrained, config=config,
-                      ignore_mismatched_sizes=_other_task_head(config, task))
+        model = load_pretrained("model", name, AUTO_CLASSES[task].from_pretrained, config=config,
+                                ignore_mismatched_sizes=_other_task_head(config, task))
     except RuntimeError as exc:
         if "size mismatch" not in str(exc):
             raise
@@ -150,7 +114,7 @@ def load_classifier(
     models (``config.pruned_heads``, classifiers or masked-LMs) are rebuilt by
     :func:`distilprune.shrink.load_shrunk`.
     """
-    from distilprune.export.storage import is_compact, load_compact
+    from distilprune.export.storage import load_compact
 
     if is_compact(resolve_model(name)):
         return load_compact(resolve_model(name)).float()
@@ -165,8 +129,9 @@ def load_classifier(
 
         return load_shrunk(resolve_model(name), config).float()
     try:
-        model = _load("model", name, AutoModelForSequenceClassification.from_pretrained, config=config,
-                      ignore_mismatched_sizes=_other_task_head(config, "classification"))
+        model = load_pretrained("model", name, AutoModelForSequenceClassification.from_pretrained,
+                                config=config,
+                                ignore_mismatched_sizes=_other_task_head(config, "classification"))
     except RuntimeError as exc:
         if "ignore_mismatched_sizes" not in str(exc) and "size mismatch" not in str(exc):
             raise
@@ -176,20 +141,6 @@ def load_classifier(
             f"fine-tune the encoder it was trained from (a model without a classifier head, e.g. the "
             f"alias or student) with {num_labels} classes instead") from exc
     return model.float()
-
-
-def model_input_names(model: torch.nn.Module) -> set[str]:
-    """The keyword arguments the model's ``forward`` accepts (DDP/accelerate wrappers unwrapped)."""
-    while hasattr(model, "module"):
-        model = model.module
-    return set(inspect.signature(model.forward).parameters)
-
-
-def count_parameters(model: torch.nn.Module, nonzero: bool = False) -> int:
-    """Number of parameters (or of non-zero parameters) of ``model``."""
-    if nonzero:
-        return sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    return sum(p.numel() for p in model.parameters())
 
 
 def load_masked_lm(name: str | Path) -> tuple[PreTrainedModel, bool]:
@@ -209,8 +160,8 @@ def load_masked_lm(name: str | Path) -> tuple[PreTrainedModel, bool]:
 
         model, missing = load_shrunk_with_info(resolve_model(name), config, auto)
     else:
-        model, info = _load("masked-LM model", name, auto.from_pretrained,
-                            config=config, output_loading_info=True)
+        model, info = load_pretrained("masked-LM model", name, auto.from_pretrained,
+                                      config=config, output_loading_info=True)
         missing = info.get("missing_keys", [])
     base = model.base_model_prefix + "."
     head_missing = any(not k.startswith(base) for k in missing)
