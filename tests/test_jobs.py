@@ -366,14 +366,14 @@ def test_recipe_drives_finetune_and_flags_override(
 
 
 def test_dotted_overrides_read_yaml_values_and_keep_none():
-    from distilprune.config import apply_overrides, dotted_overrides
+    from distilprune.config import dotted_overrides, merge
 
     overrides = dotted_overrides(["train.lr=1e-4", "train.seed=7", "qat=null", "data.preprocess=[a, b]",
                                   "data.text_column=body"])
     assert overrides == {"train": {"lr": "1e-4", "seed": 7}, "qat": None,
                          "data": {"preprocess": ["a", "b"], "text_column": "body"}}
     base = {"train": {"lr": 5e-5, "epochs": 3}, "qat": {"steps": 10}, "out": "x"}
-    assert apply_overrides(base, overrides) == {
+    assert merge(base, overrides, keep_none=True) == {
         "train": {"lr": "1e-4", "seed": 7, "epochs": 3}, "qat": None, "out": "x",
         "data": {"preprocess": ["a", "b"], "text_column": "body"}}
     assert base["train"] == {"lr": 5e-5, "epochs": 3}  # the recipe itself is not changed

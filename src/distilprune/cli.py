@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
 
-from distilprune.config import apply_overrides, dotted_overrides, from_dict, merge, recipe_section
+from distilprune.config import dotted_overrides, from_dict, merge, recipe_section
 from distilprune.errors import Interrupted, UserError, require, require_at_least
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,  # --install-completion
@@ -91,7 +91,7 @@ def _prune_overrides(method, final_sparsity, block_size, prune_end, prune_every,
 def _recipe(path: Path | None, section: str, assignments: list[str] | None = None) -> dict[str, Any]:
     """The command's recipe section with the ``--set`` assignments applied."""
     base = recipe_section(path, section) if path is not None else {}
-    return apply_overrides(base, dotted_overrides(assignments))
+    return merge(base, dotted_overrides(assignments), keep_none=True)
 
 
 SetOption = Annotated[list[str] | None, Opt("--set", metavar="KEY=VALUE",

@@ -128,14 +128,15 @@ def recipe_section(path: str | Path, section: str) -> dict[str, Any]:
     return value
 
 
-def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` into a copy of ``base`` (``None`` values are ignored)."""
+def merge(base: dict[str, Any], overrides: dict[str, Any], keep_none: bool = False) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into a copy of ``base``. ``None`` values are ignored (an unset flag)
+    unless ``keep_none`` (a ``--set key=null`` switches a setting off)."""
     out = dict(base)
     for key, value in overrides.items():
-        if value is None:
+        if value is None and not keep_none:
             continue
         if isinstance(value, dict):
-            out[key] = merge(out[key] if isinstance(out.get(key), dict) else {}, value)
+            out[key] = merge(out[key] if isinstance(out.get(key), dict) else {}, value, keep_none)
         else:
             out[key] = value
     return out
@@ -160,18 +161,6 @@ def dotted_overrides(assignments: list[str] | None) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise UserError(f"--set {assignment!r}: {part} is set to a value above")
         node[leaf] = value
-    return out
-
-
-def apply_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` into a copy of ``base``; unlike :func:`merge`, ``None`` is kept
-    (it switches a setting off)."""
-    out = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = apply_overrides(out[key], value)
-        else:
-            out[key] = value
     return out
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distilprune.config import apply_overrides, from_dict, load_yaml, to_dict
+from distilprune.config import from_dict, load_yaml, merge, to_dict
 from distilprune.data.loading import file_sha256
 from distilprune.errors import UserError, require, require_at_least
 from distilprune.io import atomic_dir, locked_dir, read_json, stable_hash, write_json
@@ -181,7 +181,7 @@ class PipelineConfig:
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Read a pipeline recipe; ``out`` defaults to ``runs/<recipe name>``."""
-    data = apply_overrides(load_yaml(path), overrides or {})
+    data = merge(load_yaml(path), overrides or {}, keep_none=True)
     data.setdefault("out", str(Path("runs") / Path(path).stem))
     cfg = from_dict(PipelineConfig, data, "recipe")
     cfg.validate()

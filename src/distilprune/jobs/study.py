@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distilprune.config import apply_overrides, from_dict, load_yaml, to_dict
+from distilprune.config import from_dict, load_yaml, merge, to_dict
 from distilprune.data.coverage import vocabulary_coverage
 from distilprune.data.loading import file_sha256, load_table
 from distilprune.data.preprocess import parse_steps
@@ -104,7 +104,7 @@ class Cell:
 
 def load_study_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
     """Read a study recipe; ``out`` defaults to ``runs/<recipe name>``."""
-    data = apply_overrides(load_yaml(path), overrides or {})
+    data = merge(load_yaml(path), overrides or {}, keep_none=True)
     data.setdefault("out", str(Path("runs") / Path(path).stem))
     return from_dict(StudyConfig, data, "study")
 
