@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -215,7 +216,7 @@ def plot(summary_: dict[str, Any], path: Path) -> None:
 def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.Namespace) -> None:
     table = summary(rows)
     payload = {"summary": table, "rows": rows, "budgets": budgets,
-               "command": "python benchmarks/tasks.py " + " ".join(sys.argv[1:]),
+               "command": shlex.join(["python", "benchmarks/tasks.py", *sys.argv[1:]]),
                "threads": args.threads, "conditions": args.conditions}
     pct = [{"task": t, "metric": s["metric"], **{k: s[k] for k in ("dense", "sparse80", "sparse90",
                                                                    "sparse90_int8")},
@@ -236,6 +237,7 @@ def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.N
                                  "retention80", "retention90"])
           + "\n## Every model\n\n" + markdown_table(rows, cols)
           + "\n## Budgets\n\n" + "\n".join(f"- {t}: {b}" for t, b in budgets.items()) + "\n\n"
+          f"Command: `{payload['command']}`\n\n"
           "![scores](tasks.png)\n")
     write_results("tasks", payload, md)
     plot(table, RESULTS / "tasks.png")
