@@ -15,7 +15,7 @@ that applies to its kind:
 * ``ModelCard.load`` (huggingface_hub);
 
 and its logits on held-out tweets (the dense model's validation split) are compared with the
-project's own predictor (``SavedClassifier``: what evaluate / predict / serve run). Targets:
+project's own predictor (``load_predictor``: what evaluate / predict / serve run). Targets:
 max |Δlogit| <= 1e-4 for fp32 outputs, argmax agreement >= 99.5 % for int8 ones. A tool that cannot
 load a kind by design is recorded as ``n/a`` with the reason. Writes ``results/interop.{json,md}``;
 ``summary.qat_static_accuracy`` / ``best_ptq_accuracy`` are read from ``results/qat.json``
@@ -323,18 +323,18 @@ def tool_plan(kind: str, masked: bool) -> dict[str, str | None]:
 
 
 def own_predictions(folder: Path, texts: list[str], masked: bool) -> tuple[np.ndarray, list[str]]:
-    """The project's own logits and labels: ``SavedClassifier`` (masked-LMs: ``load_masked_lm``)."""
+    """The project's own logits and labels: ``load_predictor`` (masked-LMs: ``load_masked_lm``)."""
     if masked:
         from distilprune.models.loading import load_masked_lm, load_tokenizer
 
         tokenizer = load_tokenizer(folder)
         logits = mask_logits(load_masked_lm(folder)[0].eval(), tokenizer, MASKED)
         return logits, [tokenizer.decode([i]).strip() for i in logits.argmax(-1)]
-    from distilprune.jobs.inference import SavedClassifier
+    from distilprune.predictor import load_predictor
 
-    clf = SavedClassifier(folder)
+    clf = load_predictor(folder)
     logits = clf.logits(texts)
-    return logits, [clf.label_names[i] for i in logits.argmax(-1)]
+    return logits, [clf.labels[i] for i in logits.argmax(-1)]
 
 
 def run_tool(tool: str, folder: Path, kind: str, masked: bool, texts: list[str], max_length: int,

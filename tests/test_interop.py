@@ -102,9 +102,9 @@ def test_every_format_evaluates_and_predicts(name, command, outputs, tmp_path, m
 
 
 def test_onnx_predict_applies_training_preprocessing(outputs):
-    from distilprune.jobs.inference import SavedClassifier
+    from distilprune.predictor import load_predictor
 
-    onnx, torch_model = SavedClassifier(outputs["onnx"]), SavedClassifier(outputs["model"])
+    onnx, torch_model = load_predictor(outputs["onnx"]), load_predictor(outputs["model"])
     texts = ["Fire at http://t.co/x #WildFire @someone", "nice &amp; calm"]
     assert onnx.preprocess == torch_model.preprocess != []
     assert abs(onnx.logits(texts) - torch_model.logits(texts)).max() < 1e-4
@@ -203,12 +203,12 @@ def _project(folder: Path) -> tuple[np.ndarray, list[str], list[str]]:
     """The project's logits and labels for TEXTS, and TEXTS preprocessed as the model card says a
     user of another tool must do first."""
     from distilprune.data.preprocess import build_preprocessor
-    from distilprune.jobs.inference import SavedClassifier
+    from distilprune.predictor import load_predictor
 
-    clf = SavedClassifier(folder)
+    clf = load_predictor(folder)
     logits = clf.logits(TEXTS)
     fn = build_preprocessor(clf.preprocess)
-    return logits, [clf.label_names[i] for i in logits.argmax(-1)], [fn(t, {}) for t in TEXTS]
+    return logits, [clf.labels[i] for i in logits.argmax(-1)], [fn(t, {}) for t in TEXTS]
 
 
 @pytest.mark.parametrize("name", ["model", "qat", "distilled"])

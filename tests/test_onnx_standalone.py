@@ -61,12 +61,12 @@ def test_torch_and_transformers_are_really_blocked(onnx_export):
 
 
 def test_onnx_export_runs_without_torch(onnx_export, model):
-    from distilprune.jobs.inference import SavedClassifier
+    from distilprune.predictor import load_predictor
 
-    plain = _standalone(onnx_export, SavedClassifier(onnx_export).max_length)
+    plain = _standalone(onnx_export, load_predictor(onnx_export).max_length)
     assert plain["banned"] == []
     logits = np.asarray(plain["logits"], dtype=np.float32)
-    for reference in (SavedClassifier(onnx_export), SavedClassifier(model)):
+    for reference in (load_predictor(onnx_export), load_predictor(model)):
         expected = reference.logits(TEXTS)
         assert plain["classes"] == expected.argmax(-1).tolist()  # 100 % agreement
         assert np.abs(logits - expected).max() <= 1e-4
@@ -74,13 +74,13 @@ def test_onnx_export_runs_without_torch(onnx_export, model):
 
 def test_trained_label_names_reach_plain_onnxruntime(yes_no_model, tmp_path):
     from distilprune.export import export_onnx
-    from distilprune.jobs.inference import SavedClassifier
+    from distilprune.predictor import load_predictor
 
     out = tmp_path / "onnx"
     export_onnx(yes_no_model, out, max_length=16, parity_texts=SAMPLE_TEXTS[:2])
-    project = SavedClassifier(yes_no_model)
-    expected = [project.label_names[i] for i in project.logits(TEXTS).argmax(-1)]
-    assert set(project.label_names) == {"no", "yes"}
+    project = load_predictor(yes_no_model)
+    expected = [project.labels[i] for i in project.logits(TEXTS).argmax(-1)]
+    assert set(project.labels) == {"no", "yes"}
     assert _standalone(out)["labels"] == expected
 
 
@@ -103,9 +103,9 @@ def onnx_kinds(onnx_export, model, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("kind", ["int8", "static"])
 def test_int8_exports_run_without_torch(kind, onnx_kinds):
     """Plain onnxruntime gives the project's own answers for an int8 export (target >= 99.5 %)."""
-    from distilprune.jobs.inference import SavedClassifier
+    from distilprune.predictor import load_predictor
 
-    project = SavedClassifier(onnx_kinds[kind])
+    project = load_predictor(onnx_kinds[kind])
     plain = _standalone(onnx_kinds[kind], project.max_length)
     expected = project.logits(TEXTS)
     assert plain["banned"] == [] and plain["classes"] == expected.argmax(-1).tolist()

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from distilprune.errors import UserError
 from distilprune.evaluate import softmax
-from distilprune.jobs.inference import SavedClassifier
+from distilprune.predictor import load_predictor
 from distilprune.serve import create_app, serve
 
 TEXTS = ["Forest fire near La Ronge Sask. Canada", "I love fruits", "ok"]
@@ -60,14 +60,14 @@ def test_health(any_client):
     assert len(body["labels"]) == 2 and all(isinstance(x, str) for x in body["labels"])
 
 
-def test_predict_matches_saved_classifier(any_client, model_dir):
+def test_predict_matches_predictor(any_client, model_dir):
     client, _, _ = any_client
     labels = client.get("/health").json()["labels"]
     response = client.post("/predict", json={"texts": TEXTS})
     assert response.status_code == 200
     predictions = response.json()["predictions"]
     assert len(predictions) == len(TEXTS)
-    expected = softmax(SavedClassifier(model_dir).logits(TEXTS))
+    expected = softmax(load_predictor(model_dir).logits(TEXTS))
     probs = np.array([p["probabilities"] for p in predictions])
     assert probs.shape == (len(TEXTS), 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
@@ -96,7 +96,7 @@ def test_training_metadata_used_by_both_backends(model_dir, onnx_dir, tmp_path):
     dirs = [shutil.copytree(d, tmp_path / d.name) for d in (model_dir, onnx_dir)]
     for d in dirs:
         (d / "distilprune.json").write_text(json.dumps(meta))
-    expected = log_odds(SavedClassifier(dirs[0]).logits(texts))
+    expected = log_odds(load_predictor(dirs[0]).logits(texts))
     raw = log_odds(OnnxClassifier(onnx_dir).predict_logits(texts))
     assert np.abs(raw - expected).max() > 1e-5, "preprocessing does not change these texts"
     for d in dirs:
@@ -176,7 +176,7 @@ def test_bad_model_paths_raise_user_error(tmp_path):
         create_app(tmp_path)
     garbage = tmp_path / "broken.onnx"
     garbage.write_bytes(b"not an onnx model")
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
     with pytest.raises(UserError, match="cannot load ONNX model"):
         create_app(garbage)
     with pytest.raises(UserError, match="positive"):
@@ -200,7 +200,7 @@ def test_inference_off_the_event_loop_and_serialized(model_dir, max_batch_size):
         state["active"] -= 1
         return np.zeros((len(texts), 2), dtype=np.float32)
 
-    app.state.model.logits = slow_logits
+    replace_forward(app, slow_logits)
 
     async def scenario() -> tuple[float, float]:
         transport = httpx.ASGITransport(app=app)
@@ -249,6 +249,11 @@ MIXED = ["ok", "fire!", "Forest fire near La Ronge Sask. Canada", "I love fruits
          "Heard about the evacuation orders in California?"]
 
 
+def replace_forward(app, logits) -> None:
+    """Make ``logits(items)`` the served model's forward pass (its preprocessing still applies)."""
+    app.state.model.run = lambda items, bar: logits(items)
+
+
 def text_logits(texts) -> np.ndarray:
     """A stand-in model whose answer identifies the text (the tiny model's barely differ)."""
     return np.array([[0.0, len(t) / 10 + zlib.crc32(t.encode()) % 97 / 1000] for t in texts])
@@ -259,7 +264,7 @@ class Blocked:
 
     def __init__(self, app, logits=text_logits) -> None:
         self.logits, self.calls, self.release = logits, [], threading.Event()
-        app.state.model.logits = self
+        replace_forward(app, self)
 
     def __call__(self, texts):
         self.calls.append(list(texts))
@@ -392,7 +397,7 @@ def test_inference_error_answers_500(model_dir):
     def broken(texts):
         raise RuntimeError("kernel exploded\nsecond line")
 
-    app.state.model.logits = broken
+    replace_forward(app, broken)
     response = TestClient(app).post("/predict", json={"texts": ["ok"]})
     assert response.status_code == 500 and response.json()["detail"] == "inference failed: kernel exploded"
 
@@ -568,11 +573,11 @@ load, delay = serve.load_model, float(sys.argv[1])
 
 def slow_load(*args, **kwargs):
     model = load(*args, **kwargs)
-    logits = model.logits
-    def slow_logits(texts):
+    run = model.run
+    def slow_run(items, bar):
         time.sleep(delay)
-        return logits(texts)
-    model.logits = slow_logits
+        return run(items, bar)
+    model.run = slow_run
     return model
 
 serve.load_model = slow_load
@@ -714,7 +719,7 @@ def test_workers_serve_and_stop_on_sigterm(onnx_dir):
 
 def test_deepsparse_batches_padded_to_powers_of_two():
     """DeepSparse compiles an engine per batch size: the batcher's sizes map to a few of them."""
-    from distilprune.serve import _power_of_two_rows
+    from distilprune.predictor import _power_of_two_rows
 
     sizes = []
 

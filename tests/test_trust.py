@@ -191,7 +191,7 @@ def test_keyboard_interrupt_inside_a_command_is_not_success(monkeypatch, capfd, 
     def interrupt(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(inference, "SavedClassifier", interrupt)
+    monkeypatch.setattr(inference, "load_predictor", interrupt)
     code, _out, err = run_cli(monkeypatch, capfd, "predict", "--model", model, "--text", "fire")
     assert code == 130, err
     assert [line for line in err.splitlines() if line.strip()] == ["interrupted"]

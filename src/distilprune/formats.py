@@ -58,11 +58,11 @@ def is_sparse_dir(path: str | Path) -> bool:
 def is_deepsparse_export(path: str | Path) -> bool:
     """Whether ``path`` (export dir or its model.onnx) was written by
     :func:`distilprune.engine.deepsparse.export_for_deepsparse`."""
-    from distilprune.export.runtime import read_metadata
+    from distilprune.export.runtime import read_export_metadata
 
     path = Path(path)
     folder = path.parent if path.is_file() else path
-    return bool(read_metadata(folder).get(DEEPSPARSE_KEY))
+    return bool(read_export_metadata(folder).get(DEEPSPARSE_KEY))
 
 
 def _pruned_heads(path: Path) -> bool:

@@ -24,11 +24,9 @@ import logging
 import os
 import signal
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -36,192 +34,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from distilprune.errors import Interrupted, UserError, require, require_at_least
-from distilprune.export.runtime import ONNX_FILENAME, OnnxClassifier, resolve_onnx
-from distilprune.metadata import METADATA_FILE as TRAINING_METADATA
+from distilprune.errors import Interrupted, require, require_at_least
+from distilprune.predictor import Backend, Predictor, load_predictor
 from distilprune.serving.batcher import Batcher, Closed, QueueFull
 from distilprune.serving.gate import NOTES, Gate, busy_response
 from distilprune.serving.metrics import CONTENT_TYPE, Metrics
-from distilprune.task import split_pairs, task_of_model
 
 API_KEY_ENV = "DISTILPRUNE_API_KEY"
 SETTINGS_ENV = "DISTILPRUNE_SERVE_SETTINGS"  # create_app keyword arguments for --workers processes
 log = logging.getLogger("uvicorn.error")
 
-Backend = Literal["torch", "onnx", "sparse", "deepsparse"]
 
 
-@dataclass
-class LoadedModel:
-    """A model behind one interface: ``logits(items) -> (n, num_labels)``, one forward pass per
-    call (token classification / QA: one answer object per item); ``lengths(items)`` (token counts)
-    lets a batch be cut by length (None: static shape). Items are texts, or ``(text, second text)``
-    tuples (a pair classifier; QA: question and context)."""
-
-    path: str
-    backend: Backend
-    labels: list[str]
-    logits: Callable[[Sequence[Any]], np.ndarray]
-    lengths: Callable[[list[Any]], list[int]] | None = None
-    load_seconds: float = 0.0
-    task: str = "classification"
-    pairs: bool = False
-
-
-def _is_onnx(path: Path) -> bool:
-    return path.suffix == ".onnx" or (path.is_dir() and (path / ONNX_FILENAME).is_file())
-
-
-def _training_metadata(folder: Path) -> dict[str, Any]:
-    """The ``distilprune.json`` copied next to an export (read without importing torch)."""
-    path = folder / TRAINING_METADATA
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is corrupt: {exc.msg}") from exc
-
-
-def _load_onnx(path: Path, threads: int) -> LoadedModel:
-    """An ONNX export, with the training preprocessing, max length and labels when recorded."""
-    from distilprune.engine.deepsparse import DeepSparseRunner, is_deepsparse_export
-
-    onnx_file, folder = resolve_onnx(path)
-    meta = _training_metadata(folder)
-    if is_deepsparse_export(folder):
-        runner = DeepSparseRunner(folder, threads)
-        labels = meta.get("label_names") or runner.metadata.get("labels") or ["0", "1"]
-        return LoadedModel(str(path), "deepsparse", [str(x) for x in labels],
-                           _with_preprocessing(_power_of_two_rows(runner.predict_logits),
-                                               meta.get("preprocess")))
-    # A server shares its CPUs with its event loop: ORT threads park as soon as a run ends.
-    clf = OnnxClassifier(onnx_file, threads=threads, max_length=meta.get("max_length"), spin=False)
-    labels = meta.get("label_names") or [str(clf.id2label[i]) for i in sorted(clf.id2label)]
-
-    def logits(items: Sequence[Any]) -> np.ndarray:
-        texts, pairs = split_pairs(items)
-        return clf.predict_logits(texts, max(1, len(texts)), pairs)
-
-    return LoadedModel(str(path), "onnx", [str(x) for x in labels],
-                       _with_preprocessing(logits, meta.get("preprocess")),
-                       _token_counter(folder, clf.max_length), pairs=bool(meta.get("text_pairs")))
-
-
-def _objects(values: Sequence[Any]) -> np.ndarray:
-    """A 1-D object array holding one answer per item (the batcher's rows)."""
-    rows = np.empty(len(values), dtype=object)
-    for i, value in enumerate(values):
-        rows[i] = value
-    return rows
-
-
-def _load_task(path: Path, threads: int, engine: str, task: str) -> LoadedModel:
-    """A token-classification or QA model (PyTorch directory or ONNX export)."""
-    from distilprune.task_runtime import SpanReader, load_task_runner
-
-    folder = path.parent if path.suffix == ".onnx" else path
-    runner = load_task_runner(path, threads, engine, spin=False)
-    backend: Backend = "onnx" if _is_onnx(path) else "torch"
-    counter = _token_counter(folder, runner.max_length)
-    if isinstance(runner, SpanReader):
-        def answer(items: Sequence[Any]) -> np.ndarray:
-            questions, contexts = split_pairs(items)
-            return _objects(runner.answer_pairs(questions, contexts or []))
-
-        return LoadedModel(str(path), backend, [], answer, counter, task=task, pairs=True)
-    return LoadedModel(str(path), backend, list(runner.labels),
-                       lambda texts: _objects([{"entities": e} for e in runner.entities(list(texts))]),
-                       counter, task=task)
-
-
-def _power_of_two_rows(predict: Callable[..., np.ndarray]) -> Callable[[Sequence[str]], np.ndarray]:
-    """DeepSparse compiles one engine per batch size: run batches padded to a power of two rows
-    (a few engines) instead of compiling one for every size the batcher forms."""
-
-    def logits(texts: Sequence[str]) -> np.ndarray:
-        texts = list(texts)
-        rows = 1 << max(0, len(texts) - 1).bit_length()
-        return predict(texts + texts[-1:] * (rows - len(texts)), batch_size=rows)[:len(texts)]
-
-    return logits
-
-
-def _token_counter(folder: Path, max_length: int) -> Callable[[list[str]], list[int]]:
-    """Token counts (unpadded, truncated) of texts, used to group a batch by length; without a
-    readable ``tokenizer.json``, a character estimate."""
-    try:
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    except Exception:  # missing or unreadable: the model loader reports real tokenizer problems
-        return lambda texts: [len(str(t)) // 4 + 2 for t in texts]
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length)
-    return lambda texts: [len(e.ids) for e in tokenizer.encode_batch(texts)]
-
-
-def _with_preprocessing(logits: Callable[[Sequence[str]], np.ndarray],
-                        steps: list[str] | None) -> Callable[[Sequence[str]], np.ndarray]:
-    """``logits`` applied to texts cleaned like the training data (as SavedClassifier does)."""
-    if not steps:
-        return logits
-    from distilprune.data.preprocess import build_preprocessor
-
-    clean = build_preprocessor(steps)
-    return lambda items: logits([tuple(clean(x, {}) for x in t) if isinstance(t, tuple) else clean(t, {})
-                                 for t in items])
-
-
-def _load_torch(path: Path, threads: int, engine: str = "auto") -> LoadedModel:
-    import torch
-
-    from distilprune.jobs.inference import SavedClassifier
-
-    require((path / "config.json").is_file(),
-            f"{path} is not a model directory, an ONNX export directory or a .onnx file")
-    torch.set_num_threads(threads)
-    try:
-        clf = SavedClassifier(path, engine)
-    except (OSError, ValueError) as exc:  # transformers: missing weights / tokenizer files
-        raise UserError(f"cannot load model {path}: {exc}") from exc
-    backend = "sparse" if engine == "sparse" or (path / "model.sparse.safetensors").is_file() else "torch"
-
-    def logits(items: Sequence[Any]) -> np.ndarray:
-        texts, pairs = split_pairs(items)
-        return clf.logits(texts, pairs=pairs)
-
-    return LoadedModel(str(path), backend, list(clf.label_names), logits,
-                       _token_counter(path, clf.max_length), pairs=clf.pairs)
-
-
-def _resolve_path(model_path: str | Path) -> Path:
-    """An existing path, or the directory of a packaged model alias (e.g. ``minilm-l6``)."""
-    path = Path(model_path).expanduser()
-    if not path.exists() and "/" not in str(model_path):
-        from distilprune.models.registry import ALIASES, resolve_model
-
-        if str(model_path) in ALIASES:
-            return Path(resolve_model(str(model_path)))
-    require(path.exists(), f"model not found: {path}")
-    return path
-
-
-def load_model(model_path: str | Path, threads: int = 1, engine: str = "auto") -> LoadedModel:
-    """Load a PyTorch model directory (or alias), an ONNX export directory or a ``.onnx`` file.
-
-    ``engine="sparse"`` runs a PyTorch model on the sparse int8 kernels (see ``engine/``).
-    """
-    path = _resolve_path(model_path)
+def load_model(model_path: str | Path, threads: int = 1, engine: str = "auto") -> Predictor:
+    """The served model: a PyTorch model directory (or alias), an ONNX export directory or a
+    ``.onnx`` file (:func:`~distilprune.predictor.load_predictor`; ``engine="sparse"`` runs a
+    PyTorch model on the sparse int8 kernels)."""
     require(threads >= 1, "threads must be at least 1")
-    start = time.perf_counter()
-    if (task := task_of_model(path)) != "classification":
-        model = _load_task(path, threads, engine, task)
-    elif _is_onnx(path):
-        require(engine == "auto", f"{path} is an ONNX export: it runs on its own engine (no --engine)")
-        model = _load_onnx(path, threads)
-    else:
-        model = _load_torch(path, threads, engine)
-    model.load_seconds = time.perf_counter() - start
-    return model
+    return load_predictor(model_path, threads, engine, serving=True)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -355,8 +185,8 @@ def create_app(model_path: str | Path, *, max_batch: int = 64, max_text_chars: i
                    max_queue, request_timeout)
     model = load_model(model_path, threads, engine)
     metrics = Metrics(model.load_seconds)
-    forward = (model.logits if model.task != "classification"
-               else lambda texts: softmax(np.asarray(model.logits(texts))))
+    forward = (model if model.task != "classification"
+               else lambda texts: softmax(np.asarray(model(texts))))
     batcher = Batcher(forward,
                       max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                       lengths=model.lengths, on_batch=metrics.batch)

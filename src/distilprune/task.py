@@ -92,6 +92,16 @@ def task_of_model(path: str | Path) -> Task:
     return task_of_config(_read(folder / "config.json"), _read(folder / "distilprune.json"))
 
 
+def require_trained_head(name: str | Path, architectures: list[str], task: Task = "classification") -> None:
+    """Refuse a model whose ``architectures`` has no trained head of ``task`` (a pretrained encoder,
+    a masked-LM): its head would be random, and every answer made up."""
+    kinds = ", ".join(architectures) or "no architectures in its config.json"
+    if HEADS[task] not in kinds:
+        what = "classifier" if task == "classification" else f"{task} model"
+        raise UserError(f"{name} is not a trained {what} ({kinds}): fine-tune it first "
+                        f"(distilprune finetune --model {name} ...)")
+
+
 def has_head(config: dict[str, Any], task: Task) -> bool:
     """Whether ``config.architectures`` names a trained head of ``task``."""
     return any(HEADS[task] in a for a in config.get("architectures") or [])

@@ -30,7 +30,7 @@ from distilprune.export.runtime import (
     SAMPLE_TEXTS,
     OnnxClassifier,
     max_sequence_length,
-    read_metadata,
+    read_export_metadata,
     weights_size,
 )
 from distilprune.io import read_json, write_json
@@ -47,7 +47,7 @@ class OnnxRunner:
         self.classifier = OnnxClassifier(path, threads=threads)
         self.path = Path(path)
         self.max_length = self.classifier.max_length
-        self.kind = "onnx-int8" if read_metadata(self.classifier.folder).get("int8") else "onnx"
+        self.kind = "onnx-int8" if read_export_metadata(self.classifier.folder).get("int8") else "onnx"
         self.positions = max_sequence_length(self.classifier.config)
 
     def set_threads(self, threads: int) -> None:
@@ -144,11 +144,10 @@ def _forward_args(model: Any) -> set[str]:
 
 
 def _quantize_dynamic(model: Any) -> Any:
-    import torch
+    """PyTorch dynamic int8 (per-tensor weights, as ``torch.ao``'s default), in place."""
+    from distilprune.quantize import dynamic_quantize
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return dynamic_quantize(model, per_channel=False, inplace=True)
 
 
 def _sparse_counts(model: Any, counts: dict[str, int]) -> dict[str, int]:

@@ -46,7 +46,7 @@ from distilprune.export.runtime import (
     SAMPLE_TEXTS,
     EncoderSpec,
     TextEncoder,
-    read_metadata,
+    read_export_metadata,
     resolve_onnx,
     weights_size,
 )
@@ -466,7 +466,7 @@ class DeepSparseRunner:
                  max_length: int | None = None) -> None:
         self.onnx_path, self.folder = resolve_onnx(path)
         self.path = Path(path)
-        self.metadata = read_metadata(self.folder)
+        self.metadata = read_export_metadata(self.folder)
         settings = self.metadata.get(DEEPSPARSE_KEY)
         require(bool(settings), f"{self.folder} is not a DeepSparse export (no '{DEEPSPARSE_KEY}' in "
                                 f"{METADATA_FILENAME}); export it with export_for_deepsparse")

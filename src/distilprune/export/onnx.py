@@ -31,7 +31,7 @@ from distilprune.export.runtime import (
     TextEncoder,
     max_sequence_length,
     read_config,
-    read_metadata,
+    read_export_metadata,
     resolve_onnx,
     weights_size,
 )
@@ -259,7 +259,7 @@ def static_quantize_export(fp32_export: str | Path, out: str | Path, calibration
         shutil.copytree(fp32_export, tmp, dirs_exist_ok=True)
         static_quantize_onnx(fp32_export / "model.onnx", tmp / "model.onnx", load_tokenizer(fp32_export),
                              calibration_texts, max_length=max_length)
-        meta = read_metadata(tmp)
+        meta = read_export_metadata(tmp)
         write_json(tmp / METADATA_FILENAME, {**meta, "int8": True, "quantization": {
             "method": "onnxruntime.quantize_static", "calibration_texts": len(calibration_texts)}})
         parity = onnx_parity(fp32_export, tmp, parity_texts or calibration_texts)
@@ -474,12 +474,11 @@ def check_export_target(out: Path, overwrite: bool, opset: int) -> None:
 def _write_label_names(folder: Path, source: str | Path) -> list[str]:
     """Write the label names into ``config.json``: the trained ones, else transformers' default
     ``LABEL_i`` (transformers 5 omits that map, so a reader without transformers would find none)."""
-    from distilprune.metadata import read_metadata as training_metadata
-    from distilprune.metadata import trained_label_names
+    from distilprune.metadata import read_metadata, trained_label_names
 
     config = read_config(folder)
     id2label = config.get("id2label") or {}
-    names = trained_label_names(training_metadata(resolve_model(source)), id2label) or [
+    names = trained_label_names(read_metadata(resolve_model(source)), id2label) or [
         f"LABEL_{i}" for i in range(len(id2label) or int(config.get("num_labels", 2)))]
     config["id2label"] = {str(i): name for i, name in enumerate(names)}
     config["label2id"] = {name: i for i, name in enumerate(names)}

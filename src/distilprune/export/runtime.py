@@ -136,7 +136,7 @@ class TextEncoder:
         self._state = (max_length, pad_to)
 
 
-def read_metadata(export_dir: str | Path) -> dict[str, Any]:
+def read_export_metadata(export_dir: str | Path) -> dict[str, Any]:
     """The ``export.json`` of an export directory (empty dict when missing)."""
     path = Path(export_dir) / METADATA_FILENAME
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -197,7 +197,7 @@ class OnnxClassifier:
     def __init__(self, path: str | Path, threads: int | None = None,
                  max_length: int | None = None, spin: bool = True) -> None:
         self.onnx_path, self.folder = resolve_onnx(path)
-        self.metadata = read_metadata(self.folder)
+        self.metadata = read_export_metadata(self.folder)
         self.config = read_config(self.folder)
         self.threads, self.spin = threads, spin
         self.session = self._session(threads)

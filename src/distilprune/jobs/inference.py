@@ -4,107 +4,23 @@ pairs) are handled here; token-classification and QA models by :mod:`distilprune
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from distilprune.data.loading import load_table
 from distilprune.errors import UserError, require
-from distilprune.evaluate import (
-    classification_metrics,
-    plot_confusion_matrix,
-    plot_pr_curve,
-    predict_texts,
-    softmax,
-)
-from distilprune.export.runtime import read_config
-from distilprune.export.source import load_source_model
-from distilprune.formats import ONNX_KINDS, model_kind
+from distilprune.evaluate import classification_metrics, plot_confusion_matrix, plot_pr_curve, softmax
 from distilprune.io import atomic_dir, atomic_file, check_writable, write_json
-from distilprune.jobs.common import read_metadata, trained_label_names
-from distilprune.models.loading import load_tokenizer, require_classifier
 from distilprune.models.registry import resolve_model
-from distilprune.progress import chunked, progress_bar
-from distilprune.task import require_data_for, split_pairs, task_of_model
-
-Items = list  # texts, or (text, second text) tuples for a pair classifier
+from distilprune.predictor import Predictor, load_predictor
+from distilprune.task import require_data_for, task_of_model
 
 
-class SavedClassifier:
-    """A fine-tuned model directory (or alias) with the preprocessing it was trained with."""
-
-    def __init__(self, model_dir: str | Path, engine: str = "auto"):
-        path = Path(resolve_model(model_dir))
-        require(path.is_dir(), f"model directory not found: {model_dir}")
-        require_classifier(model_dir)
-        self.path = path
-        self.meta = read_metadata(path)
-        self.preprocess: list[str] = self.meta.get("preprocess", [])
-        self.max_length: int = int(self.meta.get("max_length", 128))
-        self.pairs: bool = bool(self.meta.get("text_pairs"))
-        self._predict = self._backend(engine)
-        id2label = read_config(path).get("id2label") or {}
-        self.label_names: list[str] = trained_label_names(self.meta, id2label) or [
-            str(i) for i in range(len(id2label) or 2)]
-
-    def _backend(self, engine: str) -> Callable[[Items, Any], np.ndarray]:
-        """``(items, bar)`` -> logits on the directory's own runtime
-        (:func:`~distilprune.formats.model_kind`); items are texts or text-pair tuples, ``bar`` is a
-        tqdm bar or ``None``."""
-        kind = model_kind(self.path)
-        if kind in ONNX_KINDS:
-            require(engine == "auto", f"{self.path} is an ONNX export: it runs on onnxruntime "
-                                      f"(--engine auto), not --engine {engine}")
-            if kind == "deepsparse":
-                from distilprune.benchmark.speed import load_runner
-
-                require(not self.pairs, f"{self.path}: DeepSparse exports take single texts only")
-                return _with_bar(load_runner(self.path, threads=None).predict_logits)
-            from distilprune.export.runtime import OnnxClassifier
-
-            onnx = OnnxClassifier(self.path, max_length=self.max_length)
-            return _with_bar(lambda items: _onnx_logits(onnx, items))
-        model, tokenizer = load_source_model(self.path, engine), load_tokenizer(self.path)
-        return lambda items, bar: predict_texts(model, tokenizer, split_pairs(items)[0], self.max_length,
-                                                bar=bar, pairs=split_pairs(items)[1])
-
-    def logits(self, texts: Sequence[str], records: Sequence[dict] | None = None,
-               progress: str | None = None, pairs: Sequence[str] | None = None) -> np.ndarray:
-        """Logits for raw texts, or text pairs (``pairs``: the second texts), the model's own
-        preprocessing applied; ``progress`` names a progress bar on stderr (on a terminal only)."""
-        require((pairs is not None) == self.pairs,
-                f"{self.path} was trained on {'text pairs' if self.pairs else 'single texts'}: "
-                f"give it {'text pairs' if self.pairs else 'single texts'}")
-        if self.preprocess:
-            from distilprune.data.preprocess import build_preprocessor
-
-            fn = build_preprocessor(self.preprocess)
-            records = records or [{} for _ in texts]
-            texts = [fn(t, r) for t, r in zip(texts, records, strict=True)]
-            pairs = None if pairs is None else [fn(t, r) for t, r in zip(pairs, records, strict=True)]
-        items = list(texts) if pairs is None else list(zip(texts, pairs, strict=True))
-        if progress is None:
-            return self._predict(items, None)
-        with progress_bar(len(items), progress) as bar:
-            return self._predict(items, bar)
-
-
-def _onnx_logits(onnx: Any, items: Items) -> np.ndarray:
-    texts, pairs = split_pairs(items)
-    return onnx.predict_logits(texts, 32, pairs)
-
-
-def _with_bar(predict: Callable[[Items], np.ndarray]) -> Callable[[Items, Any], np.ndarray]:
-    """An items -> logits runtime as ``(items, bar)`` -> logits, in chunks when a bar is given."""
-    return lambda items, bar: predict(items) if bar is None else chunked(predict, items, bar)
-
-
-def _table(clf: SavedClassifier, data: str | Path, text_column: str | None, label_column: str | None,
+def _table(clf: Predictor, data: str | Path, text_column: str | None, label_column: str | None,
            text_pair_column: str | None, with_labels: bool):
     """The data file read as the classifier needs it (its labels, single texts or pairs)."""
-    return load_table(data, text_column, label_column, label_names=clf.label_names, with_labels=with_labels,
+    return load_table(data, text_column, label_column, label_names=clf.labels, with_labels=with_labels,
                       text_pair_column=text_pair_column, pairs=clf.pairs)
 
 
@@ -127,16 +43,16 @@ def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path | No
         from distilprune.jobs.tasks import evaluate_task
 
         return evaluate_task(model_dir, task, data, out, overwrite, engine)
-    clf = SavedClassifier(model_dir, engine)
+    clf = load_predictor(model_dir, engine=engine)
     table = _table(clf, data, text_column, label_column, text_pair_column, with_labels=True)
     logits = clf.logits(table.texts, table.extras or None, progress="evaluate", pairs=table.pairs)
     metrics = classification_metrics(table.labels, logits)
     metrics["data"] = str(data)
     metrics["task"] = "classification"
-    metrics["labels"] = clf.label_names
+    metrics["labels"] = clf.labels
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / "metrics.json", metrics)
-        plot_confusion_matrix(metrics, clf.label_names, tmp / "confusion_matrix.png")
+        plot_confusion_matrix(metrics, clf.labels, tmp / "confusion_matrix.png")
         if logits.shape[-1] == 2:
             plot_pr_curve(table.labels, logits, tmp / "pr_curve.png")
     metrics["out"] = str(out)
@@ -182,10 +98,10 @@ def _predict_into(model_dir: str | Path, task: str, data: str | Path, out: Path,
         from distilprune.jobs.tasks import predict_task
 
         return predict_task(model_dir, task, data, out, engine)
-    clf = SavedClassifier(model_dir, engine)
+    clf = load_predictor(model_dir, engine=engine)
     table = _table(clf, data, text_column, None, text_pair_column, with_labels=False)
     logits = clf.logits(table.texts, table.extras or None, progress="predict", pairs=table.pairs)
-    labels = [clf.label_names[p] for p in logits.argmax(axis=-1).tolist()]
+    labels = [clf.labels[p] for p in logits.argmax(axis=-1).tolist()]
     if out.suffix.lower() == ".tsv":
         from distilprune.tasks.glue import write_glue_predictions
 
@@ -208,10 +124,10 @@ def predict_text(model_dir: str | Path, texts: Sequence[str], engine: str = "aut
         from distilprune.jobs.tasks import predict_task_texts
 
         return predict_task_texts(model_dir, task, texts, pairs, engine)
-    clf = SavedClassifier(model_dir, engine)
+    clf = load_predictor(model_dir, engine=engine)
     probs = softmax(clf.logits(list(texts), pairs=None if pairs is None else list(pairs)))
     return [
         {"text": t, **({"text_pair": pairs[i]} if pairs else {}),
-         "label": clf.label_names[int(p.argmax())], "probabilities": p.round(4).tolist()}
+         "label": clf.labels[int(p.argmax())], "probabilities": p.round(4).tolist()}
         for i, (t, p) in enumerate(zip(texts, probs, strict=True))
     ]

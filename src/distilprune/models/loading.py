@@ -50,15 +50,10 @@ __all__ = [
 
 
 def require_classifier(name: str | Path, task: str = "classification") -> None:
-    """Refuse a model never trained for ``task`` (a pretrained encoder, a masked-LM): its head
-    would be random, and every answer made up."""
-    from distilprune.task import HEADS
+    """Refuse a model never trained for ``task`` (see :func:`~distilprune.task.require_trained_head`)."""
+    from distilprune.task import require_trained_head
 
-    kinds = ", ".join(load_config(name).architectures or []) or "no architectures in its config.json"
-    if HEADS[task] not in kinds:  # type: ignore[index]
-        what = "classifier" if task == "classification" else f"{task} model"
-        raise UserError(f"{name} is not a trained {what} ({kinds}): fine-tune it first "
-                        f"(distilprune finetune --model {name} ...)")
+    require_trained_head(name, load_config(name).architectures or [], task)  # type: ignore[arg-type]
 
 
 AUTO_CLASSES = {"classification": AutoModelForSequenceClassification,

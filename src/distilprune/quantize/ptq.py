@@ -27,8 +27,9 @@ def _require_plain(model: nn.Module) -> None:
             f"{parametrized[0] if parametrized else ''}: finalize them before quantizing")
 
 
-def dynamic_quantize(model: nn.Module, per_channel: bool = True) -> nn.Module:
-    """A copy of ``model`` whose ``nn.Linear`` layers are dynamically quantized to int8 (CPU).
+def dynamic_quantize(model: nn.Module, per_channel: bool = True, inplace: bool = False) -> nn.Module:
+    """A copy of ``model`` (``inplace``: the model itself, no second copy in memory) whose
+    ``nn.Linear`` layers are dynamically quantized to int8 (CPU).
 
     Weights are int8 (per output channel, symmetric ``[-127, 127]`` by default: QAT-finalized
     weights are then represented exactly), activations are quantized on the fly. The copy is
@@ -53,8 +54,8 @@ def dynamic_quantize(model: nn.Module, per_channel: bool = True) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_.*deprecated.*")
-        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear: qconfig},
-                                dtype=torch.qint8)
+        return quantize_dynamic((model if inplace else copy.deepcopy(model)).eval(), {nn.Linear: qconfig},
+                                dtype=torch.qint8, inplace=inplace)
 
 
 def onnx_input_names(onnx_path: str | Path) -> list[str]:
