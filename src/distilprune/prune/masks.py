@@ -13,12 +13,17 @@ is the input instead and the matrix is transposed (XLNet's ``q/k/v/r``, used as
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from distilprune.errors import UserError
+
+# A module inside a transformer block (``encoder.layer.3.attention.self.query``,
+# ``transformer.layer.2.ffn.lin1``, ``layers.1.mlp``); group 1 is the block's index.
+BLOCK_MODULE = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 
 METHODS = ("unstructured", "block")
 NORMS = ("l1", "l2")

@@ -23,12 +23,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from distilprune.errors import UserError
-from distilprune.prune.masks import compute_mask, global_masks
+from distilprune.prune.masks import BLOCK_MODULE, compute_mask, global_masks
 
 Target = tuple[nn.Module, str, str]
 """``(module, parameter name, qualified name)`` of one prunable tensor."""
 
-BLOCK_PATTERN = re.compile(r"(^|\.)layers?\.\d+\.")
 DEFAULT_EXCLUDE = (r"norm", r"bias", r"embed")
 SCOPES = ("layer", "global")
 # Parameters whose dimension 0 is the matmul input (XLNet: einsum "ibh,hnd->ibnd").
@@ -108,7 +107,7 @@ def prunable_parameters(
         if includes:
             selected = any(p.search(qual) for p in includes)
         else:
-            in_block = bool(BLOCK_PATTERN.search(qual))
+            in_block = bool(BLOCK_MODULE.search(qual))
             selected = in_block and not any(p.search(qual) for p in defaults)
         if selected and not any(p.search(qual) for p in excludes):
             targets.append((module, name, qual))

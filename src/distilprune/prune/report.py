@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from rich.table import Table
 from torch import nn
 
 from distilprune.io import save_png, write_json
-from distilprune.prune.masks import as_matrix, detect_block_pattern
+from distilprune.prune.masks import BLOCK_MODULE, as_matrix, detect_block_pattern
 from distilprune.prune.parametrize import (
     has_masks,
     is_input_first,
@@ -22,7 +21,6 @@ from distilprune.prune.parametrize import (
     prunable_parameters,
 )
 
-LAYER_PATTERN = re.compile(r"(?:^|\.)layers?\.(\d+)\.(.+)$")
 BLOCK_SIZES = (32, 16, 8, 4, 2)
 
 
@@ -47,10 +45,10 @@ def _summary(zeros: int, numel: int) -> dict[str, float | int]:
 
 
 def _layer_and_kind(qualified: str) -> tuple[int | None, str]:
-    match = LAYER_PATTERN.search(qualified)
+    match = BLOCK_MODULE.search(qualified)
     if not match:
         return None, qualified.removesuffix(".weight")
-    return int(match.group(1)), match.group(2).removesuffix(".weight")
+    return int(match.group(1)), qualified[match.end():].removesuffix(".weight")
 
 
 def _block_size(weight: torch.Tensor, zeros: int, input_first: bool) -> int | None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +53,9 @@ from torch.ao.quantization import (
 from torch.nn.utils import parametrize
 
 from distilprune.errors import UserError, require
+from distilprune.prune.masks import BLOCK_MODULE
 from distilprune.train import Hook
 
-BLOCK_MODULE = re.compile(r"(?:^|\.)layers?\.\d+\.")
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
 INPUT_ATTR = "input_fake_quant"
 QPARAMS_FILENAME = "qat_qparams.safetensors"
