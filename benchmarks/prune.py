@@ -226,6 +226,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=("ofa", "gmp", "kd"), default=["ofa", "gmp"],
                         help="kd: a control, the dense model fine-tuned with the sparse cells' budget "
                              "and task distillation (no pruning)")
+    parser.add_argument("--gd-only", action="store_true",
+                        help="make only the sparse pre-trained models gd-<cell> (no fine-tuning, no "
+                             "report): the inputs of benchmarks/tasks.py")
     parser.add_argument("--report-only", action="store_true",
                         help="report the finished cells of --work (train nothing; list the missing ones)")
     return parser.parse_args()
@@ -262,6 +265,10 @@ def main() -> None:
                     seed=args.seed, scope=args.scope, gd_alpha_ce=args.gd_alpha_ce,
                     task_kd=not args.no_task_kd)
     base = prepare_base(args.base, args.head_steps, args.work)
+    if args.gd_only:
+        for method, sparsity in cells(args.only):
+            ofa_pretrain(base, budget, schedule(method, sparsity, budget.scope), f"{method}-{sparsity:.2f}")
+        return
     dense = downstream(budget, "dense", base.dense, distill=False, steps=budget.dense_ft_steps,
                        lr=budget.dense_ft_lr)
     dense_acc = dense["metrics"]["accuracy"]
