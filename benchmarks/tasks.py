@@ -213,6 +213,13 @@ def plot(summary_: dict[str, Any], path: Path) -> None:
     save_png(fig, path, dpi=110)
 
 
+def not_run(rows: list[dict[str, Any]], table: dict[str, Any]) -> str:
+    """A markdown line naming the (task, model) cells with no result yet."""
+    done = {(r["task"], r["model"]) for r in rows}
+    missing = [f"{t} {m}" for t in table for m in MODELS if (t, m) not in done]
+    return f"\nNot run yet: {', '.join(missing)}.\n" if missing else ""
+
+
 def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.Namespace) -> None:
     table = summary(rows)
     payload = {"summary": table, "rows": rows, "budgets": budgets,
@@ -225,7 +232,9 @@ def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.N
             "int8_b8_ms", "fp32_mb", "int8_mb"]
     md = ("# One sparse pre-trained model, many tasks\n\n"
           "MiniLM-L6 (`minilm-l6`) dense vs the same model after Prune OFA general distillation at 80 % and "
-          "90 % 1x4-block sparsity (`benchmarks/work/prune609/gd-block-*`), each fine-tuned with the "
+          "90 % 1x4-block sparsity (`benchmarks/work/prune609/gd-block-*`, made by `python "
+          "benchmarks/prune.py --threads 1 --work benchmarks/work/prune609 --only block:0.80 block:0.90 "
+          "--variants ofa --gd-only`), each fine-tuned with the "
           "sparsity mask locked, the same budget (steps, batch, sequence length) as the dense model "
           "and task distillation from it (T=2, 0.5 soft + 0.5 hard) at the learning rate in Budgets; "
           "int8 = ONNX Runtime dynamic int8 "
@@ -236,6 +245,7 @@ def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.N
           + markdown_table(pct, ["task", "metric", "dense", "sparse80", "sparse90", "sparse90_int8",
                                  "retention80", "retention90"])
           + "\n## Every model\n\n" + markdown_table(rows, cols)
+          + not_run(rows, table)
           + "\n## Budgets\n\n" + "\n".join(f"- {t}: {b}" for t, b in budgets.items()) + "\n\n"
           f"Command: `{payload['command']}`\n\n"
           "![scores](tasks.png)\n")
