@@ -63,33 +63,24 @@ def load_summary(model_dir: Path, name: str = "distilprune.json") -> dict[str, A
     return json.loads(meta.read_text()) if meta.is_file() else None
 
 
-def stage_mismatch(summary: Mapping[str, Any], expect: Mapping[str, Any]) -> str | None:
-    """The first ``dotted.key=value`` of ``expect`` that ``summary`` disagrees with (paths compared
-    resolved, so a stage linked in from another work directory still matches), else None."""
-    for key, want in expect.items():
-        have: Any = summary
-        for part in key.split("."):
-            have = have.get(part) if isinstance(have, Mapping) else None
-        if isinstance(want, Path):
-            have, want = (Path(have).resolve() if have else None), want.resolve()
-        if have != want:
-            return f"{key}={have!r}, this run asks for {want!r}"
-    return None
+def staged(out: Path, run: Callable[[], Any], expect: Mapping[str, Any] | None = None) -> Any:
+    """``run()`` (it writes ``out``) unless ``out`` holds a finished stage made from the same
+    ``expect`` (e.g. ``{"config.train.max_steps": 1015}``); returns what ``run()`` returned then.
 
-
-def staged(out: Path, run: Callable[[], Any], expect: Mapping[str, Any] | None = None,
-           summary_name: str = "distilprune.json") -> Any:
-    """Run ``run()`` unless ``out`` already holds a finished model or export (its
-    ``summary_name`` file exists; benchmarks resume).
-
-    A finished stage is reused only if its summary agrees with ``expect``
-    (e.g. ``{"config.train.max_steps": 1015}``); otherwise the run stops with a one-line error.
+    distilprune's staging engine decides; paths are compared resolved, so a stage linked in
+    from another work directory still matches. A stage made from other inputs stops the run in
+    one line (trials share stages: one must not overwrite another's).
     """
-    summary = load_summary(out, summary_name)
-    if summary is not None and expect and (why := stage_mismatch(summary, expect)):
-        raise SystemExit(f"{out} was made with {why}: use a fresh --work directory")
-    if summary is None:
-        start = time.perf_counter()
-        summary = run()
+    from distilprune.errors import UserError
+    from distilprune.jobs.staging import Stage, ensure
+
+    inputs = {key: value.resolve() if isinstance(value, Path) else value
+              for key, value in (expect or {}).items()}
+    start = time.perf_counter()
+    try:
+        record, ran = ensure(Stage(out.name, out, inputs), run, refuse_stale=True)
+    except UserError as exc:
+        raise SystemExit(str(exc)) from None
+    if ran:
         print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
-    return summary
+    return record["summary"]

@@ -98,16 +98,15 @@ def qat_finetune(run: QATRun, out: Path) -> None:
 
 def prepare(runs: list[QATRun], calibration: list[str], parity: list[str]) -> dict[str, Path]:
     """Train and export every row (each stage is reused when it exists); ``{row: export dir}``."""
-    export = {"summary_name": "export.json"}
     rows = {"fp32": OUT / "fp32-onnx", "ptq-dynamic": OUT / "ptq-dynamic-onnx",
             "ptq-static": OUT / "ptq-static-onnx"}
     staged(rows["fp32"], lambda: export_onnx(SOURCE, rows["fp32"], max_length=96, parity_texts=parity,
-                                             overwrite=True), **export)
+                                             overwrite=True))
     staged(rows["ptq-dynamic"], lambda: export_onnx(SOURCE, rows["ptq-dynamic"], int8=True, max_length=96,
-                                                    parity_texts=parity, overwrite=True), **export)
+                                                    parity_texts=parity, overwrite=True))
     staged(rows["ptq-static"], lambda: static_quantize_export(
         rows["fp32"], rows["ptq-static"], calibration, parity_texts=parity, max_length=96,
-        overwrite=True), {"quantization.calibration_texts": len(calibration)}, **export)
+        overwrite=True), {"quantization.calibration_texts": len(calibration)})
     for run in runs:
         model, onnx = OUT / f"qat-{run.name}", OUT / f"qat-{run.name}-static-onnx"
         staged(model, lambda r=run, m=model: qat_finetune(r, m),
@@ -115,7 +114,7 @@ def prepare(runs: list[QATRun], calibration: list[str], parity: list[str]) -> di
                 "config.qat.freeze_observers_at": run.freeze, "config.model": SOURCE,
                 "distillation.teacher": SOURCE if run.kd else None})
         staged(onnx, lambda m=model, o=onnx: export_onnx(m, o, quantization="qat-static", max_length=96,
-                                                         parity_texts=parity, overwrite=True), **export)
+                                                         parity_texts=parity, overwrite=True))
         rows[f"qat-static ({run.name})"] = onnx
     return rows
 

@@ -38,11 +38,6 @@ SPARSE_INT8 = ("sparse-ptq-int8-onnx", "sparse-qat-int8-onnx", "sparse-static-in
                "sparse-shrunk-int8-onnx")
 
 
-def staged_export(out: Path, run) -> None:
-    """Export unless ``out`` already holds a finished export."""
-    staged(out, run, summary_name="export.json")
-
-
 def best_compressed(rows: list[dict], candidates: list[dict] | None = None,
                     min_retention: float = 0.98) -> dict:
     """The fastest of ``candidates`` (default: all but the teacher, the first row) at batch 8 keeping
@@ -104,7 +99,7 @@ def shrink_then_finetune(sparse: Path, out: Path, heads: float, neurons: float, 
 def extra_sparse_rows(sparse: Path, out: Path, parity_texts: list[str]) -> list[Path]:
     """An extra sparse model: its fp32 row and its ONNX Runtime dynamic int8 row."""
     onnx = out / f"{sparse.name}-ptq-int8-onnx"
-    staged_export(onnx, lambda: export_onnx(sparse, onnx, int8=True, max_length=128,
+    staged(onnx, lambda: export_onnx(sparse, onnx, int8=True, max_length=128,
                                             parity_texts=parity_texts, overwrite=True))
     return [sparse, onnx]
 
@@ -168,12 +163,12 @@ def main() -> None:
                "sparse-ptq-int8-onnx": (sparse, True), "sparse-qat-int8-onnx": (qat, True),
                "sparse-shrunk-int8-onnx": (shrunk, True)}
     for name, (source, int8) in exports.items():
-        staged_export(out / name, lambda s=source, n=name, q=int8: export_onnx(
+        staged(out / name, lambda s=source, n=name, q=int8: export_onnx(
             s, out / n, int8=q, max_length=128, parity_texts=val.texts[:500], overwrite=True))
     static = out / "sparse-static-int8-onnx"
     # activations calibrated on 200 training tweets; parity against the fp32 export on 500 validation ones
     calibration, parity = data.train.texts[:200], val.texts[:500]
-    staged_export(static, lambda: static_quantize_export(out / "sparse-fp32-onnx", static, calibration,
+    staged(static, lambda: static_quantize_export(out / "sparse-fp32-onnx", static, calibration,
                                                          parity_texts=parity))
     compact = save_compact(qat, out / "sparse-qat-compact", int8=True, overwrite=True)
     extra_rows = [row for extra in extras for row in extra_sparse_rows(

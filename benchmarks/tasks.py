@@ -3,8 +3,9 @@ pre-trained MiniLM at 80 % and 90 % (1x4 blocks, mask locked), each fine-tuned w
 budget on SST-2, QNLI, WNUT-17 and SQuAD v1.1, then exported to ONNX int8. As in Prune OFA,
 the sparse models are fine-tuned by task distillation from the dense model of the same task.
 
-Every step is a ``distilprune`` command (what a user would type) and is skipped when its output
-exists, so the script resumes; ``--tasks`` picks tasks, ``--models`` models. Results:
+Every step is a ``distilprune`` command (what a user would type), staged like every benchmark
+step (``common.staged``): skipped when its output was made by the same command, so the script
+resumes; ``--tasks`` picks tasks, ``--models`` models. Results:
 ``benchmarks/results/tasks.{json,md,png}`` (a ``summary`` keyed by task) and the predictions on
 the unlabelled test files, ``predictions_<task>_<model>.<tsv|conll|json>``.
 
@@ -21,14 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import DATA, RESULTS, WORK, markdown_table, write_results
+from common import DATA, RESULTS, WORK, markdown_table, staged, write_results
 
 SPARSE = WORK / "prune609"
 MODELS = {"dense": ("minilm-l6", False), "sparse80": (str(SPARSE / "gd-block-0.80"), True),
@@ -114,12 +115,9 @@ def cli(*args: str | Path, log: Path) -> None:
         raise SystemExit(f"failed ({done.returncode}): distilprune {' '.join(map(str, args))}; see {log}")
 
 
-def once(marker: Path, *args: str | Path, log: Path) -> None:
-    """Run the command unless ``marker`` (its output) exists."""
-    if not marker.exists():
-        start = time.perf_counter()
-        cli(*args, log=log)
-        print(f"[step] {marker.parent.name}/{marker.name} in {time.perf_counter() - start:.0f} s", flush=True)
+def once(out: Path, *args: str | Path, log: Path) -> None:
+    """Run the command (it writes ``out``) unless ``out`` was made by this very command."""
+    staged(out, lambda: cli(*args, log=log), {"command": list(map(str, args))})
 
 
 def sparse_flags(task: Task, root: Path, lr_scale: float) -> list[str | Path]:
@@ -140,15 +138,15 @@ def run_model(task: Task, name: str, root: Path, log: Path, threads: int,
     model, onnx = root / name, root / f"{name}-onnx-int8"
     recipe = root.parent / "no-early-stopping.yaml"  # the whole budget for every model
     recipe.write_text("train: {patience: null}\n")
-    once(model / "distilprune.json", "finetune", "--model", source, "--data", task.train,
+    once(model, "finetune", "--model", source, "--data", task.train,
          "--validation", task.validation, "--out", model, "--recipe", recipe, *task.flags,
          *(sparse_flags(task, root, sparse_lr_scale) if locked else []), log=log)
-    once(onnx / "model.onnx", "export", "--model", model, "--out", onnx, "--int8",
+    once(onnx, "export", "--model", model, "--out", onnx, "--int8",
          "--data", task.validation, "--limit", "200", log=log)
     row: dict[str, Any] = {"task": task.name, "model": name, "metric": task.metric}
     for kind, path in (("fp32", model), ("int8", onnx)):
         scores = root / f"eval-{name}-{kind}"
-        once(scores / "metrics.json", "evaluate", "--model", path, "--data", task.validation,
+        once(scores, "evaluate", "--model", path, "--data", task.validation,
              "--out", scores, log=log)
         metrics = json.loads((scores / "metrics.json").read_text())
         scale = 100 if task.name == "squad" else 1  # SQuAD's official scores are percentages
@@ -156,7 +154,7 @@ def run_model(task: Task, name: str, root: Path, log: Path, threads: int,
         if task.name == "squad":
             row[f"{kind}_exact_match"] = metrics["exact_match"] / scale
     bench = root / f"bench-{name}"
-    once(bench / "benchmark.json", "benchmark", model, onnx, "--out", bench, "--threads", str(threads),
+    once(bench, "benchmark", model, onnx, "--out", bench, "--threads", str(threads),
          "--data", task.validation, "--limit", "64", "--batch-sizes", "1,8", "--repeats", "10", log=log)
     for result, kind in zip(json.loads((bench / "benchmark.json").read_text())["models"],
                             ("fp32", "int8"), strict=True):
@@ -170,7 +168,9 @@ def run_model(task: Task, name: str, root: Path, log: Path, threads: int,
 def predict_test(task: Task, name: str, kind: str, root: Path, log: Path) -> Path:
     path = root / name if kind == "fp32" else root / f"{name}-onnx-int8"
     target = RESULTS / f"predictions_{task.name}_minilm-{name}-{kind}.{task.suffix}"
-    once(target, "predict", "--model", path, "--data", task.test, "--out", target, log=log)
+    made = root / f"predict-{name}-{kind}" / target.name
+    once(made.parent, "predict", "--model", path, "--data", task.test, "--out", made, log=log)
+    shutil.copyfile(made, target)
     return target
 
 

@@ -17,11 +17,21 @@ import prune_seeds  # noqa: E402
 import speed  # noqa: E402
 
 
-def _finished(out: Path, steps: int, teacher: Path, seed: int = 42, accuracy: float = 0.8) -> Path:
-    out.mkdir(parents=True)
-    summary = {"config": {"train": {"max_steps": steps, "lr": 1e-4, "seed": seed}},
-               "distillation": {"teacher": str(teacher), "alpha_cos": 0.0}, "metrics": {"accuracy": accuracy}}
-    (out / "distilprune.json").write_text(json.dumps(summary))
+def _summary(steps: int, teacher: Path, seed: int = 42, accuracy: float = 0.8) -> dict:
+    return {"config": {"train": {"max_steps": steps, "lr": 1e-4, "seed": seed}},
+            "distillation": {"teacher": str(teacher), "alpha_cos": 0.0}, "metrics": {"accuracy": accuracy}}
+
+
+def _finished(out: Path, steps: int, teacher: Path | None, seed: int = 42, accuracy: float = 0.8) -> Path:
+    """A stage staged as the benchmarks do (its run writes ``distilprune.json``)."""
+
+    def run() -> dict:
+        out.mkdir(parents=True)
+        summary = _summary(steps, teacher or out, seed, accuracy)
+        (out / "distilprune.json").write_text(json.dumps(summary))
+        return summary
+
+    common.staged(out, run, prune.expected(steps, 1e-4, teacher=teacher, seed=seed))
     return out
 
 
@@ -37,21 +47,26 @@ def test_staged_reuses_a_matching_stage_even_through_a_link(tmp_path: Path) -> N
 
 
 def test_staged_refuses_a_stage_made_with_another_budget(tmp_path: Path) -> None:
-    stage = _finished(tmp_path / "ofa", 609, tmp_path)
-    with pytest.raises(SystemExit, match="max_steps=609, this run asks for 1015"):
+    stage = _finished(tmp_path / "ofa", 609, None)
+    with pytest.raises(SystemExit, match="max_steps=609, now 1015"):
         common.staged(stage, lambda: {}, prune.expected(1015, 1e-4))
 
 
 def test_staged_refuses_a_distilled_stage_for_a_labels_only_run(tmp_path: Path) -> None:
     stage = _finished(tmp_path / "ofa", 1015, tmp_path / "dense")
-    with pytest.raises(SystemExit, match="distillation.teacher=.*this run asks for None"):
+    with pytest.raises(SystemExit, match="distillation.teacher=.*dense', now None"):
         common.staged(stage, lambda: {}, prune.expected(1015, 1e-4))
 
 
 def test_staged_refuses_a_stage_fine_tuned_with_another_seed(tmp_path: Path) -> None:
-    stage = _finished(tmp_path / "dense", 609, tmp_path, seed=1)
-    with pytest.raises(SystemExit, match="seed=1, this run asks for 2"):
+    stage = _finished(tmp_path / "dense", 609, None, seed=1)
+    with pytest.raises(SystemExit, match="seed=1, now 2"):
         common.staged(stage, lambda: {}, prune.expected(609, 1e-4, seed=2))
+
+
+def test_staged_reruns_an_output_that_never_finished(tmp_path: Path) -> None:
+    (tmp_path / "ofa").mkdir()  # an interrupted run: no stage record
+    assert common.staged(tmp_path / "ofa", lambda: {"ran": True}, prune.expected(1, 1e-4)) == {"ran": True}
 
 
 def test_seed_summary_reports_mean_spread_and_retention_of_means(tmp_path: Path) -> None:
@@ -141,7 +156,7 @@ def test_downstream_refuses_a_stage_distilled_without_the_asked_hidden_cosine(tm
     _finished(tmp_path / "ofa", 1015, tmp_path / "dense")  # distilled with alpha_cos 0.0
     budget = prune.Budget(out=tmp_path, gd_steps=1, ft_steps=1015, gd_lr=1e-4, ft_lr=1e-4,
                           gd_cos_layers="last", task_cos=1.0)
-    with pytest.raises(SystemExit, match="alpha_cos=0.0, this run asks for 1.0"):
+    with pytest.raises(SystemExit, match="alpha_cos=0.0, now 1.0"):
         prune.downstream(budget, "ofa", tmp_path / "gd", lock=True)
     summary = prune.downstream(dataclasses.replace(budget, task_cos=0.0), "ofa", tmp_path / "gd", lock=True)
     assert summary["distillation"]["alpha_cos"] == 0.0

@@ -21,7 +21,7 @@ from distilprune.jobs.study import (
     load_study_recipe,
     model_labels,
     run_config,
-    run_hash,
+    run_stage_of,
     run_study,
     select_best,
 )
@@ -119,16 +119,16 @@ def test_max_runs_changed_lr_and_best_lr(tiny_model_factory, tiny_csv, tmp_path)
     assert f"| {best['lr']:g} |" in markdown and f"Learning rates: {LR:g}, 1e-05." in markdown
 
 
-def test_run_hash_tracks_what_changes_results(tiny_model_factory, tiny_csv, tmp_path):
+def test_run_stage_hash_tracks_what_changes_results(tiny_model_factory, tiny_csv, tmp_path):
     cfg = study_config(tmp_path, tiny_model_factory("bert"), tiny_csv)
     cell = next(grid(cfg))
-    base = run_hash(run_config(cfg, cell), None, ["sha"])
+    base = run_stage_of(run_config(cfg, cell), None, ["sha"]).hash
     moved = study_config(tmp_path / "elsewhere", tiny_model_factory("bert"), tiny_csv,
                          train={"max_steps": 3, "batch_size": 4, "patience": None, "checkpoint_every": 5})
-    assert run_hash(run_config(moved, cell), None, ["sha"]) == base  # output dir, checkpointing
-    assert run_hash(run_config(cfg, cell), None, ["other"]) != base  # data content
+    assert run_stage_of(run_config(moved, cell), None, ["sha"]).hash == base  # output dir, checkpointing
+    assert run_stage_of(run_config(cfg, cell), None, ["other"]).hash != base  # data content
     cfg.train.max_steps = 4
-    assert run_hash(run_config(cfg, cell), None, ["sha"]) != base  # budget
+    assert run_stage_of(run_config(cfg, cell), None, ["sha"]).hash != base  # budget
 
 
 def test_aggregate_and_select_best():

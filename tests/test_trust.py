@@ -328,7 +328,7 @@ def study_recipe(work: Path, model: Path) -> Path:
 
 
 RUN_DIR_CASES = {  # the second of two runs of one recipe fails at start, before its first stage / cell
-    "pipeline": (pipeline_recipe, ["run", "{recipe}", "--stages", "teacher"], "jobs.pipeline._execute"),
+    "pipeline": (pipeline_recipe, ["run", "{recipe}", "--stages", "teacher"], "jobs.pipeline.run_stage"),
     "study": (study_recipe, ["study", "{recipe}"], "jobs.study.execute_run"),
 }
 

@@ -107,6 +107,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def load_run_recipe(path: str | Path, cls: type[T], overrides: dict[str, Any] | None = None,
+                    where: str = "recipe") -> T:
+    """A whole-run recipe (pipeline, study) with dotted ``--set`` overrides applied as ``cls``;
+    ``out`` defaults to ``runs/<recipe name>``."""
+    data = merge(load_yaml(path), overrides or {}, keep_none=True)
+    data.setdefault("out", str(Path("runs") / Path(path).stem))
+    return from_dict(cls, data, where)
+
+
 COMMAND_SECTIONS = ("finetune", "fit_mlm_head", "distill_mlm")
 
 

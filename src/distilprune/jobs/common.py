@@ -23,6 +23,7 @@ from distilprune.data.preprocess import build_preprocessor, parse_steps
 from distilprune.data.split import stratified_split
 from distilprune.errors import UserError, require, require_at_least
 from distilprune.io import atomic_dir, check_writable, discard, stable_hash, sweep_stale, write_json
+from distilprune.jobs.staging import file_digests, hashable
 from distilprune.metadata import METADATA_FILE, read_metadata, trained_label_names
 
 
@@ -215,18 +216,15 @@ def label_names_of(model: str | Path) -> list[str] | None:
     return trained_label_names(read_metadata(path), read_config(path).get("id2label") or {})
 
 
-RUN_ONLY = frozenset({"out", "overwrite", "resume", "checkpoint_every", "checkpoint_dir"})  # where/how
+def data_digests(data: DataConfig) -> list[str]:
+    """SHA-256 of the training (and validation) files: what a staged result depends on."""
+    return file_digests([data.train, *([data.validation] if data.validation else [])], "data file")
 
 
 def run_fingerprint(settings: Any, files: Sequence[str | None]) -> str:
-    """What a checkpoint must match to be resumed: a run's settings (except :data:`RUN_ONLY`) and
-    the digests of its input files."""
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in RUN_ONLY}
-        return [strip(v) for v in value] if isinstance(value, list | tuple) else value
-
-    return stable_hash({"settings": strip(settings),
+    """What a checkpoint must match to be resumed: a run's settings (less where / how it runs,
+    :data:`~distilprune.jobs.staging.UNHASHED`) and the digests of its input files."""
+    return stable_hash({"settings": hashable(settings),
                         "files": [file_sha256(Path(f)) for f in files if f and Path(f).is_file()]})
 
 

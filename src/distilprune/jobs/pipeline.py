@@ -4,11 +4,11 @@ teacher fine-tune -> (MLM head fit, when the teacher has none) -> student init -
 general distillation (Prune OFA) -> mask-locked fine-tune (optionally task-distilled) -> QAT
 int8 (mask locked) -> ONNX int8 + compact export -> benchmark -> report.
 
-Every stage writes ``<out>/<stage>/`` atomically and then ``stage.json`` holding the hash of
-the recipe parts it depends on (its own section, data/corpus file digests and the upstream
-stages' hashes) plus the run ids of the upstream outputs it consumed. A stage is skipped when
-its ``stage.json`` matches: a rerun continues where it stopped, and a changed section re-runs
-that stage and everything downstream.
+Every stage writes ``<out>/<stage>/`` atomically; :mod:`distilprune.jobs.staging` then records
+the hash of the recipe parts it depends on (its own section, data/corpus file digests and the
+upstream stages' hashes) plus the run ids of the upstream outputs it consumed. A stage is skipped
+when its record matches: a rerun continues where it stopped, and a changed section re-runs that
+stage and everything downstream.
 """
 
 from __future__ import annotations
@@ -16,19 +16,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distilprune.config import from_dict, load_yaml, merge, to_dict
-from distilprune.data.loading import file_sha256
-from distilprune.errors import UserError, require, require_at_least
-from distilprune.io import atomic_dir, locked_dir, read_json, stable_hash, write_json
-from distilprune.jobs.common import METADATA_FILE, DataConfig, prepare_data
+from distilprune.config import load_run_recipe, to_dict
+from distilprune.errors import require, require_at_least
+from distilprune.io import atomic_dir, locked_dir
+from distilprune.jobs.common import METADATA_FILE, DataConfig, data_digests, prepare_data
 from distilprune.jobs.distill import CorpusConfig, DistillLoss, TaskLoss
+from distilprune.jobs.staging import Stage, file_digests, read_record, run_stage, staleness
 from distilprune.prune import PruneConfig
 from distilprune.quantize import QATConfig
 from distilprune.train import TrainConfig
@@ -37,8 +35,6 @@ log = logging.getLogger("distilprune.pipeline")
 
 STAGES = ("teacher", "mlm_head", "student", "distill", "finetune", "qat", "export", "benchmark",
           "report")
-STAGE_FILE = "stage.json"
-UNHASHED = frozenset({"checkpoint_every", "checkpoint_dir", "resume"})  # how, not what, to train
 # "baseline": TF-IDF + logistic regression fitted on the training split (no model directory)
 BENCHMARK_MODELS = ("teacher", "student", "compressed", "baseline")
 
@@ -181,9 +177,7 @@ class PipelineConfig:
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Read a pipeline recipe; ``out`` defaults to ``runs/<recipe name>``."""
-    data = merge(load_yaml(path), overrides or {}, keep_none=True)
-    data.setdefault("out", str(Path("runs") / Path(path).stem))
-    cfg = from_dict(PipelineConfig, data, "recipe")
+    cfg = load_run_recipe(path, PipelineConfig, overrides)
     cfg.validate()
     return cfg
 
@@ -217,15 +211,8 @@ def preflight(cfg: PipelineConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- hashing
-def _digest(path: str | Path, what: str) -> str:
-    path = Path(path)
-    require(path.is_file(), f"{what} not found: {path}")
-    return file_sha256(path)
-
-
 def _data_inputs(cfg: PipelineConfig) -> dict[str, Any]:
-    files = [cfg.data.train, *([cfg.data.validation] if cfg.data.validation else [])]
-    return {"data": to_dict(cfg.data), "files": [_digest(f, "data file") for f in files]}
+    return {"data": to_dict(cfg.data), "files": data_digests(cfg.data)}
 
 
 def _corpus_inputs(cfg: PipelineConfig) -> dict[str, Any]:
@@ -233,7 +220,7 @@ def _corpus_inputs(cfg: PipelineConfig) -> dict[str, Any]:
     from distilprune.jobs.distill import SHARED_DATA
 
     files = cfg.distill.corpus.files or [str(p) for p in default_corpus(SHARED_DATA)]
-    return {"corpus": to_dict(cfg.distill.corpus), "files": [_digest(f, "corpus file") for f in files]}
+    return {"corpus": to_dict(cfg.distill.corpus), "files": file_digests(files, "corpus file")}
 
 
 def upstream_of(cfg: PipelineConfig, stage: str) -> tuple[str, ...]:
@@ -271,21 +258,19 @@ def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     return {stage: to_dict(getattr(cfg, stage))}
 
 
-def _hashable(value: Any) -> Any:
-    """``value`` without the keys that do not change a stage's result (:data:`UNHASHED`)."""
-    if isinstance(value, dict):
-        return {k: _hashable(v) for k, v in value.items() if k not in UNHASHED}
-    return [_hashable(v) for v in value] if isinstance(value, list) else value
+def stages(cfg: PipelineConfig) -> dict[str, Stage]:
+    """Every stage with its inputs: its recipe parts chained with its upstream stages' hashes."""
+    made: dict[str, Stage] = {}
+    for name in STAGES:
+        upstream = upstream_of(cfg, name)
+        inputs = {**stage_inputs(cfg, name), "upstream": {u: made[u].hash for u in upstream}}
+        made[name] = Stage(name, stage_dir(cfg, name), inputs, upstream)
+    return made
 
 
 def stage_hashes(cfg: PipelineConfig) -> dict[str, str]:
-    """Expected hash of every stage: its inputs chained with its upstream stages' hashes."""
-    hashes: dict[str, str] = {}
-    for stage in STAGES:
-        upstream = {u: hashes[u] for u in upstream_of(cfg, stage)}
-        hashes[stage] = stable_hash({"stage": stage, "inputs": _hashable(stage_inputs(cfg, stage)),
-                                     "upstream": upstream})
-    return hashes
+    """Expected hash of every stage."""
+    return {name: stage.hash for name, stage in stages(cfg).items()}
 
 
 # ----------------------------------------------------------------------------- stage outputs
@@ -308,15 +293,6 @@ def model_path(cfg: PipelineConfig, records: dict[str, dict], stage: str) -> str
 def onnx_name(cfg: PipelineConfig) -> str:
     """Folder of the ONNX export inside the export stage."""
     return "onnx-int8" if cfg.export.int8 else "onnx"
-
-
-def read_record(cfg: PipelineConfig, stage: str) -> dict[str, Any] | None:
-    """The ``stage.json`` of a finished stage, or ``None``."""
-    path = stage_dir(cfg, stage) / STAGE_FILE
-    try:
-        return read_json(path) if path.is_file() else None
-    except UserError:
-        return None
 
 
 def _empty_stage(cfg: PipelineConfig, stage: str) -> None:
@@ -504,33 +480,6 @@ def parse_stages(stages: str | Sequence[str] | None) -> list[str]:
     return names
 
 
-def _staleness(record: dict | None, expected: str, upstream_runs: dict[str, str],
-               upstream: tuple[str, ...]) -> str | None:
-    """Why a stage must (re-)run, or ``None`` when its output is up to date."""
-    if record is None:
-        return "no finished output"
-    if record.get("hash") != expected:
-        return "its recipe section or input files changed"
-    if len(upstream_runs) != len(upstream):
-        return "an upstream stage is not up to date"
-    changed = [u for u, run in upstream_runs.items() if (record.get("upstream") or {}).get(u) != run]
-    return f"upstream {', '.join(changed)} re-ran" if changed else None
-
-
-def _execute(cfg: PipelineConfig, stage: str, expected: str, upstream_runs: dict[str, str],
-             records: dict[str, dict], reason: str) -> dict[str, Any]:
-    log.info("stage %s: running (%s)", stage, reason)
-    start = time.perf_counter()
-    summary = RUNNERS[stage](cfg, records)
-    seconds = round(time.perf_counter() - start, 1)
-    record = {"stage": stage, "hash": expected, "run_id": uuid.uuid4().hex,
-              "upstream": upstream_runs, "seconds": seconds,
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
-    write_json(stage_dir(cfg, stage) / STAGE_FILE, record)  # last: marks the stage as done
-    log.info("stage %s: done in %.1f s", stage, seconds)
-    return read_json(stage_dir(cfg, stage) / STAGE_FILE)
-
-
 def run_pipeline(cfg: PipelineConfig, stages: str | Sequence[str] | None = None,
                  force: bool = False) -> PipelineResult:
     """Run the selected stages (default all) in order, skipping those already up to date.
@@ -547,22 +496,20 @@ def run_pipeline(cfg: PipelineConfig, stages: str | Sequence[str] | None = None,
 
         torch.set_num_threads(cfg.threads)
     with locked_dir(cfg.out):  # a second run of the recipe fails now, not mid-stage
-        hashes = stage_hashes(cfg)
-        _run_stages(cfg, selected, force, hashes, dry=True)  # a bad selection fails before any work
-        return _run_stages(cfg, selected, force, hashes)
+        _run_stages(cfg, selected, force, dry=True)  # a bad selection fails before any work
+        return _run_stages(cfg, selected, force)
 
 
-def _run_stages(cfg: PipelineConfig, selected: list[str], force: bool, hashes: dict[str, str],
-                dry: bool = False) -> PipelineResult:
+def _run_stages(cfg: PipelineConfig, selected: list[str], force: bool, dry: bool = False) -> PipelineResult:
     """:func:`run_pipeline`'s loop over the stages (``cfg.out`` locked); ``dry`` runs and logs
     nothing, it only checks that every stage to run will have its upstream outputs."""
     records: dict[str, dict] = {}
     status: dict[str, str] = {}
-    for stage in STAGES:
-        upstream = upstream_of(cfg, stage)
-        runs = {u: records[u]["run_id"] for u in upstream if u in records}
-        record = read_record(cfg, stage)
-        reason = _staleness(record, hashes[stage], runs, upstream)
+    for stage, planned in stages(cfg).items():
+        upstream = planned.upstream
+        planned.upstream_runs = {u: records[u]["run_id"] for u in upstream if u in records}
+        record = read_record(planned.out)
+        reason = staleness(planned, record)
         if stage not in selected or (reason is None and not force):
             status[stage] = "skipped" if stage in selected else "not selected"
             if record is not None and reason is None:
@@ -574,8 +521,8 @@ def _run_stages(cfg: PipelineConfig, selected: list[str], force: bool, hashes: d
         missing = [u for u in upstream if u not in records]
         require(not missing, f"stage {stage!r} needs the output of {', '.join(map(repr, missing))}, "
                              "which is missing or out of date: include it in the selected stages")
-        records[stage] = ({"run_id": f"planned-{stage}"} if dry
-                          else _execute(cfg, stage, hashes[stage], runs, records, reason or "forced"))
+        records[stage] = ({"run_id": f"planned-{stage}"} if dry else run_stage(
+            planned, lambda stage=stage: RUNNERS[stage](cfg, records), reason or "forced"))
         status[stage] = "ran"
     return PipelineResult(Path(cfg.out), status, records)
 

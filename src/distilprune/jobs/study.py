@@ -1,10 +1,10 @@
 """Comparison study after Ojo et al. (2023): models × preprocessing × imbalance × lr × seeds.
 
-Every grid cell is one :func:`~distilprune.jobs.finetune.finetune` run in ``out/runs/<slug>``;
-a run whose ``distilprune.json`` carries the same config hash is skipped, so an interrupted
-study continues where it stopped. Accuracy and F1 (validation split) are aggregated over seeds
-(mean ± sample std) per (model, preprocess, imbalance, lr); the best lr per (model,
-preprocess, imbalance) is the one with the highest mean accuracy. Outputs: ``study.json``,
+Every grid cell is one :func:`~distilprune.jobs.finetune.finetune` run in ``out/runs/<slug>``,
+staged by :mod:`distilprune.jobs.staging`: a run made from the same model, data and config is
+skipped, so an interrupted study continues where it stopped. Accuracy and F1 (validation
+split) are aggregated over seeds (mean ± sample std) per (model, preprocess, imbalance, lr); the
+best lr per (model, preprocess, imbalance) is the one with the highest mean accuracy. Outputs: ``study.json``,
 ``study.md``, ``study_accuracy.png`` and the tokenizer vocabulary coverage of the tweets.
 """
 
@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distilprune.config import from_dict, load_yaml, merge, to_dict
+from distilprune.config import load_run_recipe, to_dict
 from distilprune.data.coverage import vocabulary_coverage
-from distilprune.data.loading import file_sha256, load_table
+from distilprune.data.loading import load_table
 from distilprune.data.preprocess import parse_steps
 from distilprune.errors import UserError, require, require_at_least
 from distilprune.io import atomic_file, locked_dir, save_png, stable_hash, write_json
-from distilprune.jobs.common import DataConfig, preprocess_table, read_metadata
+from distilprune.jobs.common import DataConfig, data_digests, preprocess_table
 from distilprune.jobs.finetune import FinetuneConfig, finetune
+from distilprune.jobs.staging import Stage, read_record, run_stage, staleness
 from distilprune.models.loading import load_tokenizer
 from distilprune.models.registry import resolve_model
 from distilprune.train import TrainConfig
@@ -37,7 +38,6 @@ log = logging.getLogger("distilprune.study")
 METRICS = ("accuracy", "f1")
 RUN_METRICS = ("accuracy", "f1", "f1_macro", "precision", "recall")
 IMBALANCE = ("none", "class_weights", "oversample")
-UNHASHED = frozenset({"out", "overwrite", "log_every", "checkpoint_every", "checkpoint_dir", "resume"})
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx")
 
 
@@ -104,9 +104,7 @@ class Cell:
 
 def load_study_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
     """Read a study recipe; ``out`` defaults to ``runs/<recipe name>``."""
-    data = merge(load_yaml(path), overrides or {}, keep_none=True)
-    data.setdefault("out", str(Path("runs") / Path(path).stem))
-    return from_dict(StudyConfig, data, "study")
+    return load_run_recipe(path, StudyConfig, overrides, "study")
 
 
 # ----------------------------------------------------------------------------- naming
@@ -165,12 +163,6 @@ def run_config(cfg: StudyConfig, cell: Cell) -> FinetuneConfig:
                           eval_batch_size=cfg.eval_batch_size, overwrite=True)
 
 
-def _hashable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _hashable(v) for k, v in value.items() if k not in UNHASHED}
-    return [_hashable(v) for v in value] if isinstance(value, list) else value
-
-
 def model_fingerprint(model: str) -> str | None:
     """Digest of a model directory's config/metadata and file sizes (``None`` for hub IDs)."""
     path = Path(resolve_model(model))
@@ -181,39 +173,27 @@ def model_fingerprint(model: str) -> str | None:
     return stable_hash({"texts": texts, "sizes": sizes})
 
 
-def data_digests(data: DataConfig) -> list[str]:
-    """SHA-256 of the training (and validation) files."""
-    files = [data.train, *([data.validation] if data.validation else [])]
-    for name in files:
-        require(Path(name).is_file(), f"data file not found: {name}")
-    return [file_sha256(Path(name)) for name in files]
-
-
-def run_hash(run_cfg: FinetuneConfig, fingerprint: str | None, digests: list[str]) -> str:
-    """What determines a run's result: model (+ directory digest), data digests (not paths), config."""
-    config = _hashable(to_dict(run_cfg))
+def run_stage_of(run_cfg: FinetuneConfig, fingerprint: str | None, digests: list[str]) -> Stage:
+    """A run's stage; what determines its result: model (+ directory digest), data digests (not
+    paths), config."""
+    config = to_dict(run_cfg)
     config["data"] = {k: v for k, v in config["data"].items() if k not in ("train", "validation")}
-    return stable_hash({"model": run_cfg.model, "fingerprint": fingerprint, "data": digests,
-                        "config": config})
-
-
-def _finished(out: Path, expected: str) -> dict[str, Any] | None:
-    """The saved summary of ``out`` when it was produced with config hash ``expected``."""
-    try:
-        meta = read_metadata(out)
-    except UserError:
-        return None
-    return meta if meta.get("study", {}).get("hash") == expected else None
+    out = Path(run_cfg.out)
+    return Stage(out.name, out, {"model": run_cfg.model, "fingerprint": fingerprint, "data": digests,
+                                 "config": config})
 
 
 @dataclass
 class PlannedRun:
-    """A cell with its run directory, expected config hash and model display name."""
+    """A cell with its stage (run directory, inputs) and model display name."""
 
     cell: Cell
-    out: Path
-    hash: str
+    stage: Stage
     label: str
+
+    @property
+    def out(self) -> Path:
+        return self.stage.out
 
 
 def _drop_weights(out: Path) -> None:
@@ -233,11 +213,10 @@ def _record(planned: PlannedRun, status: str, summary: dict[str, Any] | None) ->
     return row
 
 
-def execute_run(cfg: StudyConfig, cell: Cell, expected: str) -> dict[str, Any]:
-    """Fine-tune one cell, tag its metadata with the config hash, drop the weights if asked."""
+def execute_run(cfg: StudyConfig, cell: Cell) -> dict[str, Any]:
+    """Fine-tune one cell (its metadata names the cell), drop the weights if asked."""
     run_cfg = run_config(cfg, cell)
-    meta = {"study": {"hash": expected, "cell": dataclasses.asdict(cell)}}
-    summary = finetune(run_cfg, metadata=meta)
+    summary = finetune(run_cfg, metadata={"study": {"cell": dataclasses.asdict(cell)}})
     if not cfg.keep_models:
         _drop_weights(Path(run_cfg.out))
     return summary
@@ -249,9 +228,8 @@ def plan_runs(cfg: StudyConfig) -> list[PlannedRun]:
     digests, labels = data_digests(cfg.data), model_labels(cfg.models)
     plan = []
     for cell in grid(cfg):
-        run_cfg = run_config(cfg, cell)
-        expected = run_hash(run_cfg, fingerprints[cell.model], digests)
-        plan.append(PlannedRun(cell, Path(run_cfg.out), expected, labels[cell.model]))
+        stage = run_stage_of(run_config(cfg, cell), fingerprints[cell.model], digests)
+        plan.append(PlannedRun(cell, stage, labels[cell.model]))
     return plan
 
 
@@ -260,14 +238,16 @@ def _run_all(cfg: StudyConfig, plan: list[PlannedRun],
     """Skip finished cells, train the others (at most ``max_runs``); returns the run records."""
     runs = []
     for p in plan:
-        summary = _finished(p.out, p.hash)
+        record = read_record(p.out)
+        summary = record["summary"] if record and staleness(p.stage, record) is None else None
         runs.append(_record(p, "pending" if summary is None else "skipped", summary))
     pending = [i for i, run in enumerate(runs) if run["status"] == "pending"]
     todo = pending[:cfg.max_runs]
     log.info("study: %d runs, %d finished, %d to train now", len(plan), len(plan) - len(pending), len(todo))
     for done, i in enumerate(todo, start=1):
         planned, start = plan[i], time.perf_counter()
-        summary = execute_run(cfg, planned.cell, planned.hash)
+        summary = run_stage(planned.stage, lambda p=planned: execute_run(cfg, p.cell),
+                            "not run yet, or made from other inputs")["summary"]
         runs[i] = _record(planned, "ran", summary)
         log.info("[%d/%d] %s: accuracy %.4f, F1 %.4f (%.0f s)", done, len(todo), planned.out.name,
                  summary["metrics"]["accuracy"], summary["metrics"]["f1"], time.perf_counter() - start)
