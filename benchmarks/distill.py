@@ -27,13 +27,13 @@ from distilprune.jobs.distill import (
     DistillLoss,
     GeneralDistillConfig,
     MLMHeadConfig,
-    TaskDistillConfig,
     TaskLoss,
     fit_mlm_head,
     general_distill,
     make_student,
+    task_finetune,
 )
-from distilprune.jobs.finetune import FinetuneConfig, finetune
+from distilprune.jobs.finetune import FinetuneConfig
 from distilprune.train import TrainConfig
 
 OUT = WORK / "distill"
@@ -47,13 +47,8 @@ STUDENT_TRAIN = TrainConfig(epochs=1, lr=8e-5, batch_size=32, patience=None, see
 def student_finetune(name: str, model: Path, preprocess: bool, teacher: Path | None = None) -> dict:
     cfg = FinetuneConfig(model=str(model), out=str(OUT / name), data=data_config(preprocess),
                          train=STUDENT_TRAIN, overwrite=True)
-    if teacher is None:
-        return staged(OUT / name, lambda: finetune(cfg))
-    task = TaskDistillConfig(teacher=str(teacher), finetune=cfg,
-                             loss=TaskLoss(temperature=2.0, alpha_soft=0.5, alpha_hard=0.5))
-    from distilprune.jobs.distill import distill_task
-
-    return staged(OUT / name, lambda: distill_task(task))
+    loss = TaskLoss(temperature=2.0, alpha_soft=0.5, alpha_hard=0.5)
+    return staged(OUT / name, lambda: task_finetune(cfg, teacher, loss))
 
 
 def general(name: str, mlm: Path, steps: int, loss: DistillLoss, corpus: CorpusConfig) -> dict:

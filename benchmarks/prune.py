@@ -45,13 +45,12 @@ from distilprune.jobs.distill import (
     DistillLoss,
     GeneralDistillConfig,
     MLMHeadConfig,
-    TaskDistillConfig,
     TaskLoss,
-    distill_task,
     fit_mlm_head,
     general_distill,
+    task_finetune,
 )
-from distilprune.jobs.finetune import FinetuneConfig, finetune
+from distilprune.jobs.finetune import FinetuneConfig
 from distilprune.prune import PruneConfig
 from distilprune.train import TrainConfig
 
@@ -176,11 +175,9 @@ def downstream(budget: Budget, name: str, model: Path | str, lock: bool = False,
     cfg = FinetuneConfig(model=str(model), out=str(out), data=data_config(False),
                          train=train_config(steps, lr, budget.seed), lock_sparsity=lock,
                          prune=prune, overwrite=True)
-    if not (distill and budget.task_kd):
-        return staged(out, lambda: finetune(cfg), expected(steps, lr, prune, seed=budget.seed))
-    task = TaskDistillConfig(teacher=str(budget.teacher), finetune=cfg, loss=budget.task_loss())
-    return staged(out, lambda: distill_task(task),
-                  expected(steps, lr, prune, budget.teacher, budget.seed, budget.task_cos))
+    teacher = budget.teacher if distill and budget.task_kd else None
+    return staged(out, lambda: task_finetune(cfg, teacher, budget.task_loss()),
+                  expected(steps, lr, prune, teacher, budget.seed, budget.task_cos))
 
 
 def row(name: str, method: str, sparsity: float, summary: dict, dense_acc: float, seconds: float) -> dict:

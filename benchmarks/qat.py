@@ -39,8 +39,8 @@ from finetune import data_config
 from distilprune.export import OnnxClassifier, export_onnx
 from distilprune.export.onnx import static_quantize_export
 from distilprune.jobs.common import prepare_data
-from distilprune.jobs.distill import TaskDistillConfig, TaskLoss, distill_task
-from distilprune.jobs.finetune import FinetuneConfig, finetune
+from distilprune.jobs.distill import TaskLoss, task_finetune
+from distilprune.jobs.finetune import FinetuneConfig
 from distilprune.quantize import QATConfig
 from distilprune.train import TrainConfig
 
@@ -90,10 +90,7 @@ def qat_finetune(run: QATRun, out: Path) -> None:
                          qat=QATConfig(freeze_observers_at=run.freeze),
                          train=TrainConfig(max_steps=run.steps, lr=run.lr, batch_size=32, seed=42,
                                            eval_every=run.steps, patience=None))
-    if run.kd:
-        distill_task(TaskDistillConfig(teacher=str(SOURCE), finetune=cfg, loss=KD_LOSS))
-    else:
-        finetune(cfg)
+    task_finetune(cfg, SOURCE if run.kd else None, KD_LOSS)
 
 
 def prepare(runs: list[QATRun], calibration: list[str], parity: list[str]) -> dict[str, Path]:

@@ -28,8 +28,8 @@ from distilprune.export import export_onnx
 from distilprune.export.onnx import static_quantize_export
 from distilprune.export.storage import save_compact
 from distilprune.jobs.common import prepare_data
-from distilprune.jobs.distill import TaskDistillConfig, TaskLoss, distill_task
-from distilprune.jobs.finetune import FinetuneConfig, finetune
+from distilprune.jobs.distill import TaskLoss, task_finetune
+from distilprune.jobs.finetune import FinetuneConfig
 from distilprune.jobs.shrink import shrink_dir
 from distilprune.quantize import QATConfig
 from distilprune.train import TrainConfig
@@ -80,12 +80,9 @@ def locked_finetune(model: Path, out: Path, steps: int, lr: float, qat: bool,
                          qat=QATConfig() if qat else None, overwrite=True,
                          train=TrainConfig(max_steps=steps, lr=lr, batch_size=32, patience=None, seed=42,
                                            eval_every=eval_every))
-    kd = (load_summary(model) or {}).get("distillation")
-    if kd is None:
-        finetune(cfg)
-        return
-    loss = TaskLoss(temperature=kd["temperature"], alpha_soft=kd["alpha_soft"], alpha_hard=kd["alpha_hard"])
-    distill_task(TaskDistillConfig(teacher=kd["teacher"], finetune=cfg, loss=loss))
+    kd = (load_summary(model) or {}).get("distillation") or {}
+    loss = TaskLoss(**{k: kd[k] for k in ("temperature", "alpha_soft", "alpha_hard")}) if kd else None
+    task_finetune(cfg, kd.get("teacher"), loss)
 
 
 def shrink_then_finetune(sparse: Path, out: Path, heads: float, neurons: float, steps: int) -> None:

@@ -315,6 +315,14 @@ class TaskDistillConfig:
     loss: TaskLoss = field(default_factory=TaskLoss)
 
 
+def task_finetune(cfg: FinetuneConfig, teacher: str | Path | None = None,
+                  loss: TaskLoss | None = None) -> dict[str, Any]:
+    """Fine-tune with ``cfg``: on the labels alone, or task-distilled from ``teacher`` (``loss``)."""
+    if teacher is None:
+        return finetune(cfg)
+    return distill_task(TaskDistillConfig(teacher=str(teacher), finetune=cfg, loss=loss or TaskLoss()))
+
+
 def teacher_logits(teacher_dir: str, texts: list[str], max_length: int,
                    pairs: list[str] | None = None) -> torch.Tensor:
     """The teacher's logits for ``texts`` (or text pairs, ``pairs`` the second texts), cached on disk

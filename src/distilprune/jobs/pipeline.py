@@ -358,15 +358,13 @@ def _run_distill(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any
 def _locked_finetune(cfg: PipelineConfig, records: dict[str, dict], source: str, stage: str,
                      train: TrainConfig, qat: QATConfig | None) -> dict[str, Any]:
     """Mask-locked fine-tuning of ``source`` into ``stage`` (task-distilled when configured)."""
-    from distilprune.jobs.distill import TaskDistillConfig, distill_task
-    from distilprune.jobs.finetune import FinetuneConfig, finetune
+    from distilprune.jobs.distill import task_finetune
+    from distilprune.jobs.finetune import FinetuneConfig
 
     ft = FinetuneConfig(model=source, out=str(stage_dir(cfg, stage)), data=cfg.data, train=train,
                         lock_sparsity=True, qat=qat, overwrite=True)
-    if not cfg.finetune.task_distillation:
-        return finetune(ft)
-    return distill_task(TaskDistillConfig(teacher=model_path(cfg, records, "teacher"), finetune=ft,
-                                          loss=cfg.finetune.loss))
+    teacher = model_path(cfg, records, "teacher") if cfg.finetune.task_distillation else None
+    return task_finetune(ft, teacher, cfg.finetune.loss)
 
 
 def _run_finetune(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
