@@ -365,6 +365,24 @@ def test_recipe_drives_finetune_and_flags_override(
     assert config["train"]["epochs"] == 3.0  # untouched default
 
 
+@pytest.mark.parametrize("flags, expected", [
+    ([], (True, True, True, True)),  # unset flags keep the recipe's settings
+    (["--no-lock-sparsity", "--no-resume", "--no-qat", "--no-overwrite"], (False, False, False, False)),
+])
+def test_switch_flags_turn_recipe_settings_off(flags, expected, tmp_path, monkeypatch, capsys):
+    import distilprune.jobs.finetune as finetune_job
+
+    seen = []
+    monkeypatch.setattr(finetune_job, "finetune", lambda cfg: seen.append(cfg) or {
+        "data": {"n_val": 0}, "metrics": {}})
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("finetune:\n  model: m\n  out: o\n  overwrite: true\n  lock_sparsity: true\n"
+                      "  qat: {freeze_observers_at: 0.5}\n  data: {train: t.csv}\n  train: {resume: true}\n")
+    cli_ok(monkeypatch, capsys, "finetune", "--recipe", recipe, *flags)
+    (cfg,) = seen
+    assert (cfg.lock_sparsity, cfg.train.resume, cfg.qat is not None, cfg.overwrite) == expected
+
+
 def test_dotted_overrides_read_yaml_values_and_keep_none():
     from distilprune.config import dotted_overrides, merge
 

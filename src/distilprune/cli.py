@@ -279,9 +279,9 @@ def finetune(
     seed: Annotated[int | None, Opt()] = None,
     patience: Annotated[int | None, Opt(help="early-stopping patience in evaluations")] = None,
     checkpoint_every: Annotated[int | None, Opt(help="save a resumable checkpoint every N steps")] = None,
-    resume: Annotated[bool, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = False,
-    lock_sparsity: Annotated[bool, Opt(help="keep every zero weight exactly zero")] = False,
-    qat: Annotated[bool, Opt(help="quantization-aware training (int8 weights + activations)")] = False,
+    resume: Annotated[bool | None, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = None,
+    lock_sparsity: Annotated[bool | None, Opt(help="keep every zero weight exactly zero")] = None,
+    qat: Annotated[bool | None, Opt(help="quantization-aware training (int8 weights + activations)")] = None,
     prune: PruneMethod = None,
     final_sparsity: FinalSparsity = None,
     block_size: BlockSize = None,
@@ -294,7 +294,7 @@ def finetune(
     temperature: Annotated[float | None, Opt(help="task distillation temperature")] = None,
     alpha_soft: Annotated[float | None, Opt(help="task distillation soft-target weight")] = None,
     alpha_hard: Annotated[float | None, Opt(help="task distillation hard-label weight")] = None,
-    overwrite: Annotated[bool, Opt(help="replace an existing output directory")] = False,
+    overwrite: Annotated[bool | None, Opt(help="replace an existing output directory")] = None,
 ) -> None:
     """Fine-tune a classifier (optionally pruned, mask-locked or distilled from --teacher)."""
     from distilprune.jobs.distill import TaskDistillConfig, distill_task
@@ -304,18 +304,21 @@ def finetune(
     overrides = {
         "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope,
                                   prune_heads, prune_neurons),
-        "qat": {} if qat else None,
-        "model": model, "out": str(out) if out else None, "overwrite": overwrite or None,
-        "lock_sparsity": lock_sparsity or None,
+        "qat": {} if qat else None,  # --no-qat: switched off below
+        "model": model, "out": str(out) if out else None, "overwrite": overwrite,
+        "lock_sparsity": lock_sparsity,
         "data": _data_overrides(data, validation, text_column, label_column, preprocess,
                                 max_length, imbalance, val_fraction, limit)
         | {"task": task, "text_pair_column": text_pair_column, "val_limit": val_limit,
            "doc_stride": doc_stride, "max_answer_length": max_answer_length, "n_best": n_best},
         "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
                   "seed": seed, "patience": patience, "checkpoint_every": checkpoint_every,
-                  "resume": resume or None},
+                  "resume": resume},
     }
-    cfg = from_dict(FinetuneConfig, merge(_recipe(recipe, "finetune", set_), overrides), "finetune")
+    settings = merge(_recipe(recipe, "finetune", set_), overrides)
+    if qat is False:  # a recipe's qat: section switched off
+        settings["qat"] = None
+    cfg = from_dict(FinetuneConfig, settings, "finetune")
     if not cfg.model or not cfg.data.train:
         raise UserError("finetune needs --model and --data (or a recipe that sets them)")
     if teacher:
@@ -372,7 +375,7 @@ def fit_mlm_head(
     lr: Annotated[float | None, Opt()] = None,
     recipe: Annotated[Path | None, _recipe_option("fit_mlm_head")] = None,
     set_: SetOption = None,
-    overwrite: Annotated[bool, Opt()] = False,
+    overwrite: Annotated[bool | None, Opt()] = None,
     teacher: Annotated[str | None, _hidden("--teacher")] = None,
     steps: Annotated[int | None, _hidden("--steps")] = None,
 ) -> None:
@@ -382,7 +385,7 @@ def fit_mlm_head(
 
     model = _renamed("--teacher", "--model", teacher, model)
     max_steps = _renamed("--steps", "--max-steps", steps, max_steps)
-    overrides = {"teacher": model, "out": str(out), "overwrite": overwrite or None,
+    overrides = {"teacher": model, "out": str(out), "overwrite": overwrite,
                  "corpus": _corpus(corpus, corpus_limit, max_length),
                  "train": {"max_steps": max_steps, "batch_size": batch_size, "lr": lr}}
     cfg = from_dict(MLMHeadConfig, merge(_recipe(recipe, "fit_mlm_head", set_), overrides), "fit_mlm_head")
@@ -423,10 +426,10 @@ def distill_mlm(
     prune_heads: PruneHeads = None,
     prune_neurons: PruneNeurons = None,
     checkpoint_every: Annotated[int | None, Opt(help="save a resumable checkpoint every N steps")] = None,
-    resume: Annotated[bool, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = False,
+    resume: Annotated[bool | None, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = None,
     recipe: Annotated[Path | None, _recipe_option("distill_mlm")] = None,
     set_: SetOption = None,
-    overwrite: Annotated[bool, Opt()] = False,
+    overwrite: Annotated[bool | None, Opt()] = None,
     steps: Annotated[int | None, _hidden("--steps")] = None,
 ) -> None:
     """General (masked-LM) distillation with the triple loss; Prune OFA with --prune."""
@@ -437,12 +440,12 @@ def distill_mlm(
     overrides = {
         "teacher": teacher, "out": str(out) if out else None, "student": student_dir,
         "student_layers": layers, "layer_map": parse_layer_map(layer_map) if layer_map else None,
-        "overwrite": overwrite or None, "corpus": _corpus(corpus, corpus_limit, max_length),
+        "overwrite": overwrite, "corpus": _corpus(corpus, corpus_limit, max_length),
         "loss": {"alpha_ce": alpha_ce, "alpha_mlm": alpha_mlm, "alpha_cos": alpha_cos,
                  "cos_layers": cos_layers, "temperature": temperature},
         "train": {"max_steps": max_steps, "epochs": epochs, "batch_size": batch_size,
                   "grad_accum": grad_accum, "lr": lr, "checkpoint_every": checkpoint_every,
-                  "resume": resume or None},
+                  "resume": resume},
         "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope,
                                   prune_heads, prune_neurons),
     }
