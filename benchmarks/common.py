@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from distilprune.data.preprocess import DEFAULT_TWEET_STEPS
+from distilprune.jobs.common import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -17,8 +19,14 @@ WORK = Path(os.environ.get("DISTILPRUNE_BENCH_WORK", ROOT / "benchmarks" / "work
 DATA = ROOT.parent / "shared" / "data"
 DISASTER_TRAIN = DATA / "disaster_tweets" / "train.csv"
 DISASTER_TEST = DATA / "disaster_tweets" / "test.csv"
+PREPROCESS = ["keyword", *DEFAULT_TWEET_STEPS]  # the benchmarks' tweet preprocessing
 
-sys.path.insert(0, str(ROOT / "src"))
+
+def data_config(preprocess: bool) -> DataConfig:
+    """The disaster-tweets split every benchmark shares: stratified 15 % validation (seed 42),
+    96 tokens, the tweet preprocessing (``keyword`` + the default tweet steps) when asked."""
+    return DataConfig(train=str(DISASTER_TRAIN), val_fraction=0.15, split_seed=42, max_length=96,
+                      preprocess=PREPROCESS if preprocess else [])
 
 
 def require_data() -> None:

@@ -19,8 +19,16 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, WORK, load_summary, markdown_table, require_data, staged, write_results
-from finetune import data_config
+from common import (
+    RESULTS,
+    WORK,
+    data_config,
+    load_summary,
+    markdown_table,
+    require_data,
+    staged,
+    write_results,
+)
 
 from distilprune.jobs.distill import (
     CorpusConfig,

@@ -16,31 +16,25 @@ import time
 import torch
 from common import (
     DISASTER_TEST,
-    DISASTER_TRAIN,
+    PREPROCESS,
     RESULTS,
     WORK,
+    data_config,
     load_summary,
     markdown_table,
     require_data,
     write_results,
 )
 
-from distilprune.data.preprocess import DEFAULT_TWEET_STEPS
-from distilprune.jobs.common import DataConfig, prepare_data
+from distilprune.jobs.common import prepare_data
 from distilprune.jobs.finetune import FinetuneConfig, finetune
 from distilprune.jobs.inference import predict_file
 from distilprune.train import TrainConfig
 
-PREPROCESS = ["keyword", *DEFAULT_TWEET_STEPS]
 RUNS = {
     "minilm-l6": TrainConfig(epochs=3, lr=8e-5, batch_size=32, patience=1, seed=42),
     "mpnet-base": TrainConfig(epochs=1, lr=4e-5, batch_size=32, patience=1, seed=42),
 }
-
-
-def data_config(preprocess: bool) -> DataConfig:
-    return DataConfig(train=str(DISASTER_TRAIN), val_fraction=0.15, split_seed=42, max_length=96,
-                      preprocess=PREPROCESS if preprocess else [])
 
 
 def tfidf_baseline(preprocess: bool) -> dict:

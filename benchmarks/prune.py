@@ -36,8 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import WORK, load_summary, markdown_table, require_data, result_path, staged, write_results
-from finetune import data_config
+from common import (
+    WORK,
+    data_config,
+    load_summary,
+    markdown_table,
+    require_data,
+    result_path,
+    staged,
+    write_results,
+)
 
 from distilprune.io import save_png
 from distilprune.jobs.distill import (

@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import WORK, load_summary, markdown_table, require_data, staged, write_results
-from finetune import data_config
+from common import WORK, data_config, load_summary, markdown_table, require_data, staged, write_results
 
 from distilprune.export import OnnxClassifier, export_onnx
 from distilprune.export.onnx import static_quantize_export

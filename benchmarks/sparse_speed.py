@@ -25,8 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import DISASTER_TEST, RESULTS, WORK, markdown_table, require_data, write_results
-from finetune import data_config
+from common import DISASTER_TEST, RESULTS, WORK, data_config, markdown_table, require_data, write_results
 
 from distilprune.benchmark.kernels import DENSE_ENGINES, time_shape
 from distilprune.io import atomic_file, save_png

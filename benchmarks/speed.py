@@ -21,8 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import RESULTS, WORK, load_summary, require_data, staged, write_results
-from finetune import data_config
+from common import RESULTS, WORK, data_config, load_summary, require_data, staged, write_results
 
 from distilprune.export import export_onnx
 from distilprune.export.onnx import static_quantize_export

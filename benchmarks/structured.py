@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import WORK, load_summary, markdown_table, require_data, staged, write_results
-from finetune import data_config
+from common import WORK, data_config, load_summary, markdown_table, require_data, staged, write_results
 from prune import Budget, downstream, expected, ofa_pretrain, prepare_base
 
 from distilprune.evaluate import classification_metrics, predict_texts
