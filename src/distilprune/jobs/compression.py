@@ -44,9 +44,10 @@ def compression_hooks(cfg: FinetuneConfig) -> list[Hook]:
     return hooks
 
 
-def finalize_compression(model: nn.Module, cfg: FinetuneConfig) -> dict | None:
+def finalize_compression(model: nn.Module, prune: PruneConfig | None) -> dict | None:
     """Bake any mask parametrizations into plain weights (a no-op for dense runs); after
-    structured pruning, remove the pruned heads/neurons (returns what was removed)."""
+    structured pruning (``prune``), remove the pruned heads/neurons (returns what was removed).
+    Every job that trains with compression hooks ends with this."""
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         finalize(model)
-    return vars(remove_pruned(model)) if cfg.prune and cfg.prune.method == "structured" else None
+    return vars(remove_pruned(model)) if prune and prune.method == "structured" else None

@@ -37,6 +37,7 @@ from distilprune.jobs.common import (
     save_model_dir,
     save_on_main_process,
 )
+from distilprune.jobs.compression import finalize_compression
 from distilprune.jobs.finetune import FinetuneConfig, check_output_dir, finetune
 from distilprune.models.loading import (
     check_max_length,
@@ -54,10 +55,7 @@ from distilprune.progress import progress_bar
 from distilprune.prune import (
     PruneConfig,
     PruningHook,
-    finalize,
-    has_masks,
     plot_sparsity_heatmap,
-    remove_pruned,
     sparsity_report,
     write_sparsity_json,
 )
@@ -258,9 +256,7 @@ def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
     hooks = [PruningHook(cfg.prune)] if cfg.prune else []
     result = train(student, loader, objective, cfg.train, hooks, description="distill",
                    fingerprint=run_fingerprint(to_dict(cfg), cfg.corpus.files))
-    if has_masks(student):
-        finalize(student)
-    shrink = vars(remove_pruned(student)) if cfg.prune and cfg.prune.method == "structured" else None
+    shrink = finalize_compression(student, cfg.prune)
     return _save_general(cfg, student, teacher, tokenizer, heldout, result, len(train_texts), shrink)
 
 

@@ -92,7 +92,7 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
     result = train(model, loader, objective, cfg.train, [*compression, *hooks],
                    validate, description=f"finetune {Path(cfg.model).name}",
                    fingerprint=run_fingerprint(settings, [cfg.data.train, cfg.data.validation]))
-    shrink = finalize_compression(model, cfg)
+    shrink = finalize_compression(model, cfg.prune)
     logits = predict_logits(model, val_ds, tokenizer, cfg.eval_batch_size)
     metrics = classification_metrics(data.val.labels, logits)
     # learned int8 scales, for a static export; not kept when structured pruning cut channels out

@@ -203,7 +203,7 @@ def finetune_task(cfg: FinetuneConfig, hooks: Sequence[Hook] = (), metadata: dic
                    [*compression_hooks(cfg), *hooks], validate,
                    description=f"finetune {Path(cfg.model).name}",
                    fingerprint=run_fingerprint(settings, [cfg.data.train, cfg.data.validation]))
-    shrink = finalize_compression(model, cfg)
+    shrink = finalize_compression(model, cfg.prune)
     metrics, _ = score(task, _runner(model, tokenizer, task, cfg.data, data.labels, cfg.eval_batch_size),
                        data.val)
     summary = _summary(cfg, task, data, metrics, model, result, shrink, metadata)
