@@ -258,7 +258,7 @@ def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     return {stage: to_dict(getattr(cfg, stage))}
 
 
-def stages(cfg: PipelineConfig) -> dict[str, Stage]:
+def plan_stages(cfg: PipelineConfig) -> dict[str, Stage]:
     """Every stage with its inputs: its recipe parts chained with its upstream stages' hashes."""
     made: dict[str, Stage] = {}
     for name in STAGES:
@@ -270,7 +270,7 @@ def stages(cfg: PipelineConfig) -> dict[str, Stage]:
 
 def stage_hashes(cfg: PipelineConfig) -> dict[str, str]:
     """Expected hash of every stage."""
-    return {name: stage.hash for name, stage in stages(cfg).items()}
+    return {name: stage.hash for name, stage in plan_stages(cfg).items()}
 
 
 # ----------------------------------------------------------------------------- stage outputs
@@ -503,7 +503,7 @@ def _run_stages(cfg: PipelineConfig, selected: list[str], force: bool, dry: bool
     nothing, it only checks that every stage to run will have its upstream outputs."""
     records: dict[str, dict] = {}
     status: dict[str, str] = {}
-    for stage, planned in stages(cfg).items():
+    for stage, planned in plan_stages(cfg).items():
         upstream = planned.upstream
         planned.upstream_runs = {u: records[u]["run_id"] for u in upstream if u in records}
         record = read_record(planned.out)
