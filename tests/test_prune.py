@@ -13,6 +13,7 @@ from rich.table import Table
 from distilprune.errors import UserError
 from distilprune.models import load_classifier, load_tokenizer
 from distilprune.prune import (
+    GradualSparsifier,
     LockSparsityHook,
     PruneConfig,
     PruningHook,
@@ -247,16 +248,38 @@ def test_pruning_hook_reaches_target_during_training(arch, tiny_model_factory):
                       log_every=1)
     result = train(model, make_batches(model_dir), objective, cfg, hooks=[hook],
                    evaluate=lambda m: {"accuracy": next(scores)})
-    assert (hook.start_step, hook.end_step) == (0, 3)
-    assert hook.current_sparsity == 0.75
-    assert [s for s, _ in hook.history] == [0, 1, 2, 3]
-    assert [v for _, v in hook.history] == sorted(v for _, v in hook.history)
+    sparsifier = hook.sparsifier
+    assert (sparsifier.start_step, sparsifier.end_step) == (0, 3)
+    assert sparsifier.current_sparsity == 0.75
+    assert [s for s, _ in sparsifier.history] == [0, 1, 2, 3]
+    assert [v for _, v in sparsifier.history] == sorted(v for _, v in sparsifier.history)
     assert not hook.ready_for_selection(2) and hook.ready_for_selection(3)
     assert result.best["step"] == 3  # never a half-pruned checkpoint
     assert not has_masks(model)  # finalized on train end
     report = sparsity_report(model)
     assert report["prunable"]["sparsity"] == pytest.approx(0.75)
     assert report["block_size"] >= 4
+
+
+def test_gradual_sparsifier_works_in_a_plain_torch_loop(tiny_model_factory):
+    """prepare / step / squash_mask, as torch.ao.pruning's sparsifiers: no distilprune loop needed."""
+    model_dir = tiny_model_factory("bert", LAYERS)
+    model = load_classifier(model_dir)
+    sparsifier = GradualSparsifier(PruneConfig(method="block", final_sparsity=0.5, end_fraction=0.5,
+                                               frequency=1))
+    with pytest.raises(UserError, match="prepare"):
+        sparsifier.step(0)  # before prepare(): no model to prune
+    sparsifier.prepare(model, total_steps=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    for step, batch in enumerate(make_batches(model_dir) * 2, start=1):
+        objective(model, batch)[0].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        sparsifier.step(step)
+    assert sparsifier.history[-1] == (4, 0.5) and sparsifier.reached_final(4)
+    assert sparsity_report(model)["prunable"]["sparsity"] == pytest.approx(0.5)
+    sparsifier.squash_mask()
+    assert not has_masks(model) and sparsity_report(model)["prunable"]["sparsity"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("arch", ["bert", "xlnet"])

@@ -97,8 +97,9 @@ def test_structured_prune_during_training_then_remove(arch, tiny_model_factory, 
     hook, spy = PruningHook(PruneConfig(**{**STRUCTURED, "heads": heads}), finalize_on_end=False), Spy()
     train(model, data * 3, objective, TrainConfig(max_steps=6, lr=1e-2, warmup_ratio=0.0, patience=None),
           hooks=[hook, spy])
-    assert hook.end_step == 3 and [s for s, _ in hook.history] == [0, 1, 2, 3]
-    assert hook.history[-1][1] == 1.0 and not hook.ready_for_selection(2)
+    history = hook.sparsifier.history
+    assert hook.sparsifier.end_step == 3 and [s for s, _ in history] == [0, 1, 2, 3]
+    assert history[-1][1] == 1.0 and not hook.ready_for_selection(2)
     # masked structures are exactly zero, only grow with the schedule and reach the targets
     expected_heads = round(heads * LAYERS * HEADS)
     assert spy.seen[-1] == (expected_heads, [FFN // 2] * LAYERS)

@@ -1,7 +1,7 @@
 """Pruning: Prune Once for All (Zafrir et al. 2021) gradual magnitude pruning (weights, blocks or
 whole heads/neurons), mask-locked fine-tuning and sparsity reports."""
 
-from distilprune.prune.hook import LockSparsityHook, PruneConfig, PruningHook
+from distilprune.prune.hook import LockSparsityHook, PruningHook
 from distilprune.prune.masks import (
     block_magnitude_mask,
     compute_mask,
@@ -27,6 +27,7 @@ from distilprune.prune.report import (
     write_sparsity_json,
 )
 from distilprune.prune.schedules import cubic_sparsity, is_update_step
+from distilprune.prune.sparsifier import GradualSparsifier, PruneConfig
 from distilprune.prune.structured import (
     StructuredMask,
     attach_structured_masks,
@@ -35,6 +36,7 @@ from distilprune.prune.structured import (
 )
 
 __all__ = [
+    "GradualSparsifier",
     "LockSparsityHook",
     "PruneConfig",
     "PruningHook",
