@@ -96,7 +96,7 @@ def extra_sparse_rows(sparse: Path, out: Path, parity_texts: list[str]) -> list[
     """An extra sparse model: its fp32 row and its ONNX Runtime dynamic int8 row."""
     onnx = out / f"{sparse.name}-ptq-int8-onnx"
     staged(onnx, lambda: export_onnx(sparse, onnx, int8=True, max_length=128,
-                                            parity_texts=parity_texts, overwrite=True))
+                                     parity_texts=parity_texts, overwrite=True))
     return [sparse, onnx]
 
 
@@ -165,7 +165,7 @@ def main() -> None:
     # activations calibrated on 200 training tweets; parity against the fp32 export on 500 validation ones
     calibration, parity = data.train.texts[:200], val.texts[:500]
     staged(static, lambda: static_quantize_export(out / "sparse-fp32-onnx", static, calibration,
-                                                         parity_texts=parity))
+                                                  parity_texts=parity))
     compact = save_compact(qat, out / "sparse-qat-compact", int8=True, overwrite=True)
     extra_rows = [row for extra in extras for row in extra_sparse_rows(
         extra, WORK / "speed" / f"{extra.parent.name}-{extra.name}", val.texts[:500])]
