@@ -395,3 +395,34 @@ def test_dotted_overrides_read_yaml_values_and_keep_none():
         "train": {"lr": "1e-4", "seed": 7, "epochs": 3}, "qat": None, "out": "x",
         "data": {"preprocess": ["a", "b"], "text_column": "body"}}
     assert base["train"] == {"lr": 5e-5, "epochs": 3}  # the recipe itself is not changed
+
+
+# ----------------------------------------------------------------------------- reproducibility
+@pytest.fixture
+def headless_model(tiny_model_factory, tmp_path) -> Path:
+    """A tiny BERT encoder saved without any head (as MiniLM ships): loading adds a fresh one."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = tiny_model_factory("bert", 2)
+    out = tmp_path / "headless"
+    AutoModelForSequenceClassification.from_pretrained(source).base_model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("command", ["finetune", "fit-mlm-head"])
+def test_same_seed_same_weights_whatever_the_global_rng(
+    command, headless_model, tiny_csv, tmp_path, monkeypatch, capsys
+):
+    """A seeded run repeats exactly, though the fresh head is built before training starts
+    (it was initialised from whatever state torch's global RNG was in: runs differed)."""
+    data = (["--data", tiny_csv] if command == "finetune"
+            else ["--corpus", corpus_file(tmp_path / "corpus.txt")])
+    runs = []
+    for rng_state in (1, 2):
+        torch.manual_seed(rng_state)
+        out = tmp_path / f"run{rng_state}"
+        cli_ok(monkeypatch, capsys, command, "--model", headless_model, *data, "--out", out, *TRAIN)
+        runs.append(load_file(out / "model.safetensors"))
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

@@ -48,6 +48,7 @@ from distilprune.models.loading import (
     load_masked_lm,
     load_tokenizer,
     require_classifier,
+    seeded,
 )
 from distilprune.models.registry import cache_dir, resolve_model
 from distilprune.models.student import build_student, num_layers_of
@@ -161,7 +162,8 @@ def fit_mlm_head(cfg: MLMHeadConfig) -> dict[str, Any]:
     check_max_length(cfg.teacher, cfg.corpus.max_length)
     train_texts, heldout = corpus_texts(cfg.corpus)
     tokenizer = load_tokenizer(cfg.teacher)
-    model, pretrained_head = load_masked_lm(cfg.teacher)
+    with seeded(cfg.train.seed):  # the head to fit starts the same for the same seed
+        model, pretrained_head = load_masked_lm(cfg.teacher)
     before = masked_accuracy(model, tokenizer, heldout, cfg.corpus.max_length)
     base = model.base_model
     for param in base.parameters():
@@ -243,8 +245,9 @@ def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.teacher)
     teacher, pretrained_head = load_masked_lm(cfg.teacher)
     require(pretrained_head, f"{cfg.teacher} has no fitted MLM head: run `distilprune fit-mlm-head` first")
-    student = (load_masked_lm(cfg.student)[0] if cfg.student
-               else build_student(teacher, cfg.layer_map, cfg.student_layers))
+    with seeded(cfg.train.seed):
+        student = (load_masked_lm(cfg.student)[0] if cfg.student
+                   else build_student(teacher, cfg.layer_map, cfg.student_layers))
     dataset = EncodedDataset(encode(tokenizer, train_texts, cfg.corpus.max_length))
     loader = make_loader(dataset, tokenizer, cfg.train.batch_size, cfg.train.seed)
     objective = MLMDistillationObjective(

@@ -35,6 +35,7 @@ from distilprune.models.loading import (
     check_max_length,
     load_classifier,
     load_tokenizer,
+    seeded,
 )
 from distilprune.quantize import QATHook, attach_input_quant, save_qat_params
 from distilprune.quantize.qat import QPARAMS_FILENAME
@@ -73,7 +74,8 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
     data = prepare_data(cfg.data, label_names)
     tokenizer = load_tokenizer(cfg.model)
     names = data.train.label_names
-    model = load_classifier(cfg.model, len(names), names)
+    with seeded(cfg.train.seed):  # a fresh head: the same for the same seed
+        model = load_classifier(cfg.model, len(names), names)
     train_ds = encode_table(tokenizer, data.train, cfg.data.max_length)
     val_ds = encode_table(tokenizer, data.val, cfg.data.max_length)
     imbalance, labels = cfg.data.imbalance, data.train.labels

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from distilprune.config import to_dict
 from distilprune.data.batching import EncodedDataset, make_loader
 from distilprune.data.loading import file_sha256
@@ -35,6 +33,7 @@ from distilprune.models.loading import (
     load_task_model,
     load_tokenizer,
     require_classifier,
+    seeded,
 )
 from distilprune.task import Task
 from distilprune.task_runtime import SpanReader, TokenTagger, load_task_runner, make_runner, torch_forward
@@ -187,8 +186,7 @@ def finetune_task(cfg: FinetuneConfig, hooks: Sequence[Hook] = (), metadata: dic
         train_cfg = dataclasses.replace(train_cfg, select_metric="f1")
     tokenizer = load_tokenizer(cfg.model)
     data = prepare_task_data(task, cfg.data, tokenizer, label_names)
-    with torch.random.fork_rng(devices=[]):  # a fresh head: the same for the same seed
-        torch.manual_seed(train_cfg.seed)
+    with seeded(train_cfg.seed):  # a fresh head: the same for the same seed
         model = load_task_model(cfg.model, task, data.labels)
     teacher_model = _teacher_model(teacher, task, cfg.model, data.labels) if teacher else None
     loader = make_loader(data.train, tokenizer, train_cfg.batch_size, train_cfg.seed)

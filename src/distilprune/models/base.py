@@ -9,9 +9,10 @@ which imports none of them.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,15 @@ def load_pretrained(what: str, name: str | Path, loader: Callable[..., Any], **k
     except (OSError, ValueError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load {what} from {name}: {first_line}") from exc
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's RNG seeded, restoring the caller's RNG afterwards: a head that
+    loading initialises afresh (a checkpoint without it) is then the same for the same seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def load_tokenizer(name: str | Path) -> PreTrainedTokenizerBase:

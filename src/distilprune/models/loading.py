@@ -29,6 +29,7 @@ from distilprune.models.base import (
     load_tokenizer,
     model_input_names,
     require_weights,
+    seeded,
 )
 from distilprune.models.registry import resolve_model
 
@@ -46,6 +47,7 @@ __all__ = [
     "model_input_names",
     "require_classifier",
     "require_weights",
+    "seeded",
 ]
 
 
