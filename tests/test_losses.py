@@ -186,3 +186,40 @@ def test_mask_tokens_from_tokenizer():
     assert torch.equal(masked[enc["attention_mask"] == 0], ids[enc["attention_mask"] == 0])
     with pytest.raises(ValueError):
         mask_tokens(ids, tokenizer, mlm_probability=1.5)
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "xlnet", "mpnet"])
+def test_mlm_distillation_on_the_cosine_alone_skips_the_head_not_the_loss(arch):
+    """With α_ce = α_mlm = 0 the encoders run without their vocabulary projection; the cosine
+    term (and so the loss and its gradient) is the one the full objective computes."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from distilprune.distill.objectives import DynamicMasker, MLMDistillationObjective
+    from distilprune.models.tiny import tiny_config
+
+    tokenizer = build_tokenizer(["forest fire near la ronge", "the bomb was fun", "a lovely day"])
+    torch.manual_seed(0)
+    config = tiny_config(arch, len(tokenizer), num_layers=2)
+    auto = AutoModelForCausalLM if arch == "xlnet" else AutoModelForMaskedLM  # as load_masked_lm
+    teacher = auto.from_config(config)
+    student = auto.from_config(config).eval()  # no dropout: runs comparable
+    batch = dict(tokenizer(["forest fire near la ronge", "a lovely day"], padding=True,
+                           return_tensors="pt"))
+    pairs = [(1, 1), (2, 2)]
+
+    def run(**alphas):
+        student.zero_grad()
+        objective = MLMDistillationObjective(teacher, DynamicMasker(tokenizer, 0.5, seed=3),
+                                             hidden_pairs=pairs, **alphas)
+        loss, logged = objective(student, batch)
+        loss.backward()
+        return loss, logged, [p.grad.clone() for p in student.base_model.parameters() if p.grad is not None]
+
+    full_loss, full_logged, _ = run(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0)
+    cos_loss, cos_logged, cos_grads = run(alpha_ce=0.0, alpha_mlm=0.0, alpha_cos=1.0)
+    assert set(full_logged) == {"loss", "ce", "mlm", "cos"} and set(cos_logged) == {"loss", "cos"}
+    assert full_logged["ce"] > 0 and full_logged["mlm"] > 0
+    assert cos_loss.item() == pytest.approx(full_logged["cos"], rel=1e-5) and cos_loss.item() > 0
+    _, _, reference = run(alpha_ce=1e-12, alpha_mlm=0.0, alpha_cos=1.0)  # through the head
+    assert len(cos_grads) == len(reference)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(cos_grads, reference, strict=True))
