@@ -11,6 +11,12 @@ the unlabelled test files, ``predictions_<task>_<model>.<tsv|conll|json>``.
 
     python benchmarks/tasks.py                       # all tasks (hours on 2 CPUs)
     python benchmarks/tasks.py --tasks wnut17 sst2   # a part; rerun to add the others
+    python benchmarks/tasks.py --pretrain-steps 800 --name trials/tasks_broad --tasks squad qnli
+
+``--pretrain-steps N`` makes the sparse models here instead of taking ``prune.py``'s: Prune OFA
+general distillation of MiniLM into its pruned self on a corpus that covers the tasks' domains
+(``broad_corpus``: SQuAD training-article paragraphs, QNLI training pairs, SST-2, WNUT-17 and the
+disaster tweets) at sequence length 128, on the every-layer hidden-state cosine.
 
 Validation splits: SST-2 ``dev.tsv``; WNUT-17 ``dev.conll``; QNLI 15 % of ``train.tsv``
 (seed 42, written to the work directory); SQuAD by article (``split_by_article``, seed 42), the
@@ -31,9 +37,12 @@ from typing import Any
 
 from common import DATA, RESULTS, WORK, markdown_table, staged, write_results
 
-SPARSE = WORK / "prune609"
-MODELS = {"dense": ("minilm-l6", False), "sparse80": (str(SPARSE / "gd-block-0.80"), True),
-          "sparse90": (str(SPARSE / "gd-block-0.90"), True)}
+SPARSE = WORK / "prune609"  # prune.py's sparse pre-trained models (150 steps on the tweet corpus)
+SPARSE_COMMAND = ("python benchmarks/prune.py --threads 1 --work benchmarks/work/prune609 --only "
+                  "block:0.80 block:0.90 --variants ofa --gd-only")
+SPARSITIES = {"sparse80": 0.8, "sparse90": 0.9}
+MODELS = {"dense": ("minilm-l6", False),
+          **{name: (str(SPARSE / f"gd-block-{s:.2f}"), True) for name, s in SPARSITIES.items()}}
 
 
 @dataclass
@@ -102,6 +111,50 @@ def write_squad(path: Path, examples: list) -> None:
             {"id": ex.id, "question": ex.question, "answers": ex.answers}]})
     payload = {"version": "1.1", "data": [{"title": t, "paragraphs": p} for t, p in articles.items()]}
     path.write_text(json.dumps(payload))
+
+
+def broad_corpus(folder: Path) -> Path:
+    """One text per line from every task's *training* data (no validation text): SQuAD paragraphs
+    of the training articles in pieces of at most 100 words, QNLI question + sentence, 10,000 SST-2
+    phrases of 8+ words, WNUT-17 sentences and the disaster tweets."""
+    import pandas as pd
+
+    from distilprune.tasks.ner import read_conll
+    from distilprune.tasks.qa import read_squad, split_by_article
+
+    path = folder / "corpus.txt"
+    if path.is_file():
+        return path
+    fit, _ = split_by_article(read_squad(DATA / "squad/train.json"), 0.1, 42)
+    words = [c.split() for c in dict.fromkeys(ex.context for ex in fit)]
+    texts = [" ".join(w[i:i + 100]) for w in words for i in range(0, len(w), 100)]
+    qnli = pd.read_csv(split_qnli(folder)[0], sep="\t", quoting=3, keep_default_na=False)
+    texts += (qnli["question"] + " " + qnli["sentence"]).tolist()
+    sst2 = pd.read_csv(DATA / "sst2/train.tsv", sep="\t", quoting=3)["sentence"]
+    texts += sst2[sst2.str.split().str.len() >= 8].head(10_000).tolist()  # phrases: a share, not most
+    texts += [" ".join(sentence.tokens) for sentence in read_conll(DATA / "wnut17/train.conll")]
+    texts += pd.read_csv(DATA / "disaster_tweets/train.csv")["text"].tolist()
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(" ".join(str(t).split()) for t in texts) + "\n")
+    return path
+
+
+def pretrain(work: Path, steps: int, names: list[str], log: Path) -> dict[str, str]:
+    """Prune OFA sparse pre-training on :func:`broad_corpus` of the sparse models ``names``;
+    returns their directories by name."""
+    corpus = broad_corpus(work / "data")
+    made = {}
+    for name in (n for n in names if n in SPARSITIES):
+        sparsity = SPARSITIES[name]
+        out = work / "pretrain" / f"gd-block-{sparsity:.2f}"
+        once(out, "distill-mlm", "--teacher", SPARSE / "minilm-l6-mlm", "--out", out,
+             "--layers", "6", "--corpus", corpus, "--max-length", "128", "--alpha-ce", "0",
+             "--alpha-mlm", "0", "--alpha-cos", "1", "--cos-layers", "all", "--prune", "block",
+             "--final-sparsity", f"{sparsity:g}", "--block-size", "4", "--prune-end", "0.7",
+             "--prune-every", "10", "--max-steps", str(steps), "--batch-size", "32", "--lr", "1e-4",
+             log=log)
+        made[name] = str(out)
+    return made
 
 
 def cli(*args: str | Path, log: Path) -> None:
@@ -220,6 +273,16 @@ def not_run(rows: list[dict[str, Any]], table: dict[str, Any]) -> str:
     return f"\nNot run yet: {', '.join(missing)}.\n" if missing else ""
 
 
+def sparse_source(args: argparse.Namespace) -> str:
+    """Where the sparse pre-trained models of this run came from, for the report."""
+    if args.pretrain_steps:
+        return (f"made here: {args.pretrain_steps} steps of batch 32 at sequence length 128 on "
+                "`broad_corpus` (SQuAD training paragraphs, QNLI training pairs, SST-2, WNUT-17, "
+                "tweets), every-layer hidden-state cosine, pruned on the cubic schedule to 70 % of "
+                "the steps")
+    return f"`benchmarks/work/prune609/gd-block-*`: 150 steps on the tweet corpus, `{SPARSE_COMMAND}`"
+
+
 def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.Namespace) -> None:
     table = summary(rows)
     payload = {"summary": table, "rows": rows, "budgets": budgets,
@@ -232,9 +295,7 @@ def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.N
             "int8_b8_ms", "fp32_mb", "int8_mb"]
     md = ("# One sparse pre-trained model, many tasks\n\n"
           "MiniLM-L6 (`minilm-l6`) dense vs the same model after Prune OFA general distillation at 80 % and "
-          "90 % 1x4-block sparsity (`benchmarks/work/prune609/gd-block-*`, made by `python "
-          "benchmarks/prune.py --threads 1 --work benchmarks/work/prune609 --only block:0.80 block:0.90 "
-          "--variants ofa --gd-only`), each fine-tuned with the "
+          f"90 % 1x4-block sparsity ({sparse_source(args)}), each fine-tuned with the "
           "sparsity mask locked, the same budget (steps, batch, sequence length) as the dense model "
           "and task distillation from it (T=2, 0.5 soft + 0.5 hard) at the learning rate in Budgets; "
           "int8 = ONNX Runtime dynamic int8 "
@@ -248,9 +309,9 @@ def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.N
           + not_run(rows, table)
           + "\n## Budgets\n\n" + "\n".join(f"- {t}: {b}" for t, b in budgets.items()) + "\n\n"
           f"Command: `{payload['command']}`\n\n"
-          "![scores](tasks.png)\n")
-    write_results("tasks", payload, md)
-    plot(table, RESULTS / "tasks.png")
+          f"![scores]({Path(args.name).name}.png)\n")
+    write_results(args.name, payload, md)
+    plot(table, RESULTS / f"{args.name}.png")
 
 
 def main() -> None:
@@ -265,11 +326,18 @@ def main() -> None:
     parser.add_argument("--squad-val", type=int, default=1000, help="validation questions")
     parser.add_argument("--work", type=Path, default=WORK / "tasks")
     parser.add_argument("--conditions", default="2 CPUs shared with other jobs")
+    parser.add_argument("--pretrain-steps", type=int,
+                        help="make the sparse models here on the broad corpus (else: prune.py's)")
+    parser.add_argument("--name", default="tasks",
+                        help="results stem; test predictions are written for 'tasks' only")
     args = parser.parse_args()
     log = Path(__file__).parent / "logs" / "tasks.log"
     log.parent.mkdir(exist_ok=True)
     all_tasks = tasks(args.work, args.squad_train, args.squad_val)
-    previous = RESULTS / "tasks.json"
+    if args.pretrain_steps:
+        made = pretrain(args.work, args.pretrain_steps, args.models, log)
+        MODELS.update({name: (path, True) for name, path in made.items()})
+    previous = RESULTS / f"{args.name}.json"
     rows = json.loads(previous.read_text())["rows"] if previous.is_file() else []
     budgets = json.loads(previous.read_text()).get("budgets", {}) if previous.is_file() else {}
     for name in args.tasks:
@@ -281,6 +349,8 @@ def main() -> None:
             row = run_model(task, model, args.work / name, log, args.threads, args.sparse_lr_scale)
             rows = [r for r in rows if (r["task"], r["model"]) != (name, model)] + [row]
             report(rows, budgets, args)
+        if args.name != "tasks":
+            continue
         best = max((r for r in rows if r["task"] == name and r["model"] != "dense"),
                    key=lambda r: r["int8"], default=None)
         predict_test(task, "dense", "fp32", args.work / name, log)
