@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import WORK, markdown_table, write_results
+from common import WORK, write_results
 
 from distilprune.engine.deepsparse import (
     _worker_env,
@@ -39,6 +39,7 @@ from distilprune.engine.deepsparse import (
     deepsparse_python,
     export_for_deepsparse,
 )
+from distilprune.reporting.formatting import markdown_table
 
 OUT = WORK / "deepsparse_probe"
 SEQ_LEN = 128

@@ -19,16 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import (
-    RESULTS,
-    WORK,
-    data_config,
-    load_summary,
-    markdown_table,
-    require_data,
-    staged,
-    write_results,
-)
+from common import RESULTS, WORK, data_config, load_summary, require_data, staged, write_results
 
 from distilprune.jobs.distill import (
     CorpusConfig,
@@ -42,6 +33,7 @@ from distilprune.jobs.distill import (
     task_finetune,
 )
 from distilprune.jobs.finetune import FinetuneConfig
+from distilprune.reporting.formatting import markdown_table
 from distilprune.train import TrainConfig
 
 OUT = WORK / "distill"

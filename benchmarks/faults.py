@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import markdown_table, write_results
+from common import write_results
+
+from distilprune.reporting.formatting import markdown_table
 
 LEFTOVER = re.compile(r"^\..+\.(tmp|old|probe)-\d+|^\..+\.lock$|\.checkpoint$")
 ATTEMPTS = 4  # draws of a kill point per round and scenario (a run may finish before its signal)

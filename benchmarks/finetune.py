@@ -21,7 +21,6 @@ from common import (
     WORK,
     data_config,
     load_summary,
-    markdown_table,
     require_data,
     write_results,
 )
@@ -29,6 +28,7 @@ from common import (
 from distilprune.jobs.common import prepare_data
 from distilprune.jobs.finetune import FinetuneConfig, finetune
 from distilprune.jobs.inference import predict_file
+from distilprune.reporting.formatting import markdown_table
 from distilprune.train import TrainConfig
 
 RUNS = {

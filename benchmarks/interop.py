@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import DISASTER_TRAIN, RESULTS, ROOT, WORK, markdown_table, require_data, write_results
+from common import DISASTER_TRAIN, RESULTS, ROOT, WORK, require_data, write_results
+
+from distilprune.reporting.formatting import markdown_table
 
 DENSE = WORK / "prune609" / "dense"
 OPTIMUM_VENV = WORK / "optimum-venv"

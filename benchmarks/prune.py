@@ -36,16 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import (
-    WORK,
-    data_config,
-    load_summary,
-    markdown_table,
-    require_data,
-    result_path,
-    staged,
-    write_results,
-)
+from common import WORK, data_config, load_summary, require_data, result_path, staged, write_results
 
 from distilprune.io import save_png
 from distilprune.jobs.distill import (
@@ -60,6 +51,7 @@ from distilprune.jobs.distill import (
 )
 from distilprune.jobs.finetune import FinetuneConfig
 from distilprune.prune import PruneConfig
+from distilprune.reporting.formatting import markdown_table
 from distilprune.train import TrainConfig
 
 DISTILL = WORK / "distill"

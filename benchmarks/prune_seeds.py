@@ -22,10 +22,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from common import load_summary, markdown_table, result_path, write_results
+from common import load_summary, result_path, write_results
 from prune import TARGETS
 
 from distilprune.io import save_png
+from distilprune.reporting.formatting import markdown_table
 
 DEFAULT_MODELS = ("dense", "ofa-unstructured-0.85", "ofa-unstructured-0.90")
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import WORK, data_config, load_summary, markdown_table, require_data, staged, write_results
+from common import WORK, data_config, load_summary, require_data, staged, write_results
 
 from distilprune.export import OnnxClassifier, export_onnx
 from distilprune.export.onnx import static_quantize_export
@@ -41,6 +41,7 @@ from distilprune.jobs.common import prepare_data
 from distilprune.jobs.distill import TaskLoss, task_finetune
 from distilprune.jobs.finetune import FinetuneConfig
 from distilprune.quantize import QATConfig
+from distilprune.reporting.formatting import markdown_table
 from distilprune.train import TrainConfig
 
 SOURCE = WORK / "prune609" / "dense"

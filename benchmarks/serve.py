@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import DISASTER_TEST, RESULTS, ROOT, WORK, markdown_table, write_results
+from common import DISASTER_TEST, RESULTS, ROOT, WORK, write_results
+
+from distilprune.reporting.formatting import markdown_table
 
 HOST = "127.0.0.1"  # never anything else: this only load-tests a local server
 DEFAULT_MODELS = (ROOT / "runs" / "demo" / "export" / "onnx-int8", WORK / "serve" / "onnx-int8")

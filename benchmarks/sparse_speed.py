@@ -25,10 +25,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import DISASTER_TEST, RESULTS, WORK, data_config, markdown_table, require_data, write_results
+from common import DISASTER_TEST, RESULTS, WORK, data_config, require_data, write_results
 
 from distilprune.benchmark.kernels import DENSE_ENGINES, time_shape
 from distilprune.io import atomic_file, save_png
+from distilprune.reporting.formatting import markdown_table
 
 NAME = "sparse_speed"
 TOKENS = 8 * 128

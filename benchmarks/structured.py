@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import WORK, data_config, load_summary, markdown_table, require_data, staged, write_results
+from common import WORK, data_config, load_summary, require_data, staged, write_results
 from prune import Budget, downstream, expected, ofa_pretrain, prepare_base
 
 from distilprune.evaluate import classification_metrics, predict_texts
@@ -34,6 +34,7 @@ from distilprune.jobs.common import prepare_data
 from distilprune.jobs.shrink import shrink_dir
 from distilprune.models.loading import count_parameters, load_classifier, load_tokenizer
 from distilprune.prune import PruneConfig
+from distilprune.reporting.formatting import markdown_table
 
 BASE = "minilm-l6"
 COLUMNS = ["variant", "heads_removed", "neurons_removed_per_layer", "parameters", "parameter_ratio",

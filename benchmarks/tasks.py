@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import DATA, RESULTS, WORK, markdown_table, staged, write_results
+from common import DATA, RESULTS, WORK, staged, write_results
+
+from distilprune.reporting.formatting import markdown_table
 
 SPARSE = WORK / "prune609"  # prune.py's sparse pre-trained models (150 steps on the tweet corpus)
 SPARSE_COMMAND = ("python benchmarks/prune.py --threads 1 --work benchmarks/work/prune609 --only "

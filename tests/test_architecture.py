@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "distilprune"
 # below the commands: models, data, compression, kernels, storage formats and exporters
 LOW_LEVEL = ("models", "data", "prune", "quantize", "distill", "engine", "export", "formats", "metadata",
-             "modelcard", "shrink")
+             "reporting", "shrink")
 COMMANDS = ("jobs", "cli", "serve", "serving", "benchmark")
 
 Graph = dict[str, set[str]]

@@ -18,10 +18,10 @@ from distilprune.benchmark import (
     run_benchmark,
     write_report,
 )
-from distilprune.benchmark.report import pareto_front
 from distilprune.benchmark.speed import model_names
 from distilprune.errors import UserError
 from distilprune.export import export_onnx
+from distilprune.reporting.benchmark import pareto_front
 
 TEXTS = [
     "Forest fire near La Ronge Sask. Canada",

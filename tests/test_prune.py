@@ -29,13 +29,12 @@ from distilprune.prune import (
     is_update_step,
     lock_sparsity,
     magnitude_mask,
-    plot_sparsity_heatmap,
     prunable_parameters,
     sparsity_report,
-    sparsity_table,
     update_masks,
     write_sparsity_json,
 )
+from distilprune.reporting.sparsity import plot_sparsity_heatmap, sparsity_table
 from distilprune.train import TrainConfig, train
 
 LAYERS = 2

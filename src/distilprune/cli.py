@@ -468,12 +468,8 @@ def sparsity(
     """Per-layer and global sparsity report (table; JSON + heatmap PNG with --out)."""
     from distilprune.io import check_writable
     from distilprune.jobs.finetune import load_any_model
-    from distilprune.prune import (
-        plot_sparsity_heatmap,
-        sparsity_report,
-        sparsity_table,
-        write_sparsity_json,
-    )
+    from distilprune.prune import sparsity_report, write_sparsity_json
+    from distilprune.reporting.sparsity import plot_sparsity_heatmap, sparsity_table
 
     if out:
         check_writable(out / "sparsity.json")

@@ -3,7 +3,6 @@
 Importing this package does not import torch; PyTorch is loaded only for PyTorch models.
 """
 
-from distilprune.benchmark.report import add_ratios, markdown_table, write_report
 from distilprune.benchmark.speed import (
     OnnxRunner,
     Runner,
@@ -15,6 +14,7 @@ from distilprune.benchmark.speed import (
     measure,
     run_benchmark,
 )
+from distilprune.reporting.benchmark import add_ratios, benchmark_table, write_report
 
 __all__ = [
     "OnnxRunner",
@@ -22,10 +22,10 @@ __all__ = [
     "TorchRunner",
     "accuracy",
     "add_ratios",
+    "benchmark_table",
     "benchmark_models",
     "benchmark_one",
     "load_runner",
-    "markdown_table",
     "measure",
     "run_benchmark",
     "write_report",

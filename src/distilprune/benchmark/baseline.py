@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-BASELINE_NAME = "tfidf-logreg"
+from distilprune.reporting.benchmark import BASELINE_NAME
 
 
 def fit_tfidf_logreg(texts: Sequence[str], labels: Sequence[int]) -> Any:

@@ -331,7 +331,7 @@ def run_benchmark(model_paths: list[str], data_texts: Sequence[str] | None,
                   batch_sizes: Sequence[int] = (1, 8), seq_len: int = 128, repeats: int = 20,
                   warmup: int = 3) -> dict[str, Any]:
     """Benchmark models (the first is the baseline) and write ``<prefix>.json/.md/.png``."""
-    from distilprune.benchmark.report import write_report
+    from distilprune.reporting.benchmark import write_report
 
     results = benchmark_models(model_paths, data_texts, data_labels, threads=threads,
                                batch_sizes=batch_sizes, seq_len=seq_len, warmup=warmup,

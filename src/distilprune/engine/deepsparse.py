@@ -214,7 +214,7 @@ def export_for_deepsparse(model_dir: str | Path, out_dir: str | Path, seq_len: i
     )
     from distilprune.export.runtime import OnnxClassifier, max_sequence_length
     from distilprune.io import atomic_dir, write_json
-    from distilprune.modelcard import copy_training_metadata, write_model_card
+    from distilprune.reporting.modelcard import copy_training_metadata, write_model_card
 
     out = Path(out_dir)
     check_export_target(out, overwrite, opset)

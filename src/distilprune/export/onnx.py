@@ -37,9 +37,9 @@ from distilprune.export.runtime import (
 )
 from distilprune.export.source import load_model_and_tokenizer
 from distilprune.io import atomic_dir, write_json
-from distilprune.modelcard import copy_training_metadata, write_model_card
 from distilprune.models.loading import model_input_names
 from distilprune.models.registry import resolve_model
+from distilprune.reporting.modelcard import copy_training_metadata, write_model_card
 from distilprune.task import OUTPUTS, task_of_module
 
 PARITY_FILENAME = "parity.json"

@@ -16,8 +16,8 @@ from distilprune.engine.sparse import load_sparse, save_sparse_weights, sparsify
 from distilprune.export.onnx import DEFAULT_PARITY_TEXTS, PARITY_FILENAME, compare_logits, torch_logits
 from distilprune.export.source import load_model_and_tokenizer
 from distilprune.io import atomic_dir, write_json
-from distilprune.modelcard import copy_training_metadata, write_model_card
 from distilprune.models.loading import model_input_names
+from distilprune.reporting.modelcard import copy_training_metadata, write_model_card
 
 
 def export_sparse(model_dir: str | Path, out: str | Path, *, parity_texts: Sequence[str] | None = None,

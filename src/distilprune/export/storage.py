@@ -194,7 +194,7 @@ def save_compact(
     (the plain state dict's size), ``ratio``, ``payload_bytes`` (tensor data without the
     safetensors header), ``sparsity`` (zero fraction of float tensors) and per-layout counts.
     """
-    from distilprune.modelcard import copy_training_metadata, write_model_card
+    from distilprune.reporting.modelcard import copy_training_metadata, write_model_card
 
     model, tokenizer = _load_source(model_or_dir, tokenizer)
     state = _plain_state_dict(model)

@@ -197,7 +197,7 @@ def save_on_main_process(out: str | Path, overwrite: bool, write: Callable[[Path
 def save_model_dir(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                    metadata: dict[str, Any]) -> None:
     """``save_pretrained`` (safetensors) + tokenizer + ``distilprune.json`` into ``out``."""
-    from distilprune.modelcard import write_model_card
+    from distilprune.reporting.modelcard import write_model_card
 
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

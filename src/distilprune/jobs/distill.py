@@ -56,10 +56,10 @@ from distilprune.progress import progress_bar
 from distilprune.prune import (
     PruneConfig,
     PruningHook,
-    plot_sparsity_heatmap,
     sparsity_report,
     write_sparsity_json,
 )
+from distilprune.reporting.sparsity import plot_sparsity_heatmap
 from distilprune.train import TrainConfig, TrainResult, save_losses_plot, train
 
 SHARED_DATA = Path.cwd().parent / "shared" / "data"  # beside the repository, when run from its root

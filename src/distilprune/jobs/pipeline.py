@@ -409,8 +409,8 @@ def _run_export(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]
 
 def _run_benchmark(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
     from distilprune.benchmark.baseline import benchmark_baseline
-    from distilprune.benchmark.report import write_report
     from distilprune.benchmark.speed import benchmark_models
+    from distilprune.reporting.benchmark import write_report
 
     section = cfg.benchmark
     paths = {"teacher": model_path(cfg, records, "teacher"), "student": model_path(cfg, records, "qat"),
@@ -437,7 +437,7 @@ def _run_benchmark(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, A
 
 
 def _run_report(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
-    from distilprune.report import write_report
+    from distilprune.reporting.pipeline import write_report
 
     with atomic_dir(stage_dir(cfg, "report"), overwrite=True) as tmp:
         files = write_report(tmp, cfg, records)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from distilprune.io import atomic_dir
 from distilprune.jobs.common import check_output_dir, read_metadata, save_model_dir
-from distilprune.modelcard import write_model_card
 from distilprune.models.base import load_tokenizer, require_weights
+from distilprune.reporting.modelcard import write_model_card
 from distilprune.shrink import ShrinkReport, load_shrunk, prune_heads_and_neurons
 
 

@@ -20,14 +20,9 @@ from distilprune.prune.parametrize import (
     prunable_parameters,
     update_masks,
 )
-from distilprune.prune.report import (
-    plot_sparsity_heatmap,
-    sparsity_report,
-    sparsity_table,
-    write_sparsity_json,
-)
 from distilprune.prune.schedules import cubic_sparsity, is_update_step
 from distilprune.prune.sparsifier import GradualSparsifier, PruneConfig
+from distilprune.prune.sparsity import sparsity_report, write_sparsity_json
 from distilprune.prune.structured import (
     StructuredMask,
     attach_structured_masks,
@@ -56,11 +51,9 @@ __all__ = [
     "lock_sparsity",
     "magnitude_mask",
     "masked_parameters",
-    "plot_sparsity_heatmap",
     "prunable_parameters",
     "remove_pruned",
     "sparsity_report",
-    "sparsity_table",
     "update_masks",
     "update_structured_masks",
     "write_sparsity_json",

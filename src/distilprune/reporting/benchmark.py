@@ -12,6 +12,9 @@ from typing import Any
 
 from distilprune.errors import require
 from distilprune.io import atomic_file, save_png, write_json
+from distilprune.reporting.formatting import count, num
+
+BASELINE_NAME = "tfidf-logreg"  # the kind (and name) of the TF-IDF + logistic regression rows
 
 
 def _version(package: str) -> str | None:
@@ -47,25 +50,19 @@ def add_ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _num(value: float | None, fmt: str = "{:.1f}") -> str:
-    return "–" if value is None else fmt.format(value)
-
-
-def _count(value: int | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value / 1e3:.1f}K"
+    return num(value, fmt)
 
 
 def _params(result: dict[str, Any]) -> str:
     """Parameter count, plus the non-zero count when pruning removed more than 1%."""
     params, nonzero = result.get("params"), result.get("nonzero_params")
-    text = _count(params)
+    text = count(params)
     if params and nonzero is not None and nonzero < 0.99 * params:
-        text += f" ({_count(nonzero)} non-zero)"
+        text += f" ({count(nonzero)} non-zero)"
     return text
 
 
-def markdown_table(results: Sequence[dict[str, Any]]) -> str:
+def benchmark_table(results: Sequence[dict[str, Any]]) -> str:
     """One row per model; speed-up and size columns are relative to the first model."""
     batches = list(results[0].get("latency", {}))
     head = ["Model", "Kind", "Size MB", "Params"]
@@ -158,7 +155,7 @@ def write_report(results: Sequence[dict[str, Any]], out_json: str | Path, out_md
         "models": models,
     }
     write_json(out_json, payload)
-    text = f"# Benchmark\n\n{_settings_line(models)}\n\n{markdown_table(models)}"
+    text = f"# Benchmark\n\n{_settings_line(models)}\n\n{benchmark_table(models)}"
     with atomic_file(out_md) as handle:
         handle.write(text)
     plot_pareto(models, out_png)

@@ -16,10 +16,11 @@ from typing import Any
 
 import yaml
 
-from distilprune.benchmark.baseline import BASELINE_NAME
 from distilprune.config import to_dict
 from distilprune.export.runtime import weights_size
 from distilprune.io import atomic_file
+from distilprune.reporting.benchmark import BASELINE_NAME
+from distilprune.reporting.formatting import count, megabytes, num, pct
 
 Block = tuple[str, Any]
 
@@ -55,25 +56,6 @@ figcaption{color:#57606a;font-size:.9em}
 """
 
 
-# ----------------------------------------------------------------------------- formatting
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1%}"
-
-
-def _num(value: float | None, fmt: str = "{:.4f}") -> str:
-    return "–" if value is None else fmt.format(value)
-
-
-def _count(value: int | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value / 1e3:.1f}K"
-
-
-def _mb(value: int | float | None) -> str:
-    return "–" if not value else f"{value / 1e6:.1f}"
-
-
 def _summary(records: dict[str, dict], stage: str) -> dict[str, Any]:
     return (records.get(stage) or {}).get("summary") or {}
 
@@ -89,23 +71,23 @@ def _compression_phrase(cfg: Any, final: dict[str, Any]) -> str:
     if prune is not None and prune.method == "structured":
         return (f"with **{prune.heads:.0%}** of its attention heads and **{prune.neurons:.0%}** of its "
                 "FFN neurons removed")
-    return f"with **{_pct(final.get('sparsity'))}** sparse transformer weights"
+    return f"with **{pct(final.get('sparsity'))}** sparse transformer weights"
 
 
 def _deployed_sentence(bench: list[dict[str, Any]]) -> str:
     """Speed-ups of the deployed (last) model at every batch size, and the baseline's accuracy."""
     last = bench[-1]
     ratios, size = last.get("ratios", {}), last.get("ratios", {}).get("size")
-    speedups = [f"{_num(ratios.get(f'speedup_b{b}'), '{:.1f}')}× at batch {b}"
+    speedups = [f"{num(ratios.get(f'speedup_b{b}'), '{:.1f}')}× at batch {b}"
                 for b in last.get("latency", {})]
     text = (f" The deployed model `{last.get('name')}` runs faster than the teacher by "
-            f"{' and '.join(speedups)}, and is {_num(1 / size if size else None, '{:.1f}')}× smaller "
+            f"{' and '.join(speedups)}, and is {num(1 / size if size else None, '{:.1f}')}× smaller "
             "on disk.")
     baseline = next((m for m in bench if m.get("kind") == BASELINE_NAME), None)
     if baseline is not None and baseline.get("accuracy") is not None:
         text += (f" On the same {baseline.get('n', '?')} validation rows it scores "
-                 f"{_num(last.get('accuracy'))}; the TF-IDF + logistic-regression baseline "
-                 f"{_num(baseline.get('accuracy'))}.")
+                 f"{num(last.get('accuracy'))}; the TF-IDF + logistic-regression baseline "
+                 f"{num(baseline.get('accuracy'))}.")
     return text
 
 
@@ -116,7 +98,7 @@ def _headline(cfg: Any, records: dict[str, dict]) -> list[Block]:
     text = (f"Compressed **{cfg.teacher.model}** into a **{student.get('student_layers', '?')}-layer "
             f"student** {_compression_phrase(cfg, final)}"
             f"{' and int8 quantization' if cfg.qat.enabled or cfg.export.int8 else ''}. "
-            f"Validation accuracy {_num(acc_s)} (teacher {_num(acc_t)}).")
+            f"Validation accuracy {num(acc_s)} (teacher {num(acc_t)}).")
     bench = _bench_models(records)
     if len(bench) > 1:
         text += _deployed_sentence(bench)
@@ -135,7 +117,7 @@ def _data_blocks(cfg: Any, records: dict[str, dict]) -> list[Block]:
                 if cfg.data.kind == "classification" else ""),
              f"Training file SHA-256: `{str(data.get('train_sha256', '?'))[:16]}…`"]
     train_bal, val_bal = data.get("class_balance_train", {}), data.get("class_balance_val", {})
-    rows = [[name, _pct(share), _pct(val_bal.get(name))] for name, share in train_bal.items()]
+    rows = [[name, pct(share), pct(val_bal.get(name))] for name, share in train_bal.items()]
     return [("h2", "Data"), ("ul", items),
             ("table", (["Class", "Share (train)", "Share (validation)"], rows))]
 
@@ -155,14 +137,15 @@ def _preprocessing_blocks(cfg: Any, records: dict[str, dict]) -> list[Block]:
 def _stage_result(stage: str, summary: dict[str, Any]) -> str:
     metrics = summary.get("metrics") or {}
     if metrics:
-        return f"accuracy {_num(metrics.get('accuracy'))}, F1 {_num(metrics.get('f1'))}"
+        return f"accuracy {num(metrics.get('accuracy'))}, F1 {num(metrics.get('f1'))}"
     if "masked_accuracy" in summary:
-        return f"masked-token accuracy {_num(summary['masked_accuracy'])}"
+        return f"masked-token accuracy {num(summary['masked_accuracy'])}"
     if stage == "student":
-        return f"{summary.get('student_layers')} layers, {_count(summary.get('parameters'))} parameters"
+        return f"{summary.get('student_layers')} layers, {count(summary.get('parameters'))} parameters"
     if stage == "export" and summary.get("onnx"):
         parity = summary["onnx"].get("parity", {})
-        return f"ONNX {_mb(summary['onnx'].get('size_bytes'))} MB, agreement {_num(parity.get('agreement'))}"
+        size = megabytes(summary["onnx"].get("size_bytes"))
+        return f"ONNX {size} MB, agreement {num(parity.get('agreement'))}"
     if stage == "benchmark":
         return f"{len(summary.get('models', []))} models benchmarked"
     if summary.get("fitted") is False or summary.get("enabled") is False:
@@ -171,7 +154,7 @@ def _stage_result(stage: str, summary: dict[str, Any]) -> str:
 
 
 def _stages_blocks(records: dict[str, dict]) -> list[Block]:
-    rows = [[stage, f"`{stage}/`", _num(rec.get("seconds"), "{:.0f}"), rec.get("finished", "–"),
+    rows = [[stage, f"`{stage}/`", num(rec.get("seconds"), "{:.0f}"), rec.get("finished", "–"),
              _stage_result(stage, rec.get("summary") or {})]
             for stage, rec in records.items() if stage != "report"]
     return [("h2", "Pipeline"),
@@ -185,10 +168,10 @@ def _size(root: Path, stage: str) -> int | None:
 
 def _model_row(label: str, summary: dict[str, Any], size: int | None, note: str = "") -> list[str]:
     metrics = summary.get("metrics") or {}
-    return [label, _num(metrics.get("accuracy")), _num(metrics.get("f1")),
-            _num(metrics.get("f1_macro")), _pct(summary.get("sparsity")),
-            _count(summary.get("parameters")), _count(summary.get("nonzero_parameters")),
-            _mb(size), note]
+    return [label, num(metrics.get("accuracy")), num(metrics.get("f1")),
+            num(metrics.get("f1_macro")), pct(summary.get("sparsity")),
+            count(summary.get("parameters")), count(summary.get("nonzero_parameters")),
+            megabytes(size), note]
 
 
 def _accuracy_blocks(cfg: Any, records: dict[str, dict]) -> list[Block]:
@@ -196,8 +179,8 @@ def _accuracy_blocks(cfg: Any, records: dict[str, dict]) -> list[Block]:
     distill = _summary(records, "distill")
     rows = [_model_row("teacher (fine-tuned)", _summary(records, "teacher"), _size(root, "teacher")),
             _model_row("student after pruned distillation", distill, _size(root, "distill"),
-                       f"masked-token accuracy {_num(distill.get('masked_accuracy'))} "
-                       f"(teacher {_num(distill.get('teacher_masked_accuracy'))})"),
+                       f"masked-token accuracy {num(distill.get('masked_accuracy'))} "
+                       f"(teacher {num(distill.get('teacher_masked_accuracy'))})"),
             _model_row("student, mask-locked fine-tune", _summary(records, "finetune"),
                        _size(root, "finetune"))]
     if cfg.qat.enabled:
@@ -206,16 +189,16 @@ def _accuracy_blocks(cfg: Any, records: dict[str, dict]) -> list[Block]:
     for label, bench in zip(_roles(records), _bench_models(records), strict=False):
         kind = bench.get("kind", "")
         if kind.startswith("onnx") or kind == BASELINE_NAME:
-            rows.append([label, _num(bench.get("accuracy")),
-                         _num(bench.get("f1")), "–", _pct(sparsity) if kind != BASELINE_NAME else "–",
-                         _count(bench.get("params")), "–", _mb(bench.get("size_bytes")),
+            rows.append([label, num(bench.get("accuracy")),
+                         num(bench.get("f1")), "–", pct(sparsity) if kind != BASELINE_NAME else "–",
+                         count(bench.get("params")), "–", megabytes(bench.get("size_bytes")),
                          f"benchmark subset, n={bench.get('n', '?')}"])
     if export.get("compact"):
         compact = export["compact"]
         rows.append([f"student, compact storage (`{compact.get('path')}`)", "–", "–", "–", "–", "–", "–",
-                     _mb(compact.get("compact_bytes")),
-                     f"{_num(compact.get('ratio'), '{:.1f}')}× smaller than dense fp32; "
-                     f"{_pct(compact.get('sparsity'))} zeros over all weights"])
+                     megabytes(compact.get("compact_bytes")),
+                     f"{num(compact.get('ratio'), '{:.1f}')}× smaller than dense fp32; "
+                     f"{pct(compact.get('sparsity'))} zeros over all weights"])
     head = ["Model", "Accuracy", "F1", "F1 macro", "Sparsity", "Params", "Non-zero", "Size MB", "Note"]
     return [("h2", "Accuracy, sparsity and size by stage"),
             ("p", "Accuracy and F1 on the validation split (F1 of the positive class for binary "
@@ -241,7 +224,7 @@ def _sparsity_blocks(cfg: Any, records: dict[str, dict], figures: dict[str, Path
                   f"distillation steps, masks updated every {prune.frequency} steps")
     blocks: list[Block] = [
         ("h2", "Sparsity"),
-        ("p", f"Prune Once for All: {target}. Final student: **{_pct(final.get('sparsity'))}** of the "
+        ("p", f"Prune Once for All: {target}. Final student: **{pct(final.get('sparsity'))}** of the "
               "prunable weights are zero; fine-tuning and QAT kept the mask locked."),
     ]
     if "distill-sparsity.png" in figures:
@@ -273,13 +256,13 @@ def _latency_blocks(records: dict[str, dict], figures: dict[str, Path]) -> list[
     rows = []
     for label, m in zip(_roles(records), models, strict=False):
         lat, ratios = m.get("latency", {}), m.get("ratios", {})
-        row = [label, m.get("kind", "?"), _mb(m.get("size_bytes")), _count(m.get("params"))]
-        row += [f"{_num(lat[b].get('p50_ms'), '{:.1f}')} / {_num(lat[b].get('p95_ms'), '{:.1f}')}"
+        row = [label, m.get("kind", "?"), megabytes(m.get("size_bytes")), count(m.get("params"))]
+        row += [f"{num(lat[b].get('p50_ms'), '{:.1f}')} / {num(lat[b].get('p95_ms'), '{:.1f}')}"
                 for b in batches]
-        row += [_num(m.get("throughput"), "{:.1f}"), _num(m.get("peak_rss_mb"), "{:.0f}"),
-                _num(m.get("accuracy")), _num(m.get("f1"))]
-        row += [_num(ratios.get(f"speedup_b{b}"), "{:.2f}×") for b in batches]
-        row.append(_num(ratios.get("size"), "{:.2f}×"))
+        row += [num(m.get("throughput"), "{:.1f}"), num(m.get("peak_rss_mb"), "{:.0f}"),
+                num(m.get("accuracy")), num(m.get("f1"))]
+        row += [num(ratios.get(f"speedup_b{b}"), "{:.2f}×") for b in batches]
+        row.append(num(ratios.get("size"), "{:.2f}×"))
         rows.append(row)
     first = models[0]
     note = (f"Sequence length {first.get('seq_len')}, {first.get('threads')} thread(s), "
@@ -307,7 +290,7 @@ def _recipe_blocks(cfg: Any) -> list[Block]:
 
 
 def _environment_blocks(cfg: Any) -> list[Block]:
-    from distilprune.jobs.common import read_metadata
+    from distilprune.metadata import read_metadata
 
     env = read_metadata(Path(cfg.out) / final_stage(cfg)).get("environment") or {}
     if not env:
