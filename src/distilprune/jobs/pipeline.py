@@ -216,10 +216,10 @@ def _data_inputs(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def _corpus_inputs(cfg: PipelineConfig) -> dict[str, Any]:
-    from distilprune.data.corpus import default_corpus
-    from distilprune.jobs.distill import SHARED_DATA
+    from distilprune.data.corpus import default_corpus_files
+    from distilprune.models.registry import cache_dir
 
-    files = cfg.distill.corpus.files or [str(p) for p in default_corpus(SHARED_DATA)]
+    files = cfg.distill.corpus.files or default_corpus_files(cache_dir() / "data")
     return {"corpus": to_dict(cfg.distill.corpus), "files": file_digests(files, "corpus file")}
 
 
