@@ -189,6 +189,38 @@ def test_observers_freeze_and_only_learn_in_training(tiny_model_factory):
     assert not any(isinstance(m, InputFakeQuant) for m in model.modules())
 
 
+def test_qat_works_in_a_plain_torch_loop(tiny_model_factory):
+    """prepare_qat / freeze_observers at observer_freeze_step / finalize_qat, as torch.ao's QAT
+    prepare / convert: no distilprune loop needed (and the QAT module does not import it)."""
+    import ast
+    import inspect
+
+    from distilprune.quantize import freeze_observers, observer_freeze_step, qat
+
+    imports = {n.module for n in ast.walk(ast.parse(inspect.getsource(qat))) if isinstance(n, ast.ImportFrom)}
+    assert "distilprune.train" not in imports
+    path = tiny_model_factory("roberta", 2)
+    model = _load(path)
+    cfg = QATConfig(freeze_observers_at=0.5)
+    batches = _batches(path)
+    freeze_at = observer_freeze_step(cfg, len(batches))
+    assert freeze_at == 2 and observer_freeze_step(QATConfig(), 4) is None
+    prepare_qat(model, cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    fake = next(m for m in model.modules() if isinstance(m, InputFakeQuant))
+    for step, batch in enumerate(batches, start=1):
+        _objective(model.train(), batch)[0].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step == freeze_at:
+            freeze_observers(model)
+            frozen_scale = fake.fake_quant.scale.clone()
+    assert torch.equal(fake.fake_quant.scale, frozen_scale)  # two more steps did not move it
+    scales = finalize_qat(model)
+    assert not is_qat_prepared(model)
+    _assert_on_grid(model, scales)
+
+
 def test_eval_forward_does_not_move_activation_ranges(tiny_model_factory):
     model = _load(tiny_model_factory("bert", 2))
     prepare_qat(model)

@@ -54,7 +54,6 @@ from torch.nn.utils import parametrize
 
 from distilprune.errors import UserError, require
 from distilprune.prune.masks import BLOCK_MODULE
-from distilprune.train import Hook
 
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
 INPUT_ATTR = "input_fake_quant"
@@ -190,6 +189,13 @@ def prepare_qat(model: nn.Module, cfg: QATConfig | None = None) -> list[str]:
             module.add_module(INPUT_ATTR, InputFakeQuant(cfg))
             module.register_forward_pre_hook(_quantize_input)
     return list(layers)
+
+
+def observer_freeze_step(cfg: QATConfig, total_steps: int) -> int | None:
+    """The step after which :func:`freeze_observers` is called (``None``: never)."""
+    if cfg.freeze_observers_at is None:
+        return None
+    return max(1, math.ceil(cfg.freeze_observers_at * total_steps))
 
 
 def freeze_observers(model: nn.Module) -> None:
@@ -348,35 +354,6 @@ def attach_input_quant(model: nn.Module, params: dict[str, dict]) -> nn.Module:
         module.add_module(INPUT_ATTR, fake)
         module.register_forward_pre_hook(_quantize_input)
     return model
-
-
-class QATHook(Hook):
-    """Training-loop hook: prepare QAT at train begin, freeze observers, finalize at the end.
-
-    With pruning hooks, list this one *after* them: masks are then computed from unquantized
-    weights (pruned zeros stay zero in either order). ``scales`` holds :func:`finalize_qat`'s
-    result after training.
-    """
-
-    def __init__(self, cfg: QATConfig | None = None, finalize: bool = True) -> None:
-        self.cfg = cfg or QATConfig()
-        self.finalize = finalize
-        self.freeze_step: int | None = None
-        self.scales: dict[str, dict] | None = None
-
-    def on_train_begin(self, model: nn.Module, total_steps: int) -> None:
-        if not is_qat_prepared(model):
-            prepare_qat(model, self.cfg)
-        if self.cfg.freeze_observers_at is not None:
-            self.freeze_step = max(1, math.ceil(self.cfg.freeze_observers_at * total_steps))
-
-    def on_step_end(self, model: nn.Module, step: int) -> None:
-        if self.freeze_step is not None and step >= self.freeze_step:  # also after a resume
-            freeze_observers(model)
-
-    def on_train_end(self, model: nn.Module) -> None:
-        if self.finalize:
-            self.scales = finalize_qat(model)
 
 
 # ----------------------------------------------------------------------------- static int8 ONNX
