@@ -287,7 +287,7 @@ def sparse_source(args: argparse.Namespace) -> str:
 
 def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.Namespace) -> None:
     table = summary(rows)
-    payload = {"summary": table, "rows": rows, "budgets": budgets,
+    payload = {"benchmark": "tasks", "summary": table, "rows": rows, "budgets": budgets,
                "command": shlex.join(["python", "benchmarks/tasks.py", *sys.argv[1:]]),
                "threads": args.threads, "conditions": args.conditions}
     pct = [{"task": t, "metric": s["metric"], **{k: s[k] for k in ("dense", "sparse80", "sparse90",

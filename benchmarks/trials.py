@@ -39,12 +39,27 @@ QUESTIONS = {  # in reading order; a trial not listed here follows, asked by its
     "prune_engine": "90 % OFA, 1x4 and unstructured, 609 steps (`benchmarks/work/prune609`, the sparse "
                     "engine's models): what do they keep?",
     "prune_engine80": "The same at 80 %",
+    "tasks_broad": "Tasks (#20): does sparse pre-training on a corpus covering the tasks (SQuAD paragraphs, "
+                   "QNLI, SST-2, WNUT-17, tweets; length 128, 800 steps, every-layer cosine) lift the "
+                   "80 % retention on SQuAD and QNLI (was 18 % / 75 % after 150 steps on tweets)?",
 }
 SHORT = {"(a) Prune OFA": "OFA", "(b) GMP on task": "GMP", "unstructured": "unstructured", "block": "1x4"}
 
 
+def tasks_headline(payload: dict) -> str:
+    """Per task of a ``tasks.py`` trial: its metric for dense and each sparse model (retention)."""
+    lines = []
+    for task, s in payload["summary"].items():
+        cells = [f"{key} {s[key]:.4f} ({s[f'retention{key[-2:]}']:.1%})" for key in ("sparse80", "sparse90")
+                 if s.get(key) is not None]
+        lines.append(f"{task} {s['metric']}: dense {s['dense']:.4f}" + "".join(f", {c}" for c in cells))
+    return "<br>".join(lines).replace("%", " %")
+
+
 def headline(payload: dict) -> str:
     """Accuracy (retention of dense) per cell, one line per variant and method."""
+    if payload.get("benchmark") == "tasks":
+        return tasks_headline(payload)
     rows = payload["rows"]
     if payload["benchmark"] == "prune_seeds":
         return "<br>".join(f"{r['model']} {r['mean']:.4f} ± {r['std']:.4f}"
@@ -78,13 +93,16 @@ def question(stem: str, payload: dict) -> str:
 def table() -> str:
     found = {p.stem: json.loads(p.read_text()) for p in sorted(TRIALS.glob("*.json"))}
     order = [s for s in QUESTIONS if s in found] + [s for s in found if s not in QUESTIONS]
-    lines = ["| trial | question | headline: accuracy (retention of dense) | command |", "|---|---|---|---|"]
+    lines = ["| trial | question | headline: accuracy or task metric (retention of dense) | command |",
+             "|---|---|---|---|"]
     lines += [f"| [{s}]({s}.md) | {question(s, found[s])} | {headline(found[s])} | `{command(s, found[s])}` |"
               for s in order]
     return ("# Prune OFA trials\n\n"
             "Trial, variant and control runs of `benchmarks/prune.py` / `prune_seeds.py` (MiniLM-L6, "
-            "disaster tweets validation, one seed unless named). The canonical results stay one level "
-            "up: [`../prune.md`](../prune.md) (Prune OFA vs downstream GMP) and "
+            "disaster tweets validation, one seed unless named) and of `benchmarks/tasks.py` (`tasks_*`: "
+            "the four tasks' validation metric). The canonical results stay one level up: "
+            "[`../tasks.md`](../tasks.md) (one sparse pre-trained model, many tasks), "
+            "[`../prune.md`](../prune.md) (Prune OFA vs downstream GMP) and "
             "[`../prune_seeds.md`](../prune_seeds.md) (3-seed spread). Each trial's json, md and PNG "
             "sit together here; the README's \"where the gap comes from\" section reads them.\n\n"
             + "\n".join(lines) + "\n\n"
