@@ -50,6 +50,7 @@ def add_ratios(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _num(value: float | None, fmt: str = "{:.1f}") -> str:
+    """:func:`~distilprune.reporting.formatting.num` with the benchmark's one-decimal default."""
     return num(value, fmt)
 
 
