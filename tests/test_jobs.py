@@ -426,3 +426,16 @@ def test_same_seed_same_weights_whatever_the_global_rng(
         runs.append(load_file(out / "model.safetensors"))
     assert runs[0].keys() == runs[1].keys()
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_a_student_of_a_headless_teacher_is_the_same_on_every_run(headless_model, tmp_path):
+    """``distilprune student`` has no seed option: the head the teacher lacks is built under a
+    fixed one, whatever torch's global RNG state."""
+    students = []
+    for rng_state in (1, 2):
+        torch.manual_seed(rng_state)
+        out = tmp_path / f"student{rng_state}"
+        distill_job.make_student(str(headless_model), str(out), layers=1)
+        students.append(load_file(out / "model.safetensors"))
+    assert students[0].keys() == students[1].keys()
+    assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])

@@ -68,7 +68,8 @@ def make_student(teacher: str, out: str, layers: int | None = None, layer_map: l
                  overwrite: bool = False) -> dict[str, Any]:
     """Save a half-depth (or ``layer_map``) student initialised from the teacher's layers."""
     check_output_dir(out, overwrite)
-    model = load_for_student(teacher)
+    with seeded(0):  # a head the teacher lacks (MiniLM has none) is the same on every run
+        model = load_for_student(teacher)
     student = build_student(model, layer_map, layers)
     tokenizer = load_tokenizer(teacher)
     summary = {
