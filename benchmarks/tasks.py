@@ -118,15 +118,16 @@ def write_squad(path: Path, examples: list) -> None:
 def broad_corpus(folder: Path) -> Path:
     """One text per line from every task's *training* data (no validation text): SQuAD paragraphs
     of the training articles in pieces of at most 100 words, QNLI question + sentence, 10,000 SST-2
-    phrases of 8+ words, WNUT-17 sentences and the disaster tweets."""
+    phrases of 8+ words, WNUT-17 sentences and the disaster tweets. Rebuilt on every call; the
+    file is named by its content's digest, so the distillation command (and its stage) changes
+    whenever the corpus does."""
+    import hashlib
+
     import pandas as pd
 
     from distilprune.tasks.ner import read_conll
     from distilprune.tasks.qa import read_squad, split_by_article
 
-    path = folder / "corpus.txt"
-    if path.is_file():
-        return path
     fit, _ = split_by_article(read_squad(DATA / "squad/train.json"), 0.1, 42)
     words = [c.split() for c in dict.fromkeys(ex.context for ex in fit)]
     texts = [" ".join(w[i:i + 100]) for w in words for i in range(0, len(w), 100)]
@@ -136,9 +137,20 @@ def broad_corpus(folder: Path) -> Path:
     texts += sst2[sst2.str.split().str.len() >= 8].head(10_000).tolist()  # phrases: a share, not most
     texts += [" ".join(sentence.tokens) for sentence in read_conll(DATA / "wnut17/train.conll")]
     texts += pd.read_csv(DATA / "disaster_tweets/train.csv")["text"].tolist()
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(" ".join(str(t).split()) for t in texts) + "\n")
+    content = "\n".join(" ".join(str(t).split()) for t in texts) + "\n"
+    path = folder / f"corpus-{hashlib.sha256(content.encode()).hexdigest()[:12]}.txt"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
     return path
+
+
+# The sparse pre-training of --pretrain-steps (MiniLM distilled into its pruned self): the
+# every-layer hidden cosine alone, length 128, batch 32, 1x4 blocks on the cubic schedule to 70 %
+# of the steps. It needs prune.py's fitted MLM head only because distill-mlm requires one.
+PRETRAIN_FLAGS = ["--layers", "6", "--max-length", "128", "--alpha-ce", "0", "--alpha-mlm", "0",
+                  "--alpha-cos", "1", "--cos-layers", "all", "--prune", "block", "--block-size", "4",
+                  "--prune-end", "0.7", "--prune-every", "10", "--batch-size", "32", "--lr", "1e-4"]
 
 
 def pretrain(work: Path, steps: int, names: list[str], log: Path) -> dict[str, str]:
@@ -149,12 +161,8 @@ def pretrain(work: Path, steps: int, names: list[str], log: Path) -> dict[str, s
     for name in (n for n in names if n in SPARSITIES):
         sparsity = SPARSITIES[name]
         out = work / "pretrain" / f"gd-block-{sparsity:.2f}"
-        once(out, "distill-mlm", "--teacher", SPARSE / "minilm-l6-mlm", "--out", out,
-             "--layers", "6", "--corpus", corpus, "--max-length", "128", "--alpha-ce", "0",
-             "--alpha-mlm", "0", "--alpha-cos", "1", "--cos-layers", "all", "--prune", "block",
-             "--final-sparsity", f"{sparsity:g}", "--block-size", "4", "--prune-end", "0.7",
-             "--prune-every", "10", "--max-steps", str(steps), "--batch-size", "32", "--lr", "1e-4",
-             log=log)
+        once(out, "distill-mlm", "--teacher", SPARSE / "minilm-l6-mlm", "--out", out, "--corpus", corpus,
+             *PRETRAIN_FLAGS, "--final-sparsity", f"{sparsity:g}", "--max-steps", str(steps), log=log)
         made[name] = str(out)
     return made
 
@@ -278,10 +286,9 @@ def not_run(rows: list[dict[str, Any]], table: dict[str, Any]) -> str:
 def sparse_source(args: argparse.Namespace) -> str:
     """Where the sparse pre-trained models of this run came from, for the report."""
     if args.pretrain_steps:
-        return (f"made here: {args.pretrain_steps} steps of batch 32 at sequence length 128 on "
-                "`broad_corpus` (SQuAD training paragraphs, QNLI training pairs, SST-2, WNUT-17, "
-                "tweets), every-layer hidden-state cosine, pruned on the cubic schedule to 70 % of "
-                "the steps")
+        return (f"made here: {args.pretrain_steps} steps of `distilprune distill-mlm "
+                f"{' '.join(PRETRAIN_FLAGS)}` on `broad_corpus` (SQuAD training paragraphs, QNLI "
+                "training pairs, SST-2, WNUT-17, tweets)")
     return f"`benchmarks/work/prune609/gd-block-*`: 150 steps on the tweet corpus, `{SPARSE_COMMAND}`"
 
 
