@@ -153,16 +153,17 @@ PRETRAIN_FLAGS = ["--layers", "6", "--max-length", "128", "--alpha-ce", "0", "--
                   "--prune-end", "0.7", "--prune-every", "10", "--batch-size", "32", "--lr", "1e-4"]
 
 
-def pretrain(work: Path, steps: int, names: list[str], log: Path) -> dict[str, str]:
-    """Prune OFA sparse pre-training on :func:`broad_corpus` of the sparse models ``names``;
-    returns their directories by name."""
+def pretrain(work: Path, steps: int, names: list[str], extra: list[str], log: Path) -> dict[str, str]:
+    """Prune OFA sparse pre-training on :func:`broad_corpus` of the sparse models ``names``
+    (``extra`` flags after :data:`PRETRAIN_FLAGS`: the later value of a flag wins); returns their
+    directories by name."""
     corpus = broad_corpus(work / "data")
     made = {}
     for name in (n for n in names if n in SPARSITIES):
         sparsity = SPARSITIES[name]
         out = work / "pretrain" / f"gd-block-{sparsity:.2f}"
         once(out, "distill-mlm", "--teacher", SPARSE / "minilm-l6-mlm", "--out", out, "--corpus", corpus,
-             *PRETRAIN_FLAGS, "--final-sparsity", f"{sparsity:g}", "--max-steps", str(steps), log=log)
+             *PRETRAIN_FLAGS, *extra, "--final-sparsity", f"{sparsity:g}", "--max-steps", str(steps), log=log)
         made[name] = str(out)
     return made
 
@@ -179,8 +180,10 @@ def cli(*args: str | Path, log: Path) -> None:
 
 
 def once(out: Path, *args: str | Path, log: Path) -> None:
-    """Run the command (it writes ``out``) unless ``out`` was made by this very command."""
-    staged(out, lambda: cli(*args, log=log), {"command": list(map(str, args))})
+    """Run the command (it writes ``out``) unless ``out`` was made by this very command (its paths
+    compared resolved: a stage linked in from another work directory matches)."""
+    command = [str(a.resolve()) if isinstance(a, Path) else a for a in args]
+    staged(out, lambda: cli(*args, log=log), {"command": command})
 
 
 def sparse_flags(task: Task, root: Path, lr_scale: float) -> list[str | Path]:
@@ -286,8 +289,9 @@ def not_run(rows: list[dict[str, Any]], table: dict[str, Any]) -> str:
 def sparse_source(args: argparse.Namespace) -> str:
     """Where the sparse pre-trained models of this run came from, for the report."""
     if args.pretrain_steps:
+        flags = shlex.join(PRETRAIN_FLAGS + shlex.split(args.pretrain_extra))
         return (f"made here: {args.pretrain_steps} steps of `distilprune distill-mlm "
-                f"{' '.join(PRETRAIN_FLAGS)}` on `broad_corpus` (SQuAD training paragraphs, QNLI "
+                f"{flags}` on `broad_corpus` (SQuAD training paragraphs, QNLI "
                 "training pairs, SST-2, WNUT-17, tweets)")
     return f"`benchmarks/work/prune609/gd-block-*`: 150 steps on the tweet corpus, `{SPARSE_COMMAND}`"
 
@@ -337,6 +341,8 @@ def main() -> None:
     parser.add_argument("--conditions", default="2 CPUs shared with other jobs")
     parser.add_argument("--pretrain-steps", type=int,
                         help="make the sparse models here on the broad corpus (else: prune.py's)")
+    parser.add_argument("--pretrain-extra", default="",
+                        help="more distill-mlm flags for --pretrain-steps, e.g. '--lr 5e-4'")
     parser.add_argument("--name", default="tasks",
                         help="results stem; test predictions are written for 'tasks' only")
     args = parser.parse_args()
@@ -344,7 +350,7 @@ def main() -> None:
     log.parent.mkdir(exist_ok=True)
     all_tasks = tasks(args.work, args.squad_train, args.squad_val)
     if args.pretrain_steps:
-        made = pretrain(args.work, args.pretrain_steps, args.models, log)
+        made = pretrain(args.work, args.pretrain_steps, args.models, shlex.split(args.pretrain_extra), log)
         MODELS.update({name: (path, True) for name, path in made.items()})
     previous = RESULTS / f"{args.name}.json"
     rows = json.loads(previous.read_text())["rows"] if previous.is_file() else []

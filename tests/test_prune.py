@@ -34,6 +34,7 @@ from distilprune.prune import (
     update_masks,
     write_sparsity_json,
 )
+from distilprune.prune.activations import InputNorms
 from distilprune.reporting.sparsity import plot_sparsity_heatmap, sparsity_table
 from distilprune.train import TrainConfig, train
 
@@ -148,7 +149,8 @@ def test_compute_mask_rejects_unknown_method():
 @pytest.mark.parametrize("kwargs", [
     {"final_sparsity": 1.0}, {"initial_sparsity": -0.1}, {"method": "channels"},
     {"start_fraction": 0.8, "end_fraction": 0.5}, {"block_norm": "linf"}, {"frequency": 0},
-    {"initial_sparsity": 0.6, "final_sparsity": 0.5}, {"scope": "network"},
+    {"initial_sparsity": 0.6, "final_sparsity": 0.5}, {"scope": "network"}, {"criterion": "gradient"},
+    {"method": "structured", "heads": 0.5, "criterion": "activation"},
 ])
 def test_prune_config_validation(kwargs):
     with pytest.raises(UserError):
@@ -279,6 +281,55 @@ def test_gradual_sparsifier_works_in_a_plain_torch_loop(tiny_model_factory):
     assert sparsity_report(model)["prunable"]["sparsity"] == pytest.approx(0.5)
     sparsifier.squash_mask()
     assert not has_masks(model) and sparsity_report(model)["prunable"]["sparsity"] == pytest.approx(0.5)
+
+
+def test_activation_criterion_keeps_small_weights_on_large_inputs():
+    """Wanda: |w| x ||x_j||: a column whose input is 100x larger survives although its weights
+    are the smallest, and magnitude pruning would remove it."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 4)
+    weight = torch.randn(4, 8).abs() + 1.0
+    weight[:, 0] = 0.1
+    model = torch.nn.Sequential(layer)
+    x = torch.randn(32, 8)
+    x[:, 0] *= 100.0
+    for criterion, column_kept in (("magnitude", False), ("activation", True)):
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+        attach_masks(model, [(layer, "weight", "0.weight")])
+        norms = InputNorms(model)
+        model(x)
+        assert set(norms.scales()) == {"0.weight"}
+        assert torch.allclose(norms.scales()["0.weight"], x.pow(2).sum(0).sqrt())
+        update_masks(model, 0.5, input_norms=norms.scales() if criterion == "activation" else None)
+        norms.remove()
+        mask = current_masks(model)["0.weight"]
+        assert bool(mask[:, 0].all()) is column_kept, criterion
+        assert int((~mask).sum()) == 16
+        finalize(model)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_activation_criterion_in_the_training_loop(arch, tiny_model_factory):
+    """The gradual sparsifier with criterion=activation reaches its target on every architecture
+    with masks that differ from magnitude pruning's, and leaves no hooks behind."""
+    model_dir = tiny_model_factory(arch, LAYERS)
+    masks = {}
+    for criterion in ("magnitude", "activation"):
+        torch.manual_seed(0)
+        model = load_classifier(model_dir)
+        sparsifier = GradualSparsifier(PruneConfig(method="block", final_sparsity=0.5, end_fraction=0.5,
+                                                   frequency=1, criterion=criterion))
+        sparsifier.prepare(model, total_steps=4)
+        for step, batch in enumerate(make_batches(model_dir), start=1):
+            objective(model, batch)
+            sparsifier.step(step)
+        assert sparsifier.input_norms is None  # hooks removed once the final sparsity is in place
+        assert sparsity_report(model)["prunable"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+        masks[criterion] = current_masks(model)
+        sparsifier.squash_mask()
+        assert not any(module._forward_pre_hooks for module in model.modules())
+    assert any(not torch.equal(masks["magnitude"][k], masks["activation"][k]) for k in masks["magnitude"])
 
 
 @pytest.mark.parametrize("arch", ["bert", "xlnet"])

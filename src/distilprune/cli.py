@@ -78,13 +78,15 @@ Engine = Annotated[str, Opt(metavar=_choices("auto", "torch", "sparse"),
                                  "encoder Linear")]
 PruneScope = Annotated[str | None, Opt(metavar=_choices("layer", "global"),
                                        help="layer: every tensor equally sparse; global: one threshold")]
+PruneCriterion = Annotated[str | None, Opt(metavar=_choices("magnitude", "activation"),
+                                           help="rank weights by |w|, or by |w| x input norm (Wanda)")]
 
 
 def _prune_overrides(method, final_sparsity, block_size, prune_end, prune_every, scope,
-                     heads=None, neurons=None) -> dict | None:
+                     heads=None, neurons=None, criterion=None) -> dict | None:
     values = {"method": method, "final_sparsity": final_sparsity, "block_size": block_size,
               "end_fraction": prune_end, "frequency": prune_every, "scope": scope,
-              "heads": heads, "neurons": neurons}
+              "heads": heads, "neurons": neurons, "criterion": criterion}
     return values if method else None
 
 
@@ -109,7 +111,8 @@ def _recipe_option(section: str) -> Any:
 _KEY_OF = {"model": "teacher", "data": "data.train", "corpus": "corpus.files", "corpus_limit": "corpus.limit",
            "layers": "student_layers", "student_dir": "student", "prune_end": "prune.end_fraction",
            "prune_every": "prune.frequency", "prune_scope": "prune.scope",
-           "prune_heads": "prune.heads", "prune_neurons": "prune.neurons"}
+           "prune_criterion": "prune.criterion", "prune_heads": "prune.heads",
+           "prune_neurons": "prune.neurons"}
 
 
 def _config_key(option: str, keys: Iterable[str]) -> str | None:
@@ -288,6 +291,7 @@ def finetune(
     prune_end: PruneEnd = None,
     prune_every: PruneEvery = None,
     prune_scope: PruneScope = None,
+    prune_criterion: PruneCriterion = None,
     prune_heads: PruneHeads = None,
     prune_neurons: PruneNeurons = None,
     teacher: Annotated[str | None, Opt(help="task distillation: fine-tuned teacher directory")] = None,
@@ -303,7 +307,7 @@ def finetune(
 
     overrides = {
         "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope,
-                                  prune_heads, prune_neurons),
+                                  prune_heads, prune_neurons, prune_criterion),
         "qat": {} if qat else None,  # --no-qat: switched off below
         "model": model, "out": str(out) if out else None, "overwrite": overwrite,
         "lock_sparsity": lock_sparsity,
@@ -423,6 +427,7 @@ def distill_mlm(
     prune_end: PruneEnd = None,
     prune_every: PruneEvery = None,
     prune_scope: PruneScope = None,
+    prune_criterion: PruneCriterion = None,
     prune_heads: PruneHeads = None,
     prune_neurons: PruneNeurons = None,
     checkpoint_every: Annotated[int | None, Opt(help="save a resumable checkpoint every N steps")] = None,
@@ -447,7 +452,7 @@ def distill_mlm(
                   "grad_accum": grad_accum, "lr": lr, "checkpoint_every": checkpoint_every,
                   "resume": resume},
         "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope,
-                                  prune_heads, prune_neurons),
+                                  prune_heads, prune_neurons, prune_criterion),
     }
     settings = merge(_recipe(recipe, "distill_mlm", set_), overrides)
     cfg = from_dict(GeneralDistillConfig, settings, "distill_mlm")

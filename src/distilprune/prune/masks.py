@@ -42,6 +42,14 @@ def from_matrix(matrix: torch.Tensor, shape: torch.Size, input_first: bool = Fal
     return (matrix.t() if input_first else matrix).reshape(shape)
 
 
+def scored_weight(weight: torch.Tensor, input_norm: torch.Tensor | None, input_first: bool) -> torch.Tensor:
+    """``|w|`` scaled by the input feature norms (a ``[out, in]`` weight by column, an
+    input-first one by row); the weight itself without norms."""
+    if input_norm is None:
+        return weight
+    return weight * (input_norm[:, None] if input_first else input_norm[None, :])
+
+
 def _check_sparsity(sparsity: float) -> None:
     if not 0.0 <= sparsity <= 1.0:
         raise UserError(f"sparsity must be in [0, 1], got {sparsity}")

@@ -16,14 +16,14 @@ classifier are never touched unless ``include`` patterns select them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from distilprune.errors import UserError
-from distilprune.prune.masks import BLOCK_MODULE, compute_mask, global_masks
+from distilprune.prune.masks import BLOCK_MODULE, compute_mask, global_masks, scored_weight
 
 Target = tuple[nn.Module, str, str]
 """``(module, parameter name, qualified name)`` of one prunable tensor."""
@@ -163,12 +163,17 @@ def update_masks(
     block_size: int = 4,
     norm: str = "l2",
     scope: str = "layer",
+    input_norms: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Recompute every attached mask at ``sparsity`` from the magnitudes of the *masked*
     weights, so pruned weights stay pruned while sparsity grows (no regrowth). ``scope``:
-    ``"layer"`` prunes every tensor to ``sparsity``; ``"global"`` ranks all of them together."""
+    ``"layer"`` prunes every tensor to ``sparsity``; ``"global"`` ranks all of them together.
+    ``input_norms`` (by qualified name) weigh each input feature's weights by the norm of that
+    feature's activations (:mod:`distilprune.prune.activations`)."""
     masked = masked_parameters(model)
-    weights = [(getattr(module, name), wm.input_first) for module, name, _, wm in masked]
+    norms = input_norms or {}
+    weights = [(scored_weight(getattr(module, name), norms.get(qual), wm.input_first), wm.input_first)
+               for module, name, qual, wm in masked]
     if scope == "global":
         masks = global_masks(weights, sparsity, method, block_size, norm)
     elif scope == "layer":

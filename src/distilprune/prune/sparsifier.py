@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from distilprune.errors import UserError, require
+from distilprune.prune.activations import CRITERIA, InputNorms
 from distilprune.prune.masks import METHODS, NORMS
 from distilprune.prune.parametrize import SCOPES, attach_masks, finalize, prunable_parameters, update_masks
 from distilprune.prune.schedules import cubic_sparsity, is_update_step
@@ -23,6 +24,9 @@ PRUNE_METHODS = (*METHODS, "structured")
 @dataclass
 class PruneConfig:
     """Gradual magnitude pruning settings; fractions are of the planned optimizer steps.
+
+    ``criterion="activation"`` ranks weights by ``|w| * ||x||`` (Wanda) with the input norms
+    collected from the training batches since the previous mask update, instead of ``|w|``.
 
     ``method="structured"`` prunes the ``heads`` fraction of all attention heads and the
     ``neurons`` fraction of every layer's FFN neurons (see :mod:`distilprune.prune.structured`),
@@ -39,6 +43,7 @@ class PruneConfig:
     end_fraction: float = 0.7
     frequency: int = 10
     scope: str = "layer"
+    criterion: str = "magnitude"
     include: list[str] | None = None
     exclude: list[str] | None = None
     heads: float = 0.0
@@ -55,6 +60,11 @@ class PruneConfig:
                 f"unknown block norm {self.block_norm!r}; choose one of {', '.join(NORMS)}")
         require(self.scope in SCOPES,
                 f"unknown pruning scope {self.scope!r}; choose one of {', '.join(SCOPES)}")
+        require(self.criterion in CRITERIA,
+                f"unknown pruning criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
+        require(not (self.method == "structured" and self.criterion != "magnitude"),
+                "structured pruning ranks heads/neurons by magnitude; the activation criterion "
+                "applies to unstructured and block pruning")
         require(self.block_size >= 1, f"block size must be >= 1, got {self.block_size}")
         require(self.frequency >= 1, f"pruning frequency must be >= 1, got {self.frequency}")
         for name in ("initial_sparsity", "final_sparsity"):
@@ -95,6 +105,7 @@ class GradualSparsifier:
         self.end_step = 0
         self.current_sparsity = 0.0
         self.history: list[tuple[int, float]] = []
+        self.input_norms: InputNorms | None = None
 
     @property
     def structured(self) -> bool:
@@ -118,6 +129,8 @@ class GradualSparsifier:
             if not targets:
                 raise UserError("no prunable parameters matched (check --include/--exclude)")
             attach_masks(model, targets)
+            if cfg.criterion == "activation":
+                self.input_norms = InputNorms(model)
         self.model = model
         self.start_step = round(cfg.start_fraction * total_steps)
         self.end_step = max(self.start_step, round(cfg.end_fraction * total_steps))
@@ -129,6 +142,9 @@ class GradualSparsifier:
         require(self.model is not None, "prepare(model, total_steps) the sparsifier first")
         if is_update_step(step, self.start_step, self.end_step, self.config.frequency):
             self._update(step)
+        if self.input_norms is not None and step >= self.end_step:  # no update comes after
+            self.input_norms.remove()
+            self.input_norms = None
 
     def _update(self, step: int) -> None:
         sparsity = self.target_sparsity(step)
@@ -137,7 +153,11 @@ class GradualSparsifier:
             if self.structured:
                 update_structured_masks(self.model, cfg.heads * sparsity, cfg.neurons * sparsity)
             else:
-                update_masks(self.model, sparsity, cfg.method, cfg.block_size, cfg.block_norm, cfg.scope)
+                norms = self.input_norms.scales() if self.input_norms else None
+                update_masks(self.model, sparsity, cfg.method, cfg.block_size, cfg.block_norm, cfg.scope,
+                             norms)
+                if self.input_norms:
+                    self.input_norms.reset()
             self.current_sparsity = sparsity
             self.history.append((step, sparsity))
 
@@ -146,7 +166,10 @@ class GradualSparsifier:
         return step >= self.end_step
 
     def squash_mask(self) -> None:
-        """Bake the masks into the weights and remove the parametrizations."""
+        """Bake the masks into the weights and remove the parametrizations (and any hooks)."""
+        if self.input_norms is not None:
+            self.input_norms.remove()
+            self.input_norms = None
         if self.model is not None:
             finalize(self.model)
 
