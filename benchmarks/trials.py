@@ -42,6 +42,10 @@ QUESTIONS = {  # in reading order; a trial not listed here follows, asked by its
     "tasks_broad": "Tasks (#20): does sparse pre-training on a corpus covering the tasks (SQuAD paragraphs, "
                    "QNLI, SST-2, WNUT-17, tweets; length 128, 800 steps, every-layer cosine) lift the "
                    "80 % retention on SQuAD and QNLI (was 18 % / 75 % after 150 steps on tweets)?",
+    "tasks_activation": "Tasks (#20): does the activation-aware criterion (Wanda) at lr 1e-3, which "
+                        "brings the pruned hidden states closest to the dense ones "
+                        "(`../sparse_pretrain.md`), lift SQuAD at 80 % 1x4 (400 steps on the broad "
+                        "corpus; was F1 11.42 after 800 magnitude steps)?",
 }
 SHORT = {"(a) Prune OFA": "OFA", "(b) GMP on task": "GMP", "unstructured": "unstructured", "block": "1x4"}
 

@@ -160,3 +160,27 @@ def test_downstream_refuses_a_stage_distilled_without_the_asked_hidden_cosine(tm
         prune.downstream(budget, "ofa", tmp_path / "gd", lock=True)
     summary = prune.downstream(dataclasses.replace(budget, task_cos=0.0), "ofa", tmp_path / "gd", lock=True)
     assert summary["distillation"]["alpha_cos"] == 0.0
+
+
+def test_a_task_command_staged_in_one_work_folder_is_reused_through_a_linked_one(tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """tasks.py trials link the dense stages of the main work folder into their own: the command
+    names the linked path, and matches the record because paths are compared resolved."""
+    import tasks
+
+    ran = []
+    monkeypatch.setattr(tasks, "cli", lambda *args, log: (ran.append(args), Path(args[-1]).mkdir()))
+    main, trial = tmp_path / "main", tmp_path / "trial"
+    data = main / "data" / "train.tsv"
+    data.parent.mkdir(parents=True)
+    data.write_text("x")
+    tasks.once(main / "dense", "finetune", "--data", data, "--out", main / "dense", log=tmp_path / "log")
+    trial.mkdir()
+    (trial / "data").symlink_to(main / "data")
+    (trial / "dense").symlink_to(main / "dense")
+    tasks.once(trial / "dense", "finetune", "--data", trial / "data" / "train.tsv", "--out", trial / "dense",
+               log=tmp_path / "log")
+    assert len(ran) == 1
+    with pytest.raises(SystemExit, match="other inputs"):
+        tasks.once(trial / "dense", "finetune", "--data", data, "--out", trial / "dense", "--lr", "1",
+                   log=tmp_path / "log")

@@ -317,6 +317,25 @@ def test_mlm_distill_prune_lock_and_task_distill(
 
 
 # ----------------------------------------------------------------------------- recipes
+@pytest.mark.parametrize(("config", "defaults"), [
+    ("distilprune.jobs.distill:GeneralDistillConfig", {"lr": 2e-4, "epochs": 1.0, "patience": None}),
+    ("distilprune.jobs.distill:MLMHeadConfig", {"lr": 1e-3, "epochs": 1.0, "patience": None}),
+])
+def test_a_partial_train_section_keeps_the_commands_own_defaults(config, defaults):
+    """``distill-mlm --max-steps 100`` (a train section with one key) trained at TrainConfig's
+    lr 5e-5 with patience 2 while --help promised the command's 2e-4 and no early stopping."""
+    import importlib
+
+    from distilprune.config import from_dict
+
+    module, _, name = config.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    train = from_dict(cls, {"train": {"max_steps": 100}}).train
+    assert {key: getattr(train, key) for key in defaults} == defaults
+    assert train.max_steps == 100
+    assert from_dict(cls, {"train": {"lr": 0.5, "patience": 3}}).train.patience == 3  # given keys win
+
+
 def test_recipe_drives_finetune_and_flags_override(
     tiny_model_factory, tiny_csv, tmp_path, monkeypatch, capsys
 ):

@@ -840,21 +840,28 @@ def _enable_logging() -> None:
 
 @app.command()
 def run(
-    recipe: Annotated[Path, typer.Argument(help="pipeline recipe (YAML), e.g. recipes/demo.yaml")],
+    recipe: Annotated[Path, typer.Argument(help="pipeline or stage-graph recipe (YAML), e.g. "
+                                                "recipes/demo.yaml")],
     stages: Annotated[str | None, Opt(help="comma-separated subset of teacher, mlm_head, student, "
-                                           "distill, finetune, qat, export, benchmark, report")] = None,
+                                           "distill, finetune, qat, export, benchmark, report (a "
+                                           "stage graph: its stage names)")] = None,
     force: Annotated[bool, Opt(help="re-run the selected stages even when up to date")] = False,
     out: Annotated[Path | None, Opt(help="output root directory (overrides the recipe's out)")] = None,
     set_: SetOption = None,
 ) -> None:
-    """Run the whole Prune-OFA pipeline of a recipe; finished, unchanged stages are skipped."""
+    """Run a recipe: the Prune-OFA pipeline, or named stages wired by from: (a recipe with
+    stages:); finished, unchanged stages are skipped."""
+    from distilprune.config import load_yaml
+    from distilprune.jobs.graph import is_graph_recipe, load_graph, run_graph
     from distilprune.jobs.pipeline import load_recipe, run_pipeline
 
     _enable_logging()
-    cfg = load_recipe(recipe, dotted_overrides(set_))
+    graph = is_graph_recipe(load_yaml(recipe))
+    cfg = (load_graph if graph else load_recipe)(recipe, dotted_overrides(set_))
     if out is not None:
         cfg.out = str(out)
-    _print_pipeline(run_pipeline(cfg, stages, force), f"{recipe} -> {cfg.out}")
+    result = run_graph(cfg, stages, force) if graph else run_pipeline(cfg, stages, force)
+    _print_pipeline(result, f"{recipe} -> {cfg.out}")
 
 
 def _print_pipeline(result: Any, title: str) -> None:

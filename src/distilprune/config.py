@@ -69,6 +69,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise UserError(f"{where}: expected {_type_name(tp)}, got {value!r}")
 
 
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _on_field_default(f: dataclasses.Field, value: Any) -> Any:
+    """A partial mapping for a nested config on top of the field's own default: ``train:
+    {max_steps: 100}`` of a config whose ``train`` defaults to ``TrainConfig(lr=2e-4)`` keeps
+    that 2e-4, not ``TrainConfig``'s own default."""
+    if not isinstance(value, dict) or f.default_factory is dataclasses.MISSING:
+        return value
+    default = f.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    base = {g.name: _plain(getattr(default, g.name)) for g in dataclasses.fields(default) if g.init}
+    return merge(base, value, keep_none=True)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "recipe") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are a :class:`UserError`."""
     hints = typing.get_type_hints(cls)
@@ -78,7 +95,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "recipe") -> T:
         raise UserError(
             f"{where}: unknown key {unknown[0]!r} (valid keys: {', '.join(sorted(fields))})"
         )
-    kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    kwargs = {name: _coerce(_on_field_default(fields[name], value), hints[name], f"{where}.{name}")
+              for name, value in data.items()}
     missing = [
         name for name, f in fields.items()
         if name not in kwargs and f.default is dataclasses.MISSING

@@ -26,7 +26,7 @@ from distilprune.errors import require, require_at_least
 from distilprune.io import atomic_dir, locked_dir
 from distilprune.jobs.common import METADATA_FILE, DataConfig, data_digests, prepare_data
 from distilprune.jobs.distill import CorpusConfig, DistillLoss, TaskLoss
-from distilprune.jobs.staging import Stage, file_digests, read_record, run_stage, staleness
+from distilprune.jobs.staging import Stage, file_digests, run_stages
 from distilprune.prune import PruneConfig
 from distilprune.quantize import QATConfig
 from distilprune.train import TrainConfig
@@ -501,27 +501,8 @@ def run_pipeline(cfg: PipelineConfig, stages: str | Sequence[str] | None = None,
 def _run_stages(cfg: PipelineConfig, selected: list[str], force: bool, dry: bool = False) -> PipelineResult:
     """:func:`run_pipeline`'s loop over the stages (``cfg.out`` locked); ``dry`` runs and logs
     nothing, it only checks that every stage to run will have its upstream outputs."""
-    records: dict[str, dict] = {}
-    status: dict[str, str] = {}
-    for stage, planned in plan_stages(cfg).items():
-        upstream = planned.upstream
-        planned.upstream_runs = {u: records[u]["run_id"] for u in upstream if u in records}
-        record = read_record(planned.out)
-        reason = staleness(planned, record)
-        if stage not in selected or (reason is None and not force):
-            status[stage] = "skipped" if stage in selected else "not selected"
-            if record is not None and reason is None:
-                records[stage] = record
-            if not dry:
-                log.info("stage %s: %s", stage, "up to date, skipped" if reason is None
-                         else f"not selected (out of date: {reason})")
-            continue
-        missing = [u for u in upstream if u not in records]
-        require(not missing, f"stage {stage!r} needs the output of {', '.join(map(repr, missing))}, "
-                             "which is missing or out of date: include it in the selected stages")
-        records[stage] = ({"run_id": f"planned-{stage}"} if dry else run_stage(
-            planned, lambda stage=stage: RUNNERS[stage](cfg, records), reason or "forced"))
-        status[stage] = "ran"
+    status, records = run_stages(plan_stages(cfg), lambda stage, records: RUNNERS[stage](cfg, records),
+                                 selected, force, dry)
     return PipelineResult(Path(cfg.out), status, records)
 
 

@@ -130,5 +130,37 @@ def ensure(stage: Stage, work: Callable[[], Any], force: bool = False,
     return run_stage(stage, work, reason or "forced"), True
 
 
+def run_stages(planned: Mapping[str, Stage], work: Callable[[str, dict[str, dict]], Any],
+               selected: Iterable[str], force: bool = False,
+               dry: bool = False) -> tuple[dict[str, str], dict[str, dict]]:
+    """Run the ``selected`` of the ``planned`` stages (in order, upstream first) that are not up to
+    date (all of them with ``force``): ``work(name, records)`` makes one, given the records of the
+    stages before it. Returns each stage's status (``ran``, ``skipped`` when up to date, ``not
+    selected``) and the records. A stage to run whose upstream is missing or out of date and not
+    selected is a :class:`UserError`; ``dry`` runs and logs nothing, it only checks that."""
+    selected = set(selected)
+    records: dict[str, dict] = {}
+    status: dict[str, str] = {}
+    for name, stage in planned.items():
+        stage.upstream_runs = {u: records[u]["run_id"] for u in stage.upstream if u in records}
+        record = read_record(stage.out)
+        reason = staleness(stage, record)
+        if name not in selected or (reason is None and not force):
+            status[name] = "skipped" if name in selected else "not selected"
+            if record is not None and reason is None:
+                records[name] = record
+            if not dry:
+                log.info("stage %s: %s", name, "up to date, skipped" if reason is None
+                         else f"not selected (out of date: {reason})")
+            continue
+        missing = [u for u in stage.upstream if u not in records]
+        require(not missing, f"stage {name!r} needs the output of {', '.join(map(repr, missing))}, "
+                             "which is missing or out of date: include it in the selected stages")
+        records[name] = ({"run_id": f"planned-{name}"} if dry else run_stage(
+            stage, lambda name=name: work(name, records), reason or "forced"))
+        status[name] = "ran"
+    return status, records
+
+
 __all__ = ["STAGE_FILE", "UNHASHED", "Stage", "ensure", "file_digests", "differences", "hashable",
-           "read_record", "run_stage", "staleness"]
+           "read_record", "run_stage", "run_stages", "staleness"]

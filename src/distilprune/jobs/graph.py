@@ -1,0 +1,235 @@
+"""A recipe of named stages: each stage is one command's settings (the keys of that command's
+recipe section), wired to the stages before it by ``from:``; ``distilprune run`` runs it.
+
+    out: runs/sparse-pretrain
+    stages:
+      head:
+        kind: fit_mlm_head
+        teacher: minilm-l6
+      sparse80:
+        kind: distill_mlm
+        from: {teacher: head}         # config key (dotted) <- that stage's output directory
+        prune: {method: block, final_sparsity: 0.8}
+      sst2:
+        kind: finetune                # with teacher: (and loss:) it is task-distilled
+        from: {model: sparse80}
+        data: {train: ../shared/data/sst2/train.tsv}
+        lock_sparsity: true
+
+Every stage writes ``<out>/<name>/`` and is staged by :mod:`distilprune.jobs.staging`: its hash
+covers its kind, its settings (a ``from:`` key by the upstream stage's hash, not its path), the
+digests of its data and corpus files and its upstream stages' hashes, so a rerun skips what is
+up to date and re-runs what changed and everything after it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from distilprune.config import from_dict, load_yaml, merge, to_dict
+from distilprune.errors import UserError, require, require_at_least
+from distilprune.io import locked_dir
+from distilprune.jobs.staging import Stage, file_digests, run_stages
+
+TOP_KEYS = ("out", "threads", "stages")
+SET_BY_RUN = ("out", "overwrite")  # every stage writes <out>/<name>, replacing what was there
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A stage kind: the config it reads (``module:Class``) and the job that runs it."""
+
+    config: str
+    job: str
+
+    def config_class(self) -> type:
+        return _import(self.config)
+
+
+KINDS = {
+    "finetune": Kind("distilprune.jobs.finetune:FinetuneConfig", "distilprune.jobs.distill:task_finetune"),
+    "fit_mlm_head": Kind("distilprune.jobs.distill:MLMHeadConfig", "distilprune.jobs.distill:fit_mlm_head"),
+    "distill_mlm": Kind("distilprune.jobs.distill:GeneralDistillConfig",
+                        "distilprune.jobs.distill:general_distill"),
+}
+TASK_DISTILLATION = ("teacher", "loss")  # finetune keys beside FinetuneConfig's (as --teacher)
+
+
+def _import(path: str) -> Any:
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclasses.dataclass
+class StageSpec:
+    """One stage of the recipe: its kind, settings and ``from:`` wiring (key -> stage)."""
+
+    name: str
+    kind: str
+    settings: dict[str, Any]
+    sources: dict[str, str]
+
+
+@dataclasses.dataclass
+class GraphRecipe:
+    out: str
+    stages: dict[str, StageSpec]
+    threads: int | None = None
+
+
+def is_graph_recipe(data: dict[str, Any]) -> bool:
+    """Whether a recipe mapping is a stage graph (it has ``stages:``)."""
+    return "stages" in data
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    """``"a.b"``, ``v`` -> ``{"a": {"b": v}}``."""
+    head, _, rest = key.partition(".")
+    return {head: _nested(rest, value) if rest else value}
+
+
+def _spec(name: str, body: Any) -> StageSpec:
+    where = f"stages.{name}"
+    require(isinstance(body, dict), f"{where}: expected a mapping of settings")
+    body = dict(body)
+    kind = body.pop("kind", None)
+    require(kind in KINDS, f"{where}.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    sources = body.pop("from", None) or {}
+    require(isinstance(sources, dict) and all(isinstance(v, str) for v in sources.values()),
+            f"{where}.from: expected a mapping of config key -> stage name")
+    set_by_run = [key for key in SET_BY_RUN if key in body]
+    require(not set_by_run, f"{where}.{set_by_run[0] if set_by_run else ''}: set by the run "
+                            f"(every stage writes <out>/{name})")
+    return StageSpec(name, kind, body, {str(k): v for k, v in sources.items()})
+
+
+def parse_graph(data: dict[str, Any], default_out: str) -> GraphRecipe:
+    """A stage-graph recipe mapping, checked: known top-level keys and kinds, ``from:`` naming
+    earlier stages, every stage's settings valid for its command (unknown keys are errors)."""
+    unknown = sorted(set(data) - set(TOP_KEYS))
+    require(not unknown, f"recipe: unknown top-level key {unknown[0]!r} (valid keys: {', '.join(TOP_KEYS)})"
+            if unknown else "")
+    stages = data.get("stages")
+    require(isinstance(stages, dict) and bool(stages), "recipe: stages: expected a mapping of named stages")
+    specs = {str(name): _spec(str(name), body) for name, body in stages.items()}
+    seen: set[str] = set()
+    for spec in specs.values():
+        for key, source in spec.sources.items():
+            require(source in specs, f"stages.{spec.name}.from.{key}: no stage named {source!r}")
+            require(source in seen, f"stages.{spec.name}.from.{key}: stage {source!r} must come before "
+                                    f"{spec.name!r}")
+        seen.add(spec.name)
+        job_config(spec, Path("<out>"))  # every unknown or mistyped key fails now
+    threads = data.get("threads")
+    if threads is not None:
+        require_at_least("threads", threads, 1)
+    return GraphRecipe(str(data.get("out") or default_out), specs, threads)
+
+
+def load_graph(path: str | Path, overrides: dict[str, Any] | None = None) -> GraphRecipe:
+    """Read a stage-graph recipe with dotted ``--set`` overrides (``stages.dense.train.lr=1e-4``)."""
+    data = merge(load_yaml(path), overrides or {}, keep_none=True)
+    return parse_graph(data, str(Path("runs") / Path(path).stem))
+
+
+def _settings(spec: StageSpec, paths: dict[str, str]) -> dict[str, Any]:
+    """The stage's settings with each ``from:`` key set to ``paths[source]``."""
+    settings = copy.deepcopy(spec.settings)
+    for key, source in spec.sources.items():
+        settings = merge(settings, _nested(key, paths[source]))
+    return settings
+
+
+def job_config(spec: StageSpec, out: Path, paths: dict[str, str] | None = None) -> tuple[Any, dict]:
+    """The stage's job config (``out`` = ``<out>/<name>``, overwrite on) and the task-distillation
+    arguments of a ``finetune`` stage (``teacher``, ``loss``)."""
+    paths = paths or {source: f"<{source}>" for source in spec.sources.values()}
+    settings = _settings(spec, paths)
+    keys = TASK_DISTILLATION if spec.kind == "finetune" else ()
+    extra = {key: settings.pop(key) for key in keys if key in settings}
+    settings |= {"out": str(out / spec.name), "overwrite": True}
+    where = f"stages.{spec.name}"
+    cfg = from_dict(KINDS[spec.kind].config_class(), settings, where)
+    if "loss" in extra:
+        from distilprune.jobs.distill import TaskLoss
+
+        require(extra.get("teacher") is not None, f"{where}.loss: task distillation needs a teacher")
+        extra["loss"] = from_dict(TaskLoss, extra["loss"] or {}, f"{where}.loss")
+    return cfg, extra
+
+
+def _input_files(cfg: Any) -> tuple[list[str], str]:
+    """The data or corpus files a job reads (their digests go into its stage hash)."""
+    if hasattr(cfg, "data"):
+        from distilprune.jobs.common import data_digests
+
+        return data_digests(cfg.data), "data"
+    from distilprune.data.corpus import default_corpus_files
+    from distilprune.models.registry import cache_dir
+
+    files = cfg.corpus.files or default_corpus_files(cache_dir() / "data")
+    return file_digests(files, "corpus file"), "corpus"
+
+
+def plan(recipe: GraphRecipe) -> dict[str, Stage]:
+    """Every stage with its inputs: kind, settings (``from:`` keys as the upstream hash), file
+    digests and upstream hashes."""
+    out, planned = Path(recipe.out), {}
+    for name, spec in recipe.stages.items():
+        upstream = tuple(dict.fromkeys(spec.sources.values()))
+        hashes = {u: planned[u].hash for u in upstream}
+        cfg, extra = job_config(spec, out, {u: f"stage:{h}" for u, h in hashes.items()})
+        files, what = _input_files(cfg)
+        inputs = {"kind": spec.kind, "config": to_dict(cfg), **{k: _plain(v) for k, v in extra.items()},
+                  what: files, "upstream": hashes}
+        planned[name] = Stage(name, out / name, inputs, upstream)
+    return planned
+
+
+def _plain(value: Any) -> Any:
+    return to_dict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _runner(recipe: GraphRecipe) -> Callable[[str, dict[str, dict]], Any]:
+    out = Path(recipe.out)
+
+    def work(name: str, records: dict[str, dict]) -> Any:
+        spec = recipe.stages[name]
+        cfg, extra = job_config(spec, out, {u: str(out / u) for u in spec.sources.values()})
+        return _import(KINDS[spec.kind].job)(cfg, **extra)
+
+    return work
+
+
+def select(recipe: GraphRecipe, stages: str | Sequence[str] | None) -> list[str]:
+    """``"a,b"`` (or a list) -> validated stage names; ``None``: all."""
+    if stages is None:
+        return list(recipe.stages)
+    names = [n.strip() for n in (stages.split(",") if isinstance(stages, str) else stages) if n.strip()]
+    unknown = [n for n in names if n not in recipe.stages]
+    if unknown or not names:
+        raise UserError(f"unknown stage {unknown[0]!r}; the recipe's stages: {', '.join(recipe.stages)}"
+                        if unknown else "no stages selected")
+    return names
+
+
+def run_graph(recipe: GraphRecipe, stages: str | Sequence[str] | None = None, force: bool = False):
+    """Run the selected stages (default all) in order, skipping those up to date; the output root
+    is locked for the run. Returns a :class:`~distilprune.jobs.pipeline.PipelineResult`."""
+    from distilprune.jobs.pipeline import PipelineResult
+
+    selected = select(recipe, stages)
+    if recipe.threads:
+        import torch
+
+        torch.set_num_threads(recipe.threads)
+    with locked_dir(recipe.out):
+        run_stages(plan(recipe), _runner(recipe), selected, force, dry=True)
+        status, records = run_stages(plan(recipe), _runner(recipe), selected, force)
+    return PipelineResult(Path(recipe.out), status, records)

@@ -1,0 +1,96 @@
+"""``distilprune run`` on a stage-graph recipe (``stages:`` wired by ``from:``), on tiny models:
+each stage is its command's recipe section; reruns skip, changes cascade, bad recipes fail in
+one line before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_cli
+
+from distilprune.errors import UserError
+from distilprune.jobs.graph import load_graph, parse_graph, run_graph
+
+TRAIN = {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "patience": None, "log_every": 1, "warmup_ratio": 0.0}
+
+
+def graph(out: Path, model: Path, csv: Path) -> dict:
+    """fit an MLM head -> prune while distilling -> a mask-locked fine-tune task-distilled from a
+    dense fine-tune: every kind, and a stage fed by two upstream stages."""
+    corpus = {"files": [str(csv)], "max_length": 32, "heldout": 4}
+    data = {"train": str(csv), "max_length": 32, "val_fraction": 0.25}
+    recipe =  {"out": str(out), "threads": 1, "stages": {
+        "head": {"kind": "fit_mlm_head", "teacher": str(model), "corpus": corpus, "train": TRAIN},
+        "sparse": {"kind": "distill_mlm", "from": {"teacher": "head"}, "student_layers": 2, "corpus": corpus,
+                   "train": TRAIN, "prune": {"method": "block", "final_sparsity": 0.5, "end_fraction": 0.5,
+                                             "frequency": 1}},
+        "dense": {"kind": "finetune", "model": str(model), "data": data, "train": TRAIN},
+        "locked": {"kind": "finetune", "from": {"model": "sparse", "teacher": "dense"}, "data": data,
+                   "train": TRAIN, "lock_sparsity": True, "loss": {"alpha_soft": 1.0, "alpha_hard": 0.0}},
+    }}
+    return json.loads(json.dumps(recipe))  # every stage its own copies of the shared parts
+
+
+def stage_record(out: Path, name: str) -> dict:
+    return json.loads((out / name / "stage.json").read_text())
+
+
+def test_stages_run_in_order_skip_when_done_and_rerun_what_changed(tmp_path, tiny_model_factory, tiny_csv):
+    out = tmp_path / "run"
+    recipe = graph(out, tiny_model_factory("bert", 2), tiny_csv)
+    result = run_graph(parse_graph(recipe, "unused"))
+    assert result.status == dict.fromkeys(("head", "sparse", "dense", "locked"), "ran")
+    locked = json.loads((out / "locked" / "distilprune.json").read_text())
+    assert locked["sparsity"] == pytest.approx(0.5, abs=0.02)  # the distilled model's mask kept
+    assert locked["distillation"]["teacher"] == str(out / "dense")
+    first = {name: stage_record(out, name)["run_id"] for name in result.status}
+
+    again = run_graph(parse_graph(recipe, "unused"))
+    assert set(again.status.values()) == {"skipped"}
+    assert {name: stage_record(out, name)["run_id"] for name in first} == first
+
+    recipe["stages"]["dense"]["train"] = {**TRAIN, "lr": 5e-4}  # dense changes: locked (its student) too
+    changed = run_graph(parse_graph(recipe, "unused"))
+    assert changed.status == {"head": "skipped", "sparse": "skipped", "dense": "ran", "locked": "ran"}
+
+
+def test_the_cli_runs_a_graph_recipe_and_a_subset_of_its_stages(tmp_path, tiny_model_factory, tiny_csv,
+                                                                monkeypatch, capfd):
+    out = tmp_path / "run"
+    recipe = graph(out, tiny_model_factory("bert", 2), tiny_csv)
+    path = tmp_path / "graph.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    code, stdout, stderr = run_cli(monkeypatch, capfd, "run", path, "--stages", "dense")
+    assert code == 0, stderr
+    assert "dense" in stdout and "ran" in stdout
+    assert (out / "dense" / "stage.json").is_file() and not (out / "head").exists()
+    code, _, stderr = run_cli(monkeypatch, capfd, "run", path, "--stages", "locked")  # upstream not made
+    assert code == 2 and "needs the output of 'sparse'" in stderr and len(stderr.strip().splitlines()) == 1
+    code, _, stderr = run_cli(monkeypatch, capfd, "run", path, "--stages", "dense",
+                              "--set", "stages.dense.train.max_steps=1")
+    assert code == 0, stderr
+    assert stage_record(out, "dense")["inputs"]["config"]["train"]["max_steps"] == 1
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda r: r.update(steps={}), "unknown top-level key 'steps'"),
+    (lambda r: r["stages"]["dense"].update(kind="prune"), "stages.dense.kind: expected one of"),
+    (lambda r: r["stages"]["dense"].update(epochz=3), "stages.dense: unknown key 'epochz'"),
+    (lambda r: r["stages"]["dense"]["train"].update(lr="fast"), "stages.dense.train.lr"),
+    (lambda r: r["stages"]["dense"].update(out="elsewhere"), "stages.dense.out: set by the run"),
+    (lambda r: r["stages"]["locked"]["from"].update(model="nowhere"), "no stage named 'nowhere'"),
+    (lambda r: r["stages"]["sparse"]["from"].update(teacher="locked"), "must come before 'sparse'"),
+    (lambda r: r["stages"]["dense"].update(loss={"alpha_soft": 1.0}), "task distillation needs a teacher"),
+    (lambda r: r.update(stages={}), "stages: expected a mapping"),
+])
+def test_a_bad_graph_recipe_fails_in_one_line_before_any_work(edit, message, tmp_path, tiny_csv):
+    recipe = graph(tmp_path / "run", tmp_path / "model", tiny_csv)
+    edit(recipe)
+    path = tmp_path / "graph.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        load_graph(path)
+    assert not (tmp_path / "run").exists()
