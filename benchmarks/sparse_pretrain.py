@@ -14,8 +14,11 @@ model at once to 80 % 1x4 without training (magnitude, or activation norms from 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -135,16 +138,22 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     from distilprune.jobs.graph import load_graph, run_graph
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--also", nargs="*", default=[], metavar="LABEL=DIR",
+                        help="more sparse models to measure, e.g. a tasks.py trial's pre-trained model")
+    args = parser.parse_args()
+    also = dict(item.split("=", 1) for item in args.also)
     os.chdir(ROOT)  # the recipe's paths are relative to the repository root
     start = time.perf_counter()
     recipe = load_graph(RECIPE)
     result = run_graph(recipe)
     folders = {variant_label(spec.settings): Path(recipe.out) / name for name, spec in recipe.stages.items()}
+    folders |= {label: Path(folder) for label, folder in also.items()}
     rows = measure(folders)
     adopted = [variant_label(recipe.stages[name].settings) for name, record in result.records.items()
                if (record.get("summary") or {}).get("adopted_from")]
     payload = {"benchmark": "sparse_pretrain", "sparsity": SPARSITY, "rows": rows,
-               "recipe": str(RECIPE.relative_to(ROOT)), "status": result.status,
+               "recipe": str(RECIPE.relative_to(ROOT)), "status": result.status, "also": also,
                "heldout": "128 SQuAD validation-article paragraphs, length 128", "adopted": adopted,
                "seconds": round(time.perf_counter() - start)}
     columns = ["variant", "mean", *[k for k in rows[0] if k.startswith("layer")]]
@@ -153,7 +162,9 @@ def main() -> None:
           "Cosine distance to the dense model (lower is better):\n\n" + markdown_table(rows, columns)
           + (f"\nRun by the same settings on the command line before the recipe existed, adopted as its "
              f"stages (their saved configs equal the stages'): {', '.join(adopted)}.\n" if adopted else "")
-          + f"\nCommand: `python benchmarks/sparse_pretrain.py` (recipe `{payload['recipe']}`)\n\n"
+          + "".join(f"\n{label}: `{folder}` (not a stage of the recipe).\n" for label, folder in also.items())
+          + f"\nCommand: `{shlex.join(['python', 'benchmarks/sparse_pretrain.py', *sys.argv[1:]])}` "
+          f"(recipe `{payload['recipe']}`)\n\n"
           "![distances](sparse_pretrain.png)\n")
     write_results("sparse_pretrain", payload, md)
     plot(rows, RESULTS / "sparse_pretrain.png")
