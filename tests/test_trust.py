@@ -319,6 +319,14 @@ def pipeline_recipe(work: Path, model: Path) -> Path:
     return write(work / "p.yaml", json.dumps(recipe))
 
 
+def graph_recipe(work: Path, model: Path) -> Path:
+    """A stage-graph recipe of one 1-step fine-tune."""
+    data = {"train": str(work / "good.csv"), "max_length": 16, "val_fraction": 0.25}
+    recipe = {"out": str(work / "runs" / "g"), "threads": 1, "stages": {"dense": {
+        "kind": "finetune", "model": str(model), "data": data, "train": {"max_steps": 1, "batch_size": 4}}}}
+    return write(work / "g.yaml", json.dumps(recipe))
+
+
 def study_recipe(work: Path, model: Path) -> Path:
     """A one-cell study of 1 step."""
     recipe = {"out": str(work / "runs" / "s"), "data": {"train": str(work / "good.csv"), "max_length": 16},
@@ -328,7 +336,8 @@ def study_recipe(work: Path, model: Path) -> Path:
 
 
 RUN_DIR_CASES = {  # the second of two runs of one recipe fails at start, before its first stage / cell
-    "pipeline": (pipeline_recipe, ["run", "{recipe}", "--stages", "teacher"], "jobs.pipeline.run_stage"),
+    "pipeline": (pipeline_recipe, ["run", "{recipe}", "--stages", "teacher"], "jobs.staging.run_stage"),
+    "graph": (graph_recipe, ["run", "{recipe}"], "jobs.staging.run_stage"),
     "study": (study_recipe, ["study", "{recipe}"], "jobs.study.execute_run"),
 }
 
@@ -347,7 +356,7 @@ def test_two_runs_of_one_recipe(monkeypatch, capfd, work, model, case):
     assert hidden(work) == []
     code, out, err = run_cli(monkeypatch, capfd, *args)  # the lock is gone: a rerun reuses the work
     assert code == 0, err
-    assert ("up to date, skipped" in err) if case == "pipeline" else ("1 reused" in out)
+    assert ("up to date, skipped" in err) if case != "study" else ("1 reused" in out)
 
 
 def test_failed_stage_leaves_no_empty_directories(monkeypatch, capfd, work, model):
