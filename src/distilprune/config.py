@@ -69,7 +69,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise UserError(f"{where}: expected {_type_name(tp)}, got {value!r}")
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A dataclass as a plain dict; any other value as it is."""
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
@@ -82,7 +83,7 @@ def _on_field_default(f: dataclasses.Field, value: Any) -> Any:
     default = f.default_factory()
     if not dataclasses.is_dataclass(default):
         return value
-    base = {g.name: _plain(getattr(default, g.name)) for g in dataclasses.fields(default) if g.init}
+    base = {g.name: plain(getattr(default, g.name)) for g in dataclasses.fields(default) if g.init}
     return merge(base, value, keep_none=True)
 
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from distilprune.config import from_dict, load_yaml, merge, to_dict
+from distilprune.config import from_dict, load_yaml, merge, plain, to_dict
 from distilprune.errors import UserError, require, require_at_least
 from distilprune.io import locked_dir
 from distilprune.jobs.staging import Stage, file_digests, run_stages
@@ -186,14 +186,10 @@ def plan(recipe: GraphRecipe) -> dict[str, Stage]:
         hashes = {u: planned[u].hash for u in upstream}
         cfg, extra = job_config(spec, out, {u: f"stage:{h}" for u, h in hashes.items()})
         files, what = _input_files(cfg)
-        inputs = {"kind": spec.kind, "config": to_dict(cfg), **{k: _plain(v) for k, v in extra.items()},
+        inputs = {"kind": spec.kind, "config": to_dict(cfg), **{k: plain(v) for k, v in extra.items()},
                   what: files, "upstream": hashes}
         planned[name] = Stage(name, out / name, inputs, upstream)
     return planned
-
-
-def _plain(value: Any) -> Any:
-    return to_dict(value) if dataclasses.is_dataclass(value) else value
 
 
 def _runner(recipe: GraphRecipe) -> Callable[[str, dict[str, dict]], Any]:
@@ -230,6 +226,7 @@ def run_graph(recipe: GraphRecipe, stages: str | Sequence[str] | None = None, fo
 
         torch.set_num_threads(recipe.threads)
     with locked_dir(recipe.out):
-        run_stages(plan(recipe), _runner(recipe), selected, force, dry=True)
-        status, records = run_stages(plan(recipe), _runner(recipe), selected, force)
+        planned = plan(recipe)  # hashes the data and corpus files once for both passes
+        run_stages(planned, _runner(recipe), selected, force, dry=True)
+        status, records = run_stages(planned, _runner(recipe), selected, force)
     return PipelineResult(Path(recipe.out), status, records)

@@ -494,14 +494,16 @@ def run_pipeline(cfg: PipelineConfig, stages: str | Sequence[str] | None = None,
 
         torch.set_num_threads(cfg.threads)
     with locked_dir(cfg.out):  # a second run of the recipe fails now, not mid-stage
-        _run_stages(cfg, selected, force, dry=True)  # a bad selection fails before any work
-        return _run_stages(cfg, selected, force)
+        planned = plan_stages(cfg)  # hashes the data and corpus files once for both passes
+        _run_stages(cfg, planned, selected, force, dry=True)  # a bad selection fails before any work
+        return _run_stages(cfg, planned, selected, force)
 
 
-def _run_stages(cfg: PipelineConfig, selected: list[str], force: bool, dry: bool = False) -> PipelineResult:
-    """:func:`run_pipeline`'s loop over the stages (``cfg.out`` locked); ``dry`` runs and logs
-    nothing, it only checks that every stage to run will have its upstream outputs."""
-    status, records = run_stages(plan_stages(cfg), lambda stage, records: RUNNERS[stage](cfg, records),
+def _run_stages(cfg: PipelineConfig, planned: dict[str, Stage], selected: list[str], force: bool,
+                dry: bool = False) -> PipelineResult:
+    """:func:`run_pipeline`'s loop over the ``planned`` stages (``cfg.out`` locked); ``dry`` runs
+    and logs nothing, it only checks that every stage to run will have its upstream outputs."""
+    status, records = run_stages(planned, lambda stage, records: RUNNERS[stage](cfg, records),
                                  selected, force, dry)
     return PipelineResult(Path(cfg.out), status, records)
 
