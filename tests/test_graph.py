@@ -75,6 +75,56 @@ def test_the_cli_runs_a_graph_recipe_and_a_subset_of_its_stages(tmp_path, tiny_m
     assert stage_record(out, "dense")["inputs"]["config"]["train"]["max_steps"] == 1
 
 
+def deploy_graph(out: Path, model: Path, csv: Path) -> dict:
+    """fine-tune -> int8 ONNX export -> evaluate it -> benchmark both (a list of stages)."""
+    data = {"train": str(csv), "max_length": 32, "val_fraction": 0.25}
+    return {"out": str(out), "threads": 1, "stages": {
+        "dense": {"kind": "finetune", "model": str(model), "data": data, "train": TRAIN},
+        "int8": {"kind": "export", "from": {"model": "dense"}, "int8": True, "data": str(csv), "limit": 8,
+                 "max_length": 32},
+        "score": {"kind": "evaluate", "from": {"model": "int8"}, "data": str(csv)},
+        "speed": {"kind": "benchmark", "from": {"models": ["dense", "int8"]}, "data": str(csv), "limit": 8,
+                  "batch_sizes": [1], "repeats": 1, "warmup": 0, "max_length": 32},
+    }}
+
+
+def test_export_evaluate_and_benchmark_stages_run_as_their_commands(tmp_path, tiny_model_factory, tiny_csv):
+    from distilprune.jobs.inference import evaluate_model
+
+    out = tmp_path / "run"
+    recipe = deploy_graph(out, tiny_model_factory("bert", 2), tiny_csv)
+    result = run_graph(parse_graph(recipe, "unused"))
+    assert result.status == dict.fromkeys(("dense", "int8", "score", "speed"), "ran")
+    assert (out / "int8" / "model.onnx").is_file()
+    assert json.loads((out / "int8" / "distilprune.json").read_text())["label_names"]  # metadata kept
+    direct = evaluate_model(out / "int8", tiny_csv, tmp_path / "direct")
+    scored = stage_record(out, "score")["summary"]
+    assert scored["accuracy"] == direct["accuracy"] and scored["f1"] == direct["f1"]
+    timed = json.loads((out / "speed" / "benchmark.json").read_text())["models"]
+    assert [m["name"] for m in timed] == ["dense", "int8"]
+    assert stage_record(out, "speed")["inputs"]["config"]["models"] == [
+        f"stage:{stage_record(out, name)['hash']}" for name in ("dense", "int8")]
+
+    recipe["stages"]["int8"]["limit"] = 6  # the export changes: what reads it re-runs, dense does not
+    changed = run_graph(parse_graph(recipe, "unused"))
+    assert changed.status == {"dense": "skipped", "int8": "ran", "score": "ran", "speed": "ran"}
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda r: r["stages"]["speed"]["from"].update(models=["dense", "nowhere"]), "no stage named 'nowhere'"),
+    (lambda r: r["stages"]["speed"]["from"].update(models=[]), "speed.from: expected a mapping"),
+    (lambda r: r["stages"]["int8"].update(format="tflite"), "unknown export format 'tflite'"),
+    (lambda r: r["stages"]["score"].update(overwrite=False), "stages.score.overwrite: set by the run"),
+    (lambda r: r["stages"]["speed"].update(batch_sizes="1,8"), "stages.speed.batch_sizes"),
+])
+def test_a_bad_deploy_stage_fails_in_one_line(edit, message, tmp_path, tiny_csv):
+    recipe = deploy_graph(tmp_path / "run", tmp_path / "model", tiny_csv)
+    edit(recipe)
+    with pytest.raises(UserError, match=message):
+        run_graph(parse_graph(recipe, "unused"))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda r: r.update(steps={}), "unknown top-level key 'steps'"),
     (lambda r: r["stages"]["dense"].update(kind="prune"), "stages.dense.kind: expected one of"),

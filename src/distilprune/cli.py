@@ -487,50 +487,6 @@ def sparsity(
 
 
 # ----------------------------------------------------------------------------- export / speed
-def _local(model: Path) -> Path:
-    """A packaged alias (``minilm-l6``) as its installed directory; any other path unchanged."""
-    from distilprune.models.registry import ALIASES, resolve_model
-
-    return Path(resolve_model(str(model))) if str(model) in ALIASES else model
-
-
-def _split_suffix(spec: str) -> tuple[str, str]:
-    """``DIR@int8`` -> ``("DIR", "@int8")``; ``DIR`` -> ``("DIR", "")``."""
-    name, at, kind = spec.rpartition("@")
-    return (name, at + kind) if at else (spec, "")
-
-
-def _texts_for(model_dir: Path, data: Path | None, limit: int | None, text_column: str | None = None,
-               pairs: bool = False) -> tuple[list | None, list[int] | None]:
-    """Texts (preprocessed as ``model_dir`` was trained) and labels of ``data``, if given; with
-    ``pairs``, a pair classifier's or QA model's inputs as ``(text, second text)`` tuples. NER and
-    QA data give no labels (their scores come from ``evaluate``)."""
-    require_at_least("--limit", limit, 1)
-    if data is None:
-        return None, None
-    from distilprune.data.loading import load_table
-    from distilprune.jobs.common import label_names_of, preprocess_table, read_metadata
-    from distilprune.task import require_data_for, task_of_model
-
-    base = model_dir.parent if model_dir.suffix == ".onnx" else model_dir
-    task = task_of_model(base) if base.is_dir() else "classification"
-    require_data_for(model_dir, task, data)
-    if task != "classification":
-        from distilprune.jobs.tasks import task_texts
-
-        return task_texts(task, data, limit, pairs), None
-    meta = read_metadata(base) if base.is_dir() else {}
-    names = label_names_of(base) if (base / "config.json").is_file() else None
-    table = load_table(data, text_column, require_labels=False, num_labels=None, label_names=names,
-                       pairs=bool(meta.get("text_pairs")))
-    if limit:
-        table = table.subset(list(range(min(limit, len(table)))))
-    table = preprocess_table(table, meta.get("preprocess", []))
-    if pairs and table.pairs is not None:
-        return list(zip(table.texts, table.pairs, strict=True)), table.labels
-    return table.texts, table.labels
-
-
 @app.command()
 def export(
     model: Annotated[Path, Opt(help="fine-tuned model directory")],
@@ -548,64 +504,11 @@ def export(
     overwrite: Annotated[bool, Opt()] = False,
 ) -> None:
     """Export to ONNX (parity-checked, optionally int8), compact storage or the sparse engine."""
-    from distilprune.io import check_writable
+    from distilprune.jobs.deploy import ExportConfig, export_model
 
-    model = _local(model)
-    check_writable(out)
-    if quantization is not None and format != "onnx":
-        raise UserError(f"--quantization applies to --format onnx, not {format}")
-    from distilprune.task import task_of_model
-
-    if format != "onnx" and (task := task_of_model(model)) != "classification":
-        raise UserError(f"{model} is a {task} model: it exports to --format onnx (compact, sparse and "
-                        "deepsparse formats hold classifiers)")
-    if format == "sparse":
-        from distilprune.export.sparse import export_sparse
-
-        texts, _ = _texts_for(model, data, limit)
-        result = export_sparse(model, out, parity_texts=texts, max_length=max_length, overwrite=overwrite)
-        parity = result["parity"]
-        out_console.print(
-            f"sparse engine -> {out}: {result['size_bytes'] / 1e6:.1f} MB, block density "
-            f"{result['block_density']:.3f}; parity on {parity['n_texts']} texts: max |Δlogit| "
-            f"{parity['max_abs_diff']:.2e}, agreement {parity['agreement']:.4f}")
-        return
-    if format == "deepsparse":
-        from distilprune.engine.deepsparse import export_for_deepsparse
-
-        export_for_deepsparse(model, out, seq_len=max_length, overwrite=overwrite)
-        _copy_metadata(model, out)
-        out_console.print(f"DeepSparse fp32 ONNX (seq {max_length}) -> {out}")
-        return
-    if format == "compact":
-        from distilprune.export.storage import save_compact
-
-        report = save_compact(model, out, int8=int8, overwrite=overwrite)
-        out_console.print(f"compact: {report['compact_bytes'] / 1e6:.1f} MB vs dense "
-                          f"{report['dense_bytes'] / 1e6:.1f} MB ({report['ratio']:.1f}x smaller) -> {out}")
-        return
-    if format != "onnx":
-        raise UserError(f"unknown export format {format!r}: use onnx, compact, sparse or deepsparse")
-    from distilprune.export import export_onnx
-
-    texts, _ = _texts_for(model, data, limit, pairs=True)
-    int8 = int8 or quantization is not None
-    result = export_onnx(model, out, int8=int8, max_length=max_length, parity_texts=texts,
-                         overwrite=overwrite, quantization=quantization or "dynamic")
-    _copy_metadata(model, out)
-    parity = result["parity"]
-    method = f" int8 ({result['quantization']['method']})" if int8 else ""
-    out_console.print(f"ONNX{method} -> {out}: parity on {parity['n_texts']} texts: "
-                      f"max |Δlogit| {parity['max_abs_diff']:.2e}, agreement {parity['agreement']:.4f}")
-
-
-def _copy_metadata(model: Path, out: Path) -> None:
-    """Keep the training metadata (preprocessing, labels) next to an export."""
-    from distilprune.io import write_json
-    from distilprune.jobs.common import METADATA_FILE, read_metadata
-
-    if (model / METADATA_FILE).is_file():
-        write_json(out / METADATA_FILE, read_metadata(model))
+    result = export_model(ExportConfig(str(model), str(out), format, int8, quantization,
+                                       None if data is None else str(data), limit, max_length, overwrite))
+    out_console.print(result["message"])
 
 
 @app.command()
@@ -623,11 +526,12 @@ def quantize(
     """
     from distilprune.export.onnx import static_quantize_export
     from distilprune.jobs.common import check_output_dir
+    from distilprune.jobs.deploy import texts_for
 
     check_output_dir(out, overwrite)
     if not (model / "model.onnx").is_file():
         raise UserError(f"{model} is not an ONNX export (no model.onnx): run `distilprune export` first")
-    texts, _ = _texts_for(model, data, limit)
+    texts, _ = texts_for(model, data, limit)
     parity = static_quantize_export(model, out, texts, max_length=max_length, overwrite=overwrite)
     out_console.print(f"static int8: {(out / 'model.onnx').stat().st_size / 1e6:.1f} MB -> {out}; vs fp32 "
                       f"ONNX on {parity['n_texts']} texts: max |Δlogit| {parity['max_abs_diff']:.3g}, "
@@ -672,30 +576,12 @@ def benchmark(
     A model directory may carry a suffix: DIR@int8 (PyTorch dynamic int8) or DIR@sparse (the
     sparse int8 engine); a directory written by export --format sparse runs on it by itself.
     """
-    from distilprune.benchmark import run_benchmark
-    from distilprune.benchmark.speed import SPEC_SUFFIXES
-    from distilprune.export.runtime import require_tokenizer_files
-    from distilprune.io import check_writable
+    from distilprune.jobs.deploy import BenchmarkConfig, benchmark_models
 
     max_length = _renamed("--seq-len", "--max-length", seq_len, None) or max_length
-    sizes = _positive_ints(batch_sizes, "--batch-sizes")
-    for option, value, low in (("--threads", threads, 1), ("--repeats", repeats, 1), ("--warmup", warmup, 0),
-                               ("--max-length", max_length, 2)):
-        require_at_least(option, value, low)
-    models = [str(_local(Path(name))) + suffix for name, suffix in map(_split_suffix, models)]
-    prefix = _benchmark_prefix(out)
-    check_writable(prefix.with_name(f"{prefix.name}.json"))
-    for spec in models:  # before the first model's subprocess starts
-        name, suffix = _split_suffix(spec)
-        if suffix and suffix not in SPEC_SUFFIXES:
-            raise UserError(f"unknown suffix {suffix} in {spec}: use DIR@int8 or DIR@sparse")
-        path = Path(name)
-        if not path.exists():
-            raise UserError(f"model not found: {path}")
-        if (folder := path.parent if path.suffix == ".onnx" else path).is_dir():
-            require_tokenizer_files(folder)
-    texts, labels = _texts_for(Path(models[0].split("@")[0]), data, limit, pairs=True)
-    report = run_benchmark(models, texts, labels, prefix, threads, sizes, max_length, repeats, warmup)
+    cfg = BenchmarkConfig(models, str(out), None if data is None else str(data), limit, threads,
+                          _positive_ints(batch_sizes, "--batch-sizes"), max_length, repeats, warmup)
+    report = benchmark_models(cfg, _benchmark_prefix(out))
     print(Path(report["files"]["md"]).read_text())
     out_console.print(f"wrote {', '.join(str(f) for f in report['files'].values())}")
 
@@ -709,9 +595,10 @@ def shrink(
     overwrite: Annotated[bool, Opt()] = False,
 ) -> None:
     """Physically remove the least important heads / FFN neurons (smaller matrices)."""
+    from distilprune.jobs.deploy import local
     from distilprune.jobs.shrink import shrink_dir
 
-    report = shrink_dir(_local(model), out, heads, neurons, overwrite)
+    report = shrink_dir(local(model), out, heads, neurons, overwrite)
     out_console.print(f"parameters {report.params_before:,} -> {report.params_after:,} -> {out} "
                       "(fine-tune it again to recover accuracy)")
 

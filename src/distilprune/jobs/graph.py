@@ -15,6 +15,14 @@ recipe section), wired to the stages before it by ``from:``; ``distilprune run``
         from: {model: sparse80}
         data: {train: ../shared/data/sst2/train.tsv}
         lock_sparsity: true
+      sst2-int8:
+        kind: export                  # the keys of export / evaluate / benchmark are their options
+        from: {model: sst2}
+        int8: true
+      speed:
+        kind: benchmark
+        from: {models: [sst2, sst2-int8]}   # a list setting takes a list of stages
+        data: ../shared/data/sst2/dev.tsv
 
 Every stage writes ``<out>/<name>/`` and is staged by :mod:`distilprune.jobs.staging`: its hash
 covers its kind, its settings (a ``from:`` key by the upstream stage's hash, not its path), the
@@ -41,10 +49,12 @@ SET_BY_RUN = ("out", "overwrite")  # every stage writes <out>/<name>, replacing 
 
 @dataclasses.dataclass(frozen=True)
 class Kind:
-    """A stage kind: the config it reads (``module:Class``) and the job that runs it."""
+    """A stage kind: the config it reads (``module:Class``) and the job that runs it; ``brief``:
+    its stage record keeps the plain values of the job's result, not its tables."""
 
     config: str
     job: str
+    brief: bool = False
 
     def config_class(self) -> type:
         return _import(self.config)
@@ -55,6 +65,11 @@ KINDS = {
     "fit_mlm_head": Kind("distilprune.jobs.distill:MLMHeadConfig", "distilprune.jobs.distill:fit_mlm_head"),
     "distill_mlm": Kind("distilprune.jobs.distill:GeneralDistillConfig",
                         "distilprune.jobs.distill:general_distill"),
+    "export": Kind("distilprune.jobs.deploy:ExportConfig", "distilprune.jobs.deploy:export_model", True),
+    "evaluate": Kind("distilprune.jobs.inference:EvaluateConfig", "distilprune.jobs.inference:evaluate",
+                     True),
+    "benchmark": Kind("distilprune.jobs.deploy:BenchmarkConfig", "distilprune.jobs.deploy:benchmark_models",
+                      True),
 }
 TASK_DISTILLATION = ("teacher", "loss")  # finetune keys beside FinetuneConfig's (as --teacher)
 
@@ -73,7 +88,12 @@ class StageSpec:
     name: str
     kind: str
     settings: dict[str, Any]
-    sources: dict[str, str]
+    sources: dict[str, str | list[str]]
+
+    def upstream(self) -> tuple[str, ...]:
+        """The stages it reads, each once, in order."""
+        names = [n for v in self.sources.values() for n in ([v] if isinstance(v, str) else v)]
+        return tuple(dict.fromkeys(names))
 
 
 @dataclasses.dataclass
@@ -94,6 +114,12 @@ def _nested(key: str, value: Any) -> dict[str, Any]:
     return {head: _nested(rest, value) if rest else value}
 
 
+def _stage_names(value: Any) -> bool:
+    """Whether a ``from:`` value is a stage name or a non-empty list of them."""
+    return isinstance(value, str) or (isinstance(value, list) and bool(value)
+                                      and all(isinstance(v, str) for v in value))
+
+
 def _spec(name: str, body: Any) -> StageSpec:
     where = f"stages.{name}"
     require(isinstance(body, dict), f"{where}: expected a mapping of settings")
@@ -101,12 +127,13 @@ def _spec(name: str, body: Any) -> StageSpec:
     kind = body.pop("kind", None)
     require(kind in KINDS, f"{where}.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     sources = body.pop("from", None) or {}
-    require(isinstance(sources, dict) and all(isinstance(v, str) for v in sources.values()),
-            f"{where}.from: expected a mapping of config key -> stage name")
+    require(isinstance(sources, dict) and all(_stage_names(v) for v in sources.values()),
+            f"{where}.from: expected a mapping of config key -> stage name (or list of stage names)")
     set_by_run = [key for key in SET_BY_RUN if key in body]
     require(not set_by_run, f"{where}.{set_by_run[0] if set_by_run else ''}: set by the run "
                             f"(every stage writes <out>/{name})")
-    return StageSpec(name, kind, body, {str(k): v for k, v in sources.items()})
+    return StageSpec(name, kind, body, {str(k): v if isinstance(v, str) else list(v)
+                                        for k, v in sources.items()})
 
 
 def parse_graph(data: dict[str, Any], default_out: str) -> GraphRecipe:
@@ -120,10 +147,11 @@ def parse_graph(data: dict[str, Any], default_out: str) -> GraphRecipe:
     specs = {str(name): _spec(str(name), body) for name, body in stages.items()}
     seen: set[str] = set()
     for spec in specs.values():
-        for key, source in spec.sources.items():
-            require(source in specs, f"stages.{spec.name}.from.{key}: no stage named {source!r}")
-            require(source in seen, f"stages.{spec.name}.from.{key}: stage {source!r} must come before "
-                                    f"{spec.name!r}")
+        for key, value in spec.sources.items():
+            for source in [value] if isinstance(value, str) else value:
+                require(source in specs, f"stages.{spec.name}.from.{key}: no stage named {source!r}")
+                require(source in seen, f"stages.{spec.name}.from.{key}: stage {source!r} must come "
+                                        f"before {spec.name!r}")
         seen.add(spec.name)
         job_config(spec, Path("<out>"))  # every unknown or mistyped key fails now
     threads = data.get("threads")
@@ -142,20 +170,24 @@ def _settings(spec: StageSpec, paths: dict[str, str]) -> dict[str, Any]:
     """The stage's settings with each ``from:`` key set to ``paths[source]``."""
     settings = copy.deepcopy(spec.settings)
     for key, source in spec.sources.items():
-        settings = merge(settings, _nested(key, paths[source]))
+        value = paths[source] if isinstance(source, str) else [paths[s] for s in source]
+        settings = merge(settings, _nested(key, value))
     return settings
 
 
 def job_config(spec: StageSpec, out: Path, paths: dict[str, str] | None = None) -> tuple[Any, dict]:
     """The stage's job config (``out`` = ``<out>/<name>``, overwrite on) and the task-distillation
     arguments of a ``finetune`` stage (``teacher``, ``loss``)."""
-    paths = paths or {source: f"<{source}>" for source in spec.sources.values()}
+    paths = paths or {source: f"<{source}>" for source in spec.upstream()}
     settings = _settings(spec, paths)
     keys = TASK_DISTILLATION if spec.kind == "finetune" else ()
     extra = {key: settings.pop(key) for key in keys if key in settings}
-    settings |= {"out": str(out / spec.name), "overwrite": True}
+    config_class = KINDS[spec.kind].config_class()
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    settings |= {key: value for key, value in (("out", str(out / spec.name)), ("overwrite", True))
+                 if key in fields}
     where = f"stages.{spec.name}"
-    cfg = from_dict(KINDS[spec.kind].config_class(), settings, where)
+    cfg = from_dict(config_class, settings, where)
     if "loss" in extra:
         from distilprune.jobs.distill import TaskLoss
 
@@ -166,6 +198,8 @@ def job_config(spec: StageSpec, out: Path, paths: dict[str, str] | None = None) 
 
 def _input_files(cfg: Any) -> tuple[list[str], str]:
     """The data or corpus files a job reads (their digests go into its stage hash)."""
+    if hasattr(cfg, "data") and isinstance(cfg.data, str | None):  # export / evaluate / benchmark
+        return file_digests([cfg.data] if cfg.data else [], "data file"), "data"
     if hasattr(cfg, "data"):
         from distilprune.jobs.common import data_digests
 
@@ -182,7 +216,7 @@ def plan(recipe: GraphRecipe) -> dict[str, Stage]:
     digests and upstream hashes."""
     out, planned = Path(recipe.out), {}
     for name, spec in recipe.stages.items():
-        upstream = tuple(dict.fromkeys(spec.sources.values()))
+        upstream = spec.upstream()
         hashes = {u: planned[u].hash for u in upstream}
         cfg, extra = job_config(spec, out, {u: f"stage:{h}" for u, h in hashes.items()})
         files, what = _input_files(cfg)
@@ -197,10 +231,18 @@ def _runner(recipe: GraphRecipe) -> Callable[[str, dict[str, dict]], Any]:
 
     def work(name: str, records: dict[str, dict]) -> Any:
         spec = recipe.stages[name]
-        cfg, extra = job_config(spec, out, {u: str(out / u) for u in spec.sources.values()})
-        return _import(KINDS[spec.kind].job)(cfg, **extra)
+        cfg, extra = job_config(spec, out, {u: str(out / u) for u in spec.upstream()})
+        result = _import(KINDS[spec.kind].job)(cfg, **extra)
+        return _brief(result) if KINDS[spec.kind].brief else result
 
     return work
+
+
+def _brief(result: Any) -> Any:
+    """A mapping's plain values (scores, sizes, paths), not its tables."""
+    if not isinstance(result, dict):
+        return result
+    return {k: v for k, v in result.items() if isinstance(v, str | int | float | bool) or v is None}
 
 
 def select(recipe: GraphRecipe, stages: str | Sequence[str] | None) -> list[str]:

@@ -4,6 +4,7 @@ pairs) are handled here; token-classification and QA models by :mod:`distilprune
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,26 @@ def evaluate_model(model_dir: str | Path, data: str | Path, out: str | Path | No
             plot_pr_curve(table.labels, logits, tmp / "pr_curve.png")
     metrics["out"] = str(out)
     return metrics
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """``distilprune evaluate``: ``model`` scored on labelled ``data`` into ``out``."""
+
+    model: str = ""
+    data: str = ""
+    out: str | None = None  # default MODEL/eval_<data>
+    text_column: str | None = None
+    label_column: str | None = None
+    text_pair_column: str | None = None
+    engine: str = "auto"
+    overwrite: bool = True
+
+
+def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """:func:`evaluate_model` from its config."""
+    return evaluate_model(cfg.model, cfg.data, cfg.out, cfg.text_column, cfg.label_column, cfg.overwrite,
+                          cfg.engine, cfg.text_pair_column)
 
 
 def prediction_file(out: Path, task: str, data: str | Path) -> Path:
