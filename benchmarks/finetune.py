@@ -1,40 +1,34 @@
 """Fine-tuning benchmark on the Kaggle disaster tweets (issue: foundation).
 
-Validation = stratified 15% of train.csv (seed 42). Models: TF-IDF + logistic regression,
-``minilm-l6`` and ``mpnet-base``, each with and without tweet preprocessing. Writes
-``results/finetune.{json,md}`` and Kaggle-style test predictions per transformer run.
+The runs are the stages of ``benchmarks/recipes/finetune.yaml`` (``minilm-l6`` and ``mpnet-base``,
+each with and without tweet preprocessing, on the shared split: stratified 15 % of train.csv, seed
+42; and their test-set predictions), run by ``distilprune run``'s engine: a finished stage is
+skipped. This script adds the TF-IDF + logistic regression baseline on the same split and writes
+``results/finetune.{json,md}``, the Kaggle-style test predictions and confusion matrices.
 
-    python benchmarks/finetune.py [--only minilm-l6] [--threads 2]
+    python benchmarks/finetune.py [--only minilm-l6] [--threads 2] [--fresh]
+    python benchmarks/finetune.py --only minilm-l6 --set stages.minilm-l6-raw.train.max_steps=20 \\
+        --out /tmp/ft --name trials/finetune_small     # a reduced budget elsewhere
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
+import sys
 import time
+from pathlib import Path
 
-import torch
-from common import (
-    DISASTER_TEST,
-    PREPROCESS,
-    RESULTS,
-    WORK,
-    data_config,
-    load_summary,
-    require_data,
-    write_results,
-)
+from common import PREPROCESS, RESULTS, ROOT, WORK, data_config, load_summary, require_data, write_results
 
+from distilprune.config import dotted_overrides
 from distilprune.jobs.common import prepare_data
-from distilprune.jobs.finetune import FinetuneConfig, finetune
-from distilprune.jobs.inference import predict_file
+from distilprune.jobs.graph import GraphRecipe, job_config, load_graph, run_graph
 from distilprune.reporting.formatting import markdown_table
-from distilprune.train import TrainConfig
 
-RUNS = {
-    "minilm-l6": TrainConfig(epochs=3, lr=8e-5, batch_size=32, patience=1, seed=42),
-    "mpnet-base": TrainConfig(epochs=1, lr=4e-5, batch_size=32, patience=1, seed=42),
-}
+RECIPE = ROOT / "benchmarks" / "recipes" / "finetune.yaml"
+MODELS = ("minilm-l6", "mpnet-base")
 
 
 def tfidf_baseline(preprocess: bool) -> dict:
@@ -55,51 +49,69 @@ def _pick(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("accuracy", "f1", "precision", "recall")}
 
 
-def transformer_run(alias: str, preprocess: bool, fresh: bool) -> dict:
-    name = f"{alias}{'-pre' if preprocess else '-raw'}"
-    out = WORK / "finetune" / name
-    summary = None if fresh else load_summary(out)
-    if summary is None:
-        cfg = FinetuneConfig(model=alias, out=str(out), data=data_config(preprocess),
-                             train=RUNS[alias], overwrite=True)
-        summary = finetune(cfg)
+def check_split(recipe: GraphRecipe, names: list[str]) -> None:
+    """The recipe's runs use the split and preprocessing the baseline (and every benchmark) uses."""
+    for name in names:
+        data = job_config(recipe.stages[name], Path(recipe.out))[0].data
+        expected = data_config(name.endswith("-pre"))
+        same = (Path(data.train).resolve() == Path(expected.train).resolve()
+                and (data.val_fraction, data.split_seed, data.max_length, data.preprocess)
+                == (expected.val_fraction, expected.split_seed, expected.max_length, expected.preprocess))
+        if not same:
+            raise SystemExit(f"{RECIPE.name}: stage {name} is not on the shared split ({PREPROCESS})")
+
+
+def transformer_row(recipe: GraphRecipe, name: str, publish: bool) -> dict:
+    """One fine-tuned model's validation scores; with ``publish``, its test predictions and
+    confusion matrix copied to the results."""
+    out = Path(recipe.out)
+    summary = load_summary(out / name)
     predictions = RESULTS / f"predictions_{name}.csv"
-    if fresh or not predictions.is_file():
-        predict_file(out, DISASTER_TEST, predictions, overwrite=True)
-    shutil.copy(out / "confusion_matrix.png", RESULTS / f"finetune_confusion_{name}.png")
-    return {"model": alias, "preprocess": preprocess, **_pick(summary["metrics"]),
+    if publish:
+        shutil.copyfile(out / f"predict-{name}" / "predictions.csv", predictions)
+        shutil.copyfile(out / name / "confusion_matrix.png", RESULTS / f"finetune_confusion_{name}.png")
+    model, _, variant = name.rpartition("-")
+    return {"model": model, "preprocess": variant == "pre", **_pick(summary["metrics"]),
             "seconds": summary["train"]["seconds"], "steps": summary["train"]["steps"],
             "parameters": summary["parameters"], "predictions": predictions.name}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", choices=list(RUNS), action="append")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=MODELS, action="append")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fresh", action="store_true", help="retrain even if a finished run exists")
+    parser.add_argument("--set", dest="assignments", action="append", metavar="KEY=VALUE",
+                        help="override a recipe key, dotted (stages.minilm-l6-raw.train.max_steps=20)")
+    parser.add_argument("--out", type=Path, default=WORK / "finetune", help="the runs' directory")
+    parser.add_argument("--name", default="finetune", help="results stem (e.g. trials/finetune_small); "
+                        "test predictions are copied for 'finetune' only")
     args = parser.parse_args()
     require_data()
-    torch.set_num_threads(args.threads)
+    overrides = dotted_overrides(args.assignments) | {"out": str(args.out), "threads": args.threads}
+    recipe = load_graph(RECIPE, overrides)
+    runs = [f"{model}-{variant}" for model in args.only or MODELS for variant in ("raw", "pre")]
+    check_split(recipe, runs)
+    run_graph(recipe, [*runs, *(f"predict-{name}" for name in runs)], force=args.fresh)
     rows = [tfidf_baseline(False), tfidf_baseline(True)]
-    for alias in args.only or list(RUNS):
-        for preprocess in (False, True):
-            rows.append(transformer_run(alias, preprocess, args.fresh))
-            print(rows[-1], flush=True)
+    rows += [transformer_row(recipe, name, publish=args.name == "finetune") for name in runs]
+    command = shlex.join(["python", "benchmarks/finetune.py", *sys.argv[1:]])
     payload = {
         "benchmark": "finetune",
         "data": "disaster_tweets/train.csv, stratified 15% validation split (seed 42)",
         "threads": args.threads,
         "preprocess_steps": PREPROCESS,
-        "train_configs": {k: vars(v) for k, v in RUNS.items()},
+        "recipe": str(RECIPE.relative_to(ROOT)),
+        "train_configs": {name: recipe.stages[name].settings["train"] for name in runs},
         "rows": rows,
-        "command": "python benchmarks/finetune.py",
+        "command": command,
     }
     columns = ["model", "preprocess", "accuracy", "f1", "precision", "recall", "seconds", "parameters"]
     md = ("# Fine-tuning on disaster tweets (validation split, 15%, seed 42)\n\n"
           + markdown_table(rows, columns)
-          + f"\nCommand: `python benchmarks/finetune.py` ({args.threads} threads). "
-          "Test-set predictions: `predictions_*.csv`.\n")
-    write_results("finetune", payload, md)
+          + f"\nCommand: `{command}` ({args.threads} threads; the runs: `{payload['recipe']}`)."
+          + (" Test-set predictions: `predictions_*.csv`.\n" if args.name == "finetune" else "\n"))
+    write_results(args.name, payload, md)
     print(md)
 
 

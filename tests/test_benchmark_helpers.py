@@ -184,3 +184,22 @@ def test_a_task_command_staged_in_one_work_folder_is_reused_through_a_linked_one
     with pytest.raises(SystemExit, match="other inputs"):
         tasks.once(trial / "dense", "finetune", "--data", data, "--out", trial / "dense", "--lr", "1",
                    log=tmp_path / "log")
+
+
+def test_the_benchmark_recipes_parse_and_finetune_runs_on_the_shared_split() -> None:
+    """Every recipe in benchmarks/recipes/ is valid; the fine-tuning runs use the split and the
+    tweet preprocessing the baseline beside them uses (one drifting would compare unlike runs)."""
+    import finetune
+
+    from distilprune.config import load_yaml
+    from distilprune.jobs.graph import is_graph_recipe, load_graph
+
+    recipes = sorted((common.ROOT / "benchmarks" / "recipes").glob("*.yaml"))
+    graphs = [load_graph(path) for path in recipes if is_graph_recipe(load_yaml(path))]
+    assert len(graphs) >= 2
+    recipe = load_graph(finetune.RECIPE)
+    runs = [name for name, spec in recipe.stages.items() if spec.kind == "finetune"]
+    finetune.check_split(recipe, runs)
+    recipe.stages[runs[-1]].settings["data"]["preprocess"] = ["keyword"]
+    with pytest.raises(SystemExit, match=f"stage {runs[-1]} is not on the shared split"):
+        finetune.check_split(recipe, runs)

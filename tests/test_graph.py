@@ -76,30 +76,34 @@ def test_the_cli_runs_a_graph_recipe_and_a_subset_of_its_stages(tmp_path, tiny_m
 
 
 def deploy_graph(out: Path, model: Path, csv: Path) -> dict:
-    """fine-tune -> int8 ONNX export -> evaluate it -> benchmark both (a list of stages)."""
+    """fine-tune -> int8 ONNX export -> evaluate it, predict with it -> benchmark both (a list of
+    stages)."""
     data = {"train": str(csv), "max_length": 32, "val_fraction": 0.25}
     return {"out": str(out), "threads": 1, "stages": {
         "dense": {"kind": "finetune", "model": str(model), "data": data, "train": TRAIN},
         "int8": {"kind": "export", "from": {"model": "dense"}, "int8": True, "data": str(csv), "limit": 8,
                  "max_length": 32},
         "score": {"kind": "evaluate", "from": {"model": "int8"}, "data": str(csv)},
+        "labels": {"kind": "predict", "from": {"model": "int8"}, "data": str(csv)},
         "speed": {"kind": "benchmark", "from": {"models": ["dense", "int8"]}, "data": str(csv), "limit": 8,
                   "batch_sizes": [1], "repeats": 1, "warmup": 0, "max_length": 32},
     }}
 
 
 def test_export_evaluate_and_benchmark_stages_run_as_their_commands(tmp_path, tiny_model_factory, tiny_csv):
-    from distilprune.jobs.inference import evaluate_model
+    from distilprune.jobs.inference import evaluate_model, predict_file
 
     out = tmp_path / "run"
     recipe = deploy_graph(out, tiny_model_factory("bert", 2), tiny_csv)
     result = run_graph(parse_graph(recipe, "unused"))
-    assert result.status == dict.fromkeys(("dense", "int8", "score", "speed"), "ran")
+    assert result.status == dict.fromkeys(("dense", "int8", "score", "labels", "speed"), "ran")
     assert (out / "int8" / "model.onnx").is_file()
     assert json.loads((out / "int8" / "distilprune.json").read_text())["label_names"]  # metadata kept
     direct = evaluate_model(out / "int8", tiny_csv, tmp_path / "direct")
     scored = stage_record(out, "score")["summary"]
     assert scored["accuracy"] == direct["accuracy"] and scored["f1"] == direct["f1"]
+    predict_file(out / "int8", tiny_csv, tmp_path / "direct.csv")
+    assert (out / "labels" / "predictions.csv").read_text() == (tmp_path / "direct.csv").read_text()
     timed = json.loads((out / "speed" / "benchmark.json").read_text())["models"]
     assert [m["name"] for m in timed] == ["dense", "int8"]
     assert stage_record(out, "speed")["inputs"]["config"]["models"] == [
@@ -107,7 +111,8 @@ def test_export_evaluate_and_benchmark_stages_run_as_their_commands(tmp_path, ti
 
     recipe["stages"]["int8"]["limit"] = 6  # the export changes: what reads it re-runs, dense does not
     changed = run_graph(parse_graph(recipe, "unused"))
-    assert changed.status == {"dense": "skipped", "int8": "ran", "score": "ran", "speed": "ran"}
+    assert changed.status == {"dense": "skipped",
+                              **dict.fromkeys(("int8", "score", "labels", "speed"), "ran")}
 
 
 @pytest.mark.parametrize(("edit", "message"), [

@@ -68,6 +68,7 @@ KINDS = {
     "export": Kind("distilprune.jobs.deploy:ExportConfig", "distilprune.jobs.deploy:export_model", True),
     "evaluate": Kind("distilprune.jobs.inference:EvaluateConfig", "distilprune.jobs.inference:evaluate",
                      True),
+    "predict": Kind("distilprune.jobs.inference:PredictConfig", "distilprune.jobs.inference:predict", True),
     "benchmark": Kind("distilprune.jobs.deploy:BenchmarkConfig", "distilprune.jobs.deploy:benchmark_models",
                       True),
 }
@@ -123,7 +124,7 @@ def _stage_names(value: Any) -> bool:
 def _spec(name: str, body: Any) -> StageSpec:
     where = f"stages.{name}"
     require(isinstance(body, dict), f"{where}: expected a mapping of settings")
-    body = dict(body)
+    body = copy.deepcopy(body)  # YAML anchors share one mapping between stages
     kind = body.pop("kind", None)
     require(kind in KINDS, f"{where}.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     sources = body.pop("from", None) or {}

@@ -80,6 +80,27 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                           cfg.engine, cfg.text_pair_column)
 
 
+@dataclasses.dataclass
+class PredictConfig:
+    """``distilprune predict``: ``model``'s predictions for every row of ``data`` into ``out`` (a
+    file, or a directory that gets ``predictions.<ext>``)."""
+
+    model: str = ""
+    data: str = ""
+    out: str = ""
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    engine: str = "auto"
+    overwrite: bool = False
+
+
+def predict(cfg: PredictConfig) -> dict[str, Any]:
+    """:func:`predict_file` from its config: the number of rows and the file written."""
+    count, target = predict_file(cfg.model, cfg.data, cfg.out, cfg.text_column, cfg.overwrite, cfg.engine,
+                                 cfg.text_pair_column)
+    return {"rows": count, "file": str(target)}
+
+
 def prediction_file(out: Path, task: str, data: str | Path) -> Path:
     """Where predictions go: ``out`` itself when it names a file (its suffix picks the format),
     else ``out/predictions.<ext>``: ``conll`` (NER), ``json`` (QA), ``tsv`` (GLUE TSV input) or
