@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from distilprune.config import from_dict, load_yaml, merge, plain, to_dict
-from distilprune.errors import UserError, require, require_at_least
+from distilprune.errors import require, require_at_least
 from distilprune.io import locked_dir
-from distilprune.jobs.staging import Stage, file_digests, run_stages
+from distilprune.jobs.staging import Stage, file_digests, run_stages, select_stages
 
 TOP_KEYS = ("out", "threads", "stages")
 SET_BY_RUN = ("out", "overwrite")  # every stage writes <out>/<name>, replacing what was there
@@ -248,14 +248,7 @@ def _brief(result: Any) -> Any:
 
 def select(recipe: GraphRecipe, stages: str | Sequence[str] | None) -> list[str]:
     """``"a,b"`` (or a list) -> validated stage names; ``None``: all."""
-    if stages is None:
-        return list(recipe.stages)
-    names = [n.strip() for n in (stages.split(",") if isinstance(stages, str) else stages) if n.strip()]
-    unknown = [n for n in names if n not in recipe.stages]
-    if unknown or not names:
-        raise UserError(f"unknown stage {unknown[0]!r}; the recipe's stages: {', '.join(recipe.stages)}"
-                        if unknown else "no stages selected")
-    return names
+    return select_stages(list(recipe.stages), stages)
 
 
 def run_graph(recipe: GraphRecipe, stages: str | Sequence[str] | None = None, force: bool = False):

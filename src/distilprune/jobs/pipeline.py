@@ -26,7 +26,7 @@ from distilprune.errors import require, require_at_least
 from distilprune.io import atomic_dir, locked_dir
 from distilprune.jobs.common import METADATA_FILE, DataConfig, data_digests, prepare_data
 from distilprune.jobs.distill import CorpusConfig, DistillLoss, TaskLoss
-from distilprune.jobs.staging import Stage, file_digests, run_stages
+from distilprune.jobs.staging import Stage, file_digests, run_stages, select_stages
 from distilprune.prune import PruneConfig
 from distilprune.quantize import QATConfig
 from distilprune.train import TrainConfig
@@ -468,14 +468,7 @@ class PipelineResult:
 
 def parse_stages(stages: str | Sequence[str] | None) -> list[str]:
     """``"distill,finetune"`` (or a list; ``-`` may replace ``_``) -> validated stage names."""
-    if stages is None:
-        return list(STAGES)
-    names = stages.split(",") if isinstance(stages, str) else list(stages)
-    names = [n.strip().replace("-", "_") for n in names if n.strip()]
-    unknown = [n for n in names if n not in STAGES]
-    require(not unknown, f"unknown stage {unknown[0]!r}" if unknown else "")
-    require(bool(names), f"no stages selected; choose among {', '.join(STAGES)}")
-    return names
+    return select_stages(STAGES, stages, lambda name: name.replace("-", "_"))
 
 
 def run_pipeline(cfg: PipelineConfig, stages: str | Sequence[str] | None = None,

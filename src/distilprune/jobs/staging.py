@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,21 @@ def ensure(stage: Stage, work: Callable[[], Any], force: bool = False,
     return run_stage(stage, work, reason or "forced"), True
 
 
+def select_stages(available: Sequence[str], stages: str | Sequence[str] | None,
+                  rename: Callable[[str], str] = str) -> list[str]:
+    """``"a,b"`` (or a list; each name through ``rename``) -> names checked against ``available``;
+    ``None``: all of them."""
+    if stages is None:
+        return list(available)
+    names = [rename(n.strip()) for n in (stages.split(",") if isinstance(stages, str) else stages)
+             if n.strip()]
+    unknown = [n for n in names if n not in available]
+    require(not unknown, f"unknown stage {unknown[0]!r}; the stages: {', '.join(available)}"
+            if unknown else "")
+    require(bool(names), f"no stages selected; choose among {', '.join(available)}")
+    return names
+
+
 def run_stages(planned: Mapping[str, Stage], work: Callable[[str, dict[str, dict]], Any],
                selected: Iterable[str], force: bool = False,
                dry: bool = False) -> tuple[dict[str, str], dict[str, dict]]:
@@ -163,4 +178,4 @@ def run_stages(planned: Mapping[str, Stage], work: Callable[[str, dict[str, dict
 
 
 __all__ = ["STAGE_FILE", "UNHASHED", "Stage", "ensure", "file_digests", "differences", "hashable",
-           "read_record", "run_stage", "run_stages", "staleness"]
+           "read_record", "run_stage", "run_stages", "select_stages", "staleness"]
