@@ -26,6 +26,7 @@ first ``--squad-val`` questions of the held-out articles.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import shutil
@@ -75,6 +76,14 @@ def tasks(work: Path, squad_train: int, squad_val: int) -> dict[str, Task]:
                       "json", ["--max-steps", "600", "--batch-size", "16", "--lr", "1e-4",
                                "--max-length", "256", "--doc-stride", "64"]),
     }
+
+
+def with_steps_scaled(task: Task, factor: float) -> Task:
+    """The task with its ``--max-steps`` budget times ``factor`` (for dense and sparse alike)."""
+    flags = list(task.flags)
+    at = flags.index("--max-steps") + 1
+    flags[at] = str(round(int(flags[at]) * factor))
+    return dataclasses.replace(task, flags=flags)
 
 
 def split_qnli(folder: Path) -> tuple[Path, Path]:
@@ -343,6 +352,8 @@ def main() -> None:
                         help="make the sparse models here on the broad corpus (else: prune.py's)")
     parser.add_argument("--pretrain-extra", default="",
                         help="more distill-mlm flags for --pretrain-steps, e.g. '--lr 5e-4'")
+    parser.add_argument("--steps-scale", type=float, default=1.0,
+                        help="every task's --max-steps times this (dense and sparse alike)")
     parser.add_argument("--name", default="tasks",
                         help="results stem; test predictions are written for 'tasks' only")
     args = parser.parse_args()
@@ -356,7 +367,7 @@ def main() -> None:
     rows = json.loads(previous.read_text())["rows"] if previous.is_file() else []
     budgets = json.loads(previous.read_text()).get("budgets", {}) if previous.is_file() else {}
     for name in args.tasks:
-        task = all_tasks[name]
+        task = with_steps_scaled(all_tasks[name], args.steps_scale)
         budgets[name] = (" ".join(task.flags) + f"; train {task.train.name}, validation "
                          f"{task.validation.name}; sparse: --lock-sparsity --teacher dense, "
                          f"lr x {args.sparse_lr_scale:g}")
