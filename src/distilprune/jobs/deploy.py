@@ -171,20 +171,21 @@ def benchmark_models(cfg: BenchmarkConfig, prefix: Path | None = None) -> dict[s
     for option, value, low in (("--threads", cfg.threads, 1), ("--repeats", cfg.repeats, 1),
                                ("--warmup", cfg.warmup, 0), ("--max-length", cfg.max_length, 2)):
         require_at_least(option, value, low)
-    require(bool(cfg.batch_sizes) and all(int(b) > 0 for b in cfg.batch_sizes),
+    require(bool(cfg.batch_sizes) and all(b > 0 for b in cfg.batch_sizes),
             f"batch sizes must be positive integers, got {cfg.batch_sizes}")
-    models = [str(local(name)) + suffix for name, suffix in map(split_suffix, map(str, cfg.models))]
     prefix = prefix or Path(cfg.out) / "benchmark"
     check_writable(prefix.with_name(f"{prefix.name}.json"))
-    for spec in models:
+    models = []
+    for spec in cfg.models:  # every model checked before the first one's subprocess starts
         name, suffix = split_suffix(spec)
         if suffix and suffix not in SPEC_SUFFIXES:
             raise UserError(f"unknown suffix {suffix} in {spec}: use DIR@int8 or DIR@sparse")
-        path = Path(name)
+        path = local(name)
         if not path.exists():
             raise UserError(f"model not found: {path}")
         if (folder := path.parent if path.suffix == ".onnx" else path).is_dir():
             require_tokenizer_files(folder)
+        models.append(str(path) + suffix)
     texts, labels = texts_for(Path(split_suffix(models[0])[0]), cfg.data, cfg.limit, pairs=True)
-    return run_benchmark(models, texts, labels, prefix, cfg.threads, [int(b) for b in cfg.batch_sizes],
-                         cfg.max_length, cfg.repeats, cfg.warmup)
+    return run_benchmark(models, texts, labels, prefix, cfg.threads, cfg.batch_sizes, cfg.max_length,
+                         cfg.repeats, cfg.warmup)

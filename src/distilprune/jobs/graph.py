@@ -93,8 +93,7 @@ class StageSpec:
 
     def upstream(self) -> tuple[str, ...]:
         """The stages it reads, each once, in order."""
-        names = [n for v in self.sources.values() for n in ([v] if isinstance(v, str) else v)]
-        return tuple(dict.fromkeys(names))
+        return tuple(dict.fromkeys(n for v in self.sources.values() for n in _names(v)))
 
 
 @dataclasses.dataclass
@@ -113,6 +112,11 @@ def _nested(key: str, value: Any) -> dict[str, Any]:
     """``"a.b"``, ``v`` -> ``{"a": {"b": v}}``."""
     head, _, rest = key.partition(".")
     return {head: _nested(rest, value) if rest else value}
+
+
+def _names(source: str | list[str]) -> list[str]:
+    """A ``from:`` value (one stage or a list) as a list of stage names."""
+    return [source] if isinstance(source, str) else source
 
 
 def _stage_names(value: Any) -> bool:
@@ -149,7 +153,7 @@ def parse_graph(data: dict[str, Any], default_out: str) -> GraphRecipe:
     seen: set[str] = set()
     for spec in specs.values():
         for key, value in spec.sources.items():
-            for source in [value] if isinstance(value, str) else value:
+            for source in _names(value):
                 require(source in specs, f"stages.{spec.name}.from.{key}: no stage named {source!r}")
                 require(source in seen, f"stages.{spec.name}.from.{key}: stage {source!r} must come "
                                         f"before {spec.name!r}")
@@ -199,12 +203,12 @@ def job_config(spec: StageSpec, out: Path, paths: dict[str, str] | None = None) 
 
 def _input_files(cfg: Any) -> tuple[list[str], str]:
     """The data or corpus files a job reads (their digests go into its stage hash)."""
-    if hasattr(cfg, "data") and isinstance(cfg.data, str | None):  # export / evaluate / benchmark
-        return file_digests([cfg.data] if cfg.data else [], "data file"), "data"
     if hasattr(cfg, "data"):
-        from distilprune.jobs.common import data_digests
+        from distilprune.jobs.common import DataConfig, data_digests
 
-        return data_digests(cfg.data), "data"
+        if isinstance(cfg.data, DataConfig):  # finetune
+            return data_digests(cfg.data), "data"
+        return file_digests([cfg.data] if cfg.data else [], "data file"), "data"  # export, evaluate, ...
     from distilprune.data.corpus import default_corpus_files
     from distilprune.models.registry import cache_dir
 
