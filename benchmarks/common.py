@@ -29,6 +29,21 @@ def data_config(preprocess: bool) -> DataConfig:
                       preprocess=PREPROCESS if preprocess else [])
 
 
+def check_split(recipe: Any, names: list[str], preprocessed: Callable[[str], bool]) -> None:
+    """The recipe's ``names`` fine-tune on the shared split (:func:`data_config`), with the tweet
+    preprocessing where ``preprocessed(name)``: one drifting would compare unlike runs."""
+    from distilprune.jobs.graph import job_config
+
+    for name in names:
+        data = job_config(recipe.stages[name], Path(recipe.out))[0].data
+        expected = data_config(preprocessed(name))
+        same = (Path(data.train).resolve() == Path(expected.train).resolve()
+                and (data.val_fraction, data.split_seed, data.max_length, data.preprocess)
+                == (expected.val_fraction, expected.split_seed, expected.max_length, expected.preprocess))
+        if not same:
+            raise SystemExit(f"stage {name} is not on the shared split (preprocess: {expected.preprocess})")
+
+
 def require_data() -> None:
     if not DISASTER_TRAIN.is_file():
         raise SystemExit(f"benchmark data missing: {DISASTER_TRAIN}")

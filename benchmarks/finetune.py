@@ -20,11 +20,21 @@ import sys
 import time
 from pathlib import Path
 
-from common import PREPROCESS, RESULTS, ROOT, WORK, data_config, load_summary, require_data, write_results
+from common import (
+    PREPROCESS,
+    RESULTS,
+    ROOT,
+    WORK,
+    check_split,
+    data_config,
+    load_summary,
+    require_data,
+    write_results,
+)
 
 from distilprune.config import dotted_overrides
 from distilprune.jobs.common import prepare_data
-from distilprune.jobs.graph import GraphRecipe, job_config, load_graph, run_graph
+from distilprune.jobs.graph import GraphRecipe, load_graph, run_graph
 from distilprune.reporting.formatting import markdown_table
 
 RECIPE = ROOT / "benchmarks" / "recipes" / "finetune.yaml"
@@ -47,18 +57,6 @@ def tfidf_baseline(preprocess: bool) -> dict:
 
 def _pick(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("accuracy", "f1", "precision", "recall")}
-
-
-def check_split(recipe: GraphRecipe, names: list[str]) -> None:
-    """The recipe's runs use the split and preprocessing the baseline (and every benchmark) uses."""
-    for name in names:
-        data = job_config(recipe.stages[name], Path(recipe.out))[0].data
-        expected = data_config(name.endswith("-pre"))
-        same = (Path(data.train).resolve() == Path(expected.train).resolve()
-                and (data.val_fraction, data.split_seed, data.max_length, data.preprocess)
-                == (expected.val_fraction, expected.split_seed, expected.max_length, expected.preprocess))
-        if not same:
-            raise SystemExit(f"{RECIPE.name}: stage {name} is not on the shared split ({PREPROCESS})")
 
 
 def transformer_row(recipe: GraphRecipe, name: str, publish: bool) -> dict:
@@ -91,7 +89,7 @@ def main() -> None:
     overrides = dotted_overrides(args.assignments) | {"out": str(args.out), "threads": args.threads}
     recipe = load_graph(RECIPE, overrides)
     runs = [f"{model}-{variant}" for model in args.only or MODELS for variant in ("raw", "pre")]
-    check_split(recipe, runs)
+    check_split(recipe, runs, lambda name: name.endswith("-pre"))
     run_graph(recipe, [*runs, *(f"predict-{name}" for name in runs)], force=args.fresh)
     rows = [tfidf_baseline(False), tfidf_baseline(True)]
     rows += [transformer_row(recipe, name, publish=args.name == "finetune") for name in runs]

@@ -12,7 +12,7 @@ speed benchmark needs ``ofa-block-0.90``).
 
 ``--base minilm-l6`` (default): the packaged MiniLM (6L/384H) is both teacher and student, as in
 the Prune OFA paper (BERT-base distilled into a pruned BERT-base); its MLM head is fitted first.
-``--base mpnet-student``: the 6L student of ``benchmarks/distill.py --stages head,gd`` (its
+``--base mpnet-student``: the 6L student of ``benchmarks/distill.py --stages mpnet-mlm,student-gd`` (its
 general distillation from the 12L MPNet teacher is repeated with pruning); ~4x the CPU time.
 
     python benchmarks/prune.py [--threads 2] [--base minilm-l6] [--gd-steps 150] [--ft-steps 203]
@@ -144,7 +144,7 @@ def prepare_base(name: str, head_steps: int, out: Path) -> Base:
     """Fit MiniLM's MLM head (once), or reuse the distillation benchmark's MPNet teacher + student."""
     if name == "mpnet-student":
         if load_summary(DISTILL / "student-gd") is None:
-            raise SystemExit("run benchmarks/distill.py --stages head,gd first")
+            raise SystemExit("run benchmarks/distill.py --stages mpnet-mlm,student-gd first")
         return Base(name, DISTILL / "mpnet-mlm", DISTILL / "student-gd", DistillLoss())
     mlm = out / f"{name}-mlm"
     staged(mlm, lambda: fit_mlm_head(MLMHeadConfig(

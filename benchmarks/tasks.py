@@ -356,10 +356,16 @@ def main() -> None:
                         help="every task's --max-steps times this (dense and sparse alike)")
     parser.add_argument("--name", default="tasks",
                         help="results stem; test predictions are written for 'tasks' only")
+    parser.add_argument("--data-only", action="store_true",
+                        help="write the validation splits and the broad corpus to WORK/data and stop "
+                             "(what the recipes under benchmarks/recipes/tasks_* read)")
     args = parser.parse_args()
     log = Path(__file__).parent / "logs" / "tasks.log"
     log.parent.mkdir(exist_ok=True)
     all_tasks = tasks(args.work, args.squad_train, args.squad_val)
+    if args.data_only:
+        print(f"-> {args.work / 'data'}: {broad_corpus(args.work / 'data').name} and the splits")
+        return
     if args.pretrain_steps:
         made = pretrain(args.work, args.pretrain_steps, args.models, shlex.split(args.pretrain_extra), log)
         MODELS.update({name: (path, True) for name, path in made.items()})

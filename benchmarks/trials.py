@@ -49,6 +49,10 @@ QUESTIONS = {  # in reading order; a trial not listed here follows, asked by its
     "tasks_long": "Tasks (#20): is the mask-locked fine-tune's budget what limits the sparse model? "
                   "SST-2 with 3x the steps (1,800) for dense and sparse80 alike, on the "
                   "`tasks_activation` pre-training (was 96.3 % at 600 steps)",
+    "tasks_qnli_diagnosis": "Tasks (#20): why does the sparse model not learn QNLI (0.61 at 80 %, dense "
+                            "0.82)? The tasks.md cell on the `tasks_activation` pre-training, the same "
+                            "sparse weights with the mask free, and the dense weights through the sparse "
+                            "cell's recipe (teacher, lock, 2x lr)",
 }
 SHORT = {"(a) Prune OFA": "OFA", "(b) GMP on task": "GMP", "unstructured": "unstructured", "block": "1x4"}
 
@@ -67,6 +71,9 @@ def headline(payload: dict) -> str:
     """Accuracy (retention of dense) per cell, one line per variant and method."""
     if payload.get("benchmark") == "tasks":
         return tasks_headline(payload)
+    if payload.get("benchmark") == "recipe":  # recipe_report.py: one line per fine-tuning stage
+        return "<br>".join(f"{r['stage']} {r['score']:.4f} ({r['retention']:.1%})"
+                           for r in payload["rows"]).replace("%", " %")
     rows = payload["rows"]
     if payload["benchmark"] == "prune_seeds":
         return "<br>".join(f"{r['model']} {r['mean']:.4f} ± {r['std']:.4f}"
@@ -106,8 +113,9 @@ def table() -> str:
               for s in order]
     return ("# Prune OFA trials\n\n"
             "Trial, variant and control runs of `benchmarks/prune.py` / `prune_seeds.py` (MiniLM-L6, "
-            "disaster tweets validation, one seed unless named) and of `benchmarks/tasks.py` (`tasks_*`: "
-            "the four tasks' validation metric). The canonical results stay one level up: "
+            "disaster tweets validation, one seed unless named), of `benchmarks/tasks.py` (`tasks_*`: "
+            "the four tasks' validation metric) and of `benchmarks/recipe_report.py` (a recipe's "
+            "fine-tuning stages against its baseline stage). The canonical results stay one level up: "
             "[`../tasks.md`](../tasks.md) (one sparse pre-trained model, many tasks), "
             "[`../prune.md`](../prune.md) (Prune OFA vs downstream GMP) and "
             "[`../prune_seeds.md`](../prune_seeds.md) (3-seed spread). Each trial's json, md and PNG "

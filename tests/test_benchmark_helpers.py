@@ -186,9 +186,11 @@ def test_a_task_command_staged_in_one_work_folder_is_reused_through_a_linked_one
                    log=tmp_path / "log")
 
 
-def test_the_benchmark_recipes_parse_and_finetune_runs_on_the_shared_split() -> None:
-    """Every recipe in benchmarks/recipes/ is valid; the fine-tuning runs use the split and the
-    tweet preprocessing the baseline beside them uses (one drifting would compare unlike runs)."""
+def test_the_benchmark_recipes_parse_and_their_finetunes_run_on_the_shared_split() -> None:
+    """Every recipe in benchmarks/recipes/ is valid; the fine-tuning and distillation benchmarks'
+    runs use the split and the tweet preprocessing the baseline beside them uses (one drifting
+    would compare unlike runs)."""
+    import distill
     import finetune
 
     from distilprune.config import load_yaml
@@ -196,10 +198,46 @@ def test_the_benchmark_recipes_parse_and_finetune_runs_on_the_shared_split() -> 
 
     recipes = sorted((common.ROOT / "benchmarks" / "recipes").glob("*.yaml"))
     graphs = [load_graph(path) for path in recipes if is_graph_recipe(load_yaml(path))]
-    assert len(graphs) >= 2
+    assert len(graphs) >= 4
     recipe = load_graph(finetune.RECIPE)
     runs = [name for name, spec in recipe.stages.items() if spec.kind == "finetune"]
-    finetune.check_split(recipe, runs)
+    common.check_split(recipe, runs, lambda name: name.endswith("-pre"))
     recipe.stages[runs[-1]].settings["data"]["preprocess"] = ["keyword"]
     with pytest.raises(SystemExit, match=f"stage {runs[-1]} is not on the shared split"):
-        finetune.check_split(recipe, runs)
+        common.check_split(recipe, runs, lambda name: name.endswith("-pre"))
+    students = load_graph(distill.RECIPE)
+    assert [n for n, s in students.stages.items() if s.kind == "finetune"] == list(distill.STUDENTS)
+    common.check_split(students, list(distill.STUDENTS), lambda name: False)
+
+
+def test_recipe_report_tables_the_finetunes_against_a_baseline(tmp_path, monkeypatch, tiny_model_factory,
+                                                               tiny_csv) -> None:
+    """recipe_report.py runs a stage graph and writes each fine-tune's score and its ratio to the
+    baseline stage, read from the stages' own summaries; an unknown baseline is refused."""
+    import recipe_report
+    import yaml
+
+    train = {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "patience": None, "warmup_ratio": 0.0}
+    data = {"train": str(tiny_csv), "max_length": 32, "val_fraction": 0.25}
+    recipe = {"out": str(tmp_path / "run"), "threads": 1, "stages": {
+        "dense": {"kind": "finetune", "model": str(tiny_model_factory("bert", 2)), "data": data,
+                  "train": train},
+        "distilled": {"kind": "finetune", "from": {"model": "dense", "teacher": "dense"}, "data": data,
+                      "train": {**train, "lr": 5e-4}}}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sys, "argv", ["recipe_report.py", str(path), "--baseline", "nowhere", "--name", "t"])
+    with pytest.raises(SystemExit, match="no stage named 'nowhere'"):
+        recipe_report.main()
+    monkeypatch.setattr(sys, "argv", ["recipe_report.py", str(path), "--baseline", "dense", "--name", "t",
+                                      "--run"])
+    recipe_report.main()
+    rows = {r["stage"]: r for r in json.loads((tmp_path / "results" / "t.json").read_text())["rows"]}
+    scores = {n: json.loads((tmp_path / "run" / n / "distilprune.json").read_text())["metrics"]["accuracy"]
+              for n in ("dense", "distilled")}
+    assert {n: r["score"] for n, r in rows.items()} == scores
+    assert rows["dense"]["retention"] == 1.0
+    assert rows["distilled"]["retention"] == pytest.approx(scores["distilled"] / scores["dense"])
+    distilled = rows["distilled"]
+    assert (distilled["teacher"], distilled["lr"], distilled["steps"]) == ("dense", 5e-4, 2)

@@ -97,7 +97,7 @@ def test_student_model_and_old_teacher(monkeypatch, capfd, tmp_path, model, flag
     monkeypatch.setattr("distilprune.jobs.distill.make_student", _capture(calls))
     code, _out, err = run_cli(monkeypatch, capfd, "student", flag, model, "--out", tmp_path / "s")
     assert code == 2 and "captured" in err, err
-    assert calls[0][0][0] == str(model)
+    assert calls[0][0][0].teacher == str(model)
     assert ("--teacher is deprecated, use --model" in err) == (flag == "--teacher")
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import run_cli
 
@@ -115,6 +116,40 @@ def test_export_evaluate_and_benchmark_stages_run_as_their_commands(tmp_path, ti
                               **dict.fromkeys(("int8", "score", "labels", "speed"), "ran")}
 
 
+def test_a_student_stage_feeds_general_distillation_as_distill_mlm_student(tmp_path, tiny_model_factory,
+                                                                           tiny_csv):
+    """``student`` (every other teacher layer) -> ``distill_mlm`` from that student: the student
+    holds the teacher's layers 0 and 2, the distillation starts from it, and a changed depth
+    re-runs both."""
+    from safetensors.torch import load_file
+
+    teacher, out = tiny_model_factory("bert", 4), tmp_path / "run"
+    corpus = {"files": [str(tiny_csv)], "max_length": 32, "heldout": 4}
+    recipe = {"out": str(out), "threads": 1, "stages": {
+        "head": {"kind": "fit_mlm_head", "teacher": str(teacher), "corpus": corpus, "train": TRAIN},
+        "init": {"kind": "student", "from": {"teacher": "head"}, "layers": 2},
+        "general": {"kind": "distill_mlm", "from": {"teacher": "head", "student": "init"},
+                    "corpus": corpus, "train": TRAIN},
+    }}
+    first = run_graph(parse_graph(json.loads(json.dumps(recipe)), "unused"))
+    assert first.status == dict.fromkeys(("head", "init", "general"), "ran")
+    init = json.loads((out / "init" / "distilprune.json").read_text())
+    assert (init["teacher_layers"], init["student_layers"]) == (4, 2)
+    source, student = (load_file(out / name / "model.safetensors") for name in ("head", "init"))
+    layer = "encoder.layer.{}.attention.self.query.weight"
+    for s_index, t_index in ((0, 0), (1, 2)):
+        s_key = next(k for k in student if k.endswith(layer.format(s_index)))
+        t_key = next(k for k in source if k.endswith(layer.format(t_index)))
+        assert torch.equal(student[s_key], source[t_key])
+    general = json.loads((out / "general" / "distilprune.json").read_text())
+    assert general["config"]["student"] == str(out / "init")
+
+    recipe["stages"]["init"]["layers"] = 1
+    again = run_graph(parse_graph(json.loads(json.dumps(recipe)), "unused"))
+    assert again.status == {"head": "skipped", "init": "ran", "general": "ran"}
+    assert json.loads((out / "init" / "distilprune.json").read_text())["student_layers"] == 1
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda r: r["stages"]["speed"]["from"].update(models=["dense", "nowhere"]), "no stage named 'nowhere'"),
     (lambda r: r["stages"]["speed"]["from"].update(models=[]), "speed.from: expected a mapping"),
@@ -140,6 +175,7 @@ def test_a_bad_deploy_stage_fails_in_one_line(edit, message, tmp_path, tiny_csv)
     (lambda r: r["stages"]["sparse"]["from"].update(teacher="locked"), "must come before 'sparse'"),
     (lambda r: r["stages"]["dense"].update(loss={"alpha_soft": 1.0}), "task distillation needs a teacher"),
     (lambda r: r.update(stages={}), "stages: expected a mapping"),
+    (lambda r: r["stages"].update(init={"kind": "student", "layers": 1}), "student needs --model"),
 ])
 def test_a_bad_graph_recipe_fails_in_one_line_before_any_work(edit, message, tmp_path, tiny_csv):
     recipe = graph(tmp_path / "run", tmp_path / "model", tiny_csv)

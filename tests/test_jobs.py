@@ -454,7 +454,7 @@ def test_a_student_of_a_headless_teacher_is_the_same_on_every_run(headless_model
     for rng_state in (1, 2):
         torch.manual_seed(rng_state)
         out = tmp_path / f"student{rng_state}"
-        distill_job.make_student(str(headless_model), str(out), layers=1)
+        distill_job.make_student(distill_job.StudentConfig(str(headless_model), str(out), layers=1))
         students.append(load_file(out / "model.safetensors"))
     assert students[0].keys() == students[1].keys()
     assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])

@@ -346,14 +346,12 @@ def student(
     teacher: Annotated[str | None, _hidden("--teacher")] = None,
 ) -> None:
     """Initialise a student from every other layer of --model, the teacher (DistilBERT)."""
-    from distilprune.jobs.distill import make_student
+    from distilprune.jobs.distill import StudentConfig, make_student
     from distilprune.models.student import parse_layer_map
 
     teacher = _renamed("--teacher", "--model", teacher, model)
-    if not teacher:
-        raise UserError("student needs --model (the teacher)")
     mapping = parse_layer_map(layer_map) if layer_map else None
-    summary = make_student(teacher, str(out), layers, mapping, overwrite)
+    summary = make_student(StudentConfig(teacher or "", str(out), layers, mapping, overwrite))
     out_console.print(
         f"student {summary['student_layers']}L from {summary['teacher_layers']}L: "
         f"{summary['parameters']:,} parameters ({summary['parameter_ratio']:.1%} of the teacher's) -> {out}")

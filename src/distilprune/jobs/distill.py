@@ -64,13 +64,29 @@ from distilprune.train import TrainConfig, TrainResult, save_losses_plot, train
 
 
 # ----------------------------------------------------------------------------- student
-def make_student(teacher: str, out: str, layers: int | None = None, layer_map: list[int] | None = None,
-                 overwrite: bool = False) -> dict[str, Any]:
+@dataclass
+class StudentConfig:
+    """A student initialised from ``teacher``: ``layers`` (default half, every other layer) or an
+    explicit ``layer_map`` of teacher layers to copy."""
+
+    teacher: str = ""
+    out: str = ""
+    layers: int | None = None
+    layer_map: list[int] | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        require(bool(self.teacher), "student needs --model (the teacher)")
+        require_at_least("layers", self.layers, 1)
+
+
+def make_student(cfg: StudentConfig) -> dict[str, Any]:
     """Save a half-depth (or ``layer_map``) student initialised from the teacher's layers."""
-    check_output_dir(out, overwrite)
+    teacher, out, layer_map = cfg.teacher, cfg.out, cfg.layer_map
+    check_output_dir(out, cfg.overwrite)
     with seeded(0):  # a head the teacher lacks (MiniLM has none) is the same on every run
         model = load_for_student(teacher)
-    student = build_student(model, layer_map, layers)
+    student = build_student(model, layer_map, cfg.layers)
     tokenizer = load_tokenizer(teacher)
     summary = {
         "kind": "student", "teacher": teacher,
@@ -79,7 +95,7 @@ def make_student(teacher: str, out: str, layers: int | None = None, layer_map: l
         "teacher_parameters": count_parameters(model), "parameters": count_parameters(student),
     }
     summary["parameter_ratio"] = summary["parameters"] / summary["teacher_parameters"]
-    save_on_main_process(out, overwrite, lambda tmp: save_model_dir(tmp, student, tokenizer, summary))
+    save_on_main_process(out, cfg.overwrite, lambda tmp: save_model_dir(tmp, student, tokenizer, summary))
     return summary
 
 
@@ -373,7 +389,7 @@ def distill_task(cfg: TaskDistillConfig) -> dict[str, Any]:
 
 
 __all__ = [
-    "CorpusConfig", "DistillLoss", "GeneralDistillConfig", "MLMHeadConfig", "TaskDistillConfig",
-    "TaskLoss", "distill_task", "fit_mlm_head", "general_distill", "make_student", "masked_accuracy",
-    "teacher_logits",
+    "CorpusConfig", "DistillLoss", "GeneralDistillConfig", "MLMHeadConfig", "StudentConfig",
+    "TaskDistillConfig", "TaskLoss", "distill_task", "fit_mlm_head", "general_distill", "make_student",
+    "masked_accuracy", "teacher_logits",
 ]

@@ -4,7 +4,7 @@ recipe section), wired to the stages before it by ``from:``; ``distilprune run``
     out: runs/sparse-pretrain
     stages:
       head:
-        kind: fit_mlm_head
+        kind: fit_mlm_head            # also: student (a half-depth copy of a teacher)
         teacher: minilm-l6
       sparse80:
         kind: distill_mlm
@@ -62,6 +62,7 @@ class Kind:
 
 KINDS = {
     "finetune": Kind("distilprune.jobs.finetune:FinetuneConfig", "distilprune.jobs.distill:task_finetune"),
+    "student": Kind("distilprune.jobs.distill:StudentConfig", "distilprune.jobs.distill:make_student"),
     "fit_mlm_head": Kind("distilprune.jobs.distill:MLMHeadConfig", "distilprune.jobs.distill:fit_mlm_head"),
     "distill_mlm": Kind("distilprune.jobs.distill:GeneralDistillConfig",
                         "distilprune.jobs.distill:general_distill"),
@@ -202,7 +203,10 @@ def job_config(spec: StageSpec, out: Path, paths: dict[str, str] | None = None) 
 
 
 def _input_files(cfg: Any) -> tuple[list[str], str]:
-    """The data or corpus files a job reads (their digests go into its stage hash)."""
+    """The data or corpus files a job reads (their digests go into its stage hash); none for a
+    job that reads only models (``student``)."""
+    if not hasattr(cfg, "data") and not hasattr(cfg, "corpus"):
+        return [], "files"
     if hasattr(cfg, "data"):
         from distilprune.jobs.common import DataConfig, data_digests
 

@@ -339,10 +339,10 @@ def _run_mlm_head(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, An
 
 
 def _run_student(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
-    from distilprune.jobs.distill import make_student
+    from distilprune.jobs.distill import StudentConfig, make_student
 
-    return make_student(model_path(cfg, records, "mlm_head"), str(stage_dir(cfg, "student")),
-                        cfg.student.layers, cfg.student.layer_map, overwrite=True)
+    return make_student(StudentConfig(model_path(cfg, records, "mlm_head"), str(stage_dir(cfg, "student")),
+                                      cfg.student.layers, cfg.student.layer_map, overwrite=True))
 
 
 def _run_distill(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:

@@ -1,0 +1,87 @@
+"""The fine-tuning stages of a stage-graph recipe as one results table: each stage's validation
+score, its ratio to a baseline stage (retention), sparsity, learning rate and steps.
+
+    python benchmarks/recipe_report.py benchmarks/recipes/tasks_qnli_diagnosis.yaml \\
+        --baseline qnli-dense --name trials/tasks_qnli_diagnosis [--run] [--set KEY=VALUE] [--note TEXT]
+
+``--run`` runs the recipe first (``distilprune run``'s engine: finished stages are skipped);
+without it, stages not finished yet are listed as such. Writes ``results/<name>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, load_summary, write_results
+
+from distilprune.config import dotted_overrides
+from distilprune.jobs.graph import GraphRecipe, load_graph, run_graph
+from distilprune.reporting.formatting import markdown_table
+
+COLUMNS = ["stage", "model", "lock_sparsity", "teacher", "lr", "steps", "metric", "score", "retention",
+           "sparsity", "seconds"]
+
+
+def stage_row(recipe: GraphRecipe, name: str) -> dict[str, Any] | None:
+    """A finished fine-tuning stage's settings and validation score (None if not finished)."""
+    spec, summary = recipe.stages[name], load_summary(Path(recipe.out) / name)
+    if summary is None:
+        return None
+    train = spec.settings.get("train") or {}
+    metric = train.get("select_metric", "accuracy")
+    metric = metric if metric in summary["metrics"] else next(iter(summary["metrics"]))
+    return {"stage": name, "model": spec.sources.get("model", spec.settings.get("model")),
+            "lock_sparsity": bool(spec.settings.get("lock_sparsity")),
+            "teacher": spec.sources.get("teacher", spec.settings.get("teacher")) or "-",
+            "lr": train.get("lr"), "steps": summary["train"]["steps"], "metric": metric,
+            "score": summary["metrics"][metric], "sparsity": summary.get("sparsity"),
+            "seconds": summary["train"]["seconds"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("--baseline", required=True, help="the stage the retention is relative to")
+    parser.add_argument("--name", required=True, help="results stem (e.g. trials/tasks_qnli_diagnosis)")
+    parser.add_argument("--run", action="store_true", help="run the recipe first")
+    parser.add_argument("--note", default="", help="a paragraph for the report (what else was measured)")
+    parser.add_argument("--set", dest="assignments", action="append", metavar="KEY=VALUE",
+                        help="override a recipe key, dotted (stages.qnli-dense.train.lr=1e-4)")
+    args = parser.parse_args()
+    recipe = load_graph(args.recipe, dotted_overrides(args.assignments))
+    if args.baseline not in recipe.stages:
+        raise SystemExit(f"{args.recipe}: no stage named {args.baseline!r}")
+    if args.run:
+        run_graph(recipe)
+    names = [n for n, spec in recipe.stages.items() if spec.kind == "finetune"]
+    rows = {name: stage_row(recipe, name) for name in names}
+    base = rows.get(args.baseline)
+    if base is None:
+        raise SystemExit(f"the baseline stage {args.baseline} has not finished: run with --run")
+    done = [row | {"retention": row["score"] / base["score"]} for row in rows.values() if row]
+    missing = [name for name, row in rows.items() if row is None]
+    argv = sys.argv[1:]
+    if "--note" in argv:  # the note is printed above the command, not inside it
+        at = argv.index("--note")
+        argv = [*argv[:at], "--note", "<the paragraph above>", *argv[at + 2:]]
+    command = shlex.join(["python", "benchmarks/recipe_report.py", *argv])
+    recipe_path = str(args.recipe.resolve().relative_to(ROOT) if args.recipe.resolve().is_relative_to(ROOT)
+                      else args.recipe)
+    payload = {"benchmark": "recipe", "recipe": recipe_path, "baseline": args.baseline, "rows": done,
+               "not_finished": missing, "note": args.note, "command": command}
+    md = (f"# {Path(args.name).name}: the fine-tuning stages of `{recipe_path}`\n\n"
+          f"Validation score of each stage and its retention of `{args.baseline}` (what each stage asks: "
+          f"the recipe's comments).\n\n" + markdown_table([r | {"lr": f"{r['lr']:g}"} for r in done], COLUMNS)
+          + (f"\nNot finished: {', '.join(missing)}.\n" if missing else "")
+          + (f"\n{args.note}\n" if args.note else "")
+          + f"\nCommand: `{command}`.\n")
+    write_results(args.name, payload, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
