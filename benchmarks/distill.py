@@ -26,7 +26,7 @@ import torch
 from common import RESULTS, ROOT, WORK, check_split, load_summary, require_data, write_results
 
 from distilprune.config import dotted_overrides, merge
-from distilprune.jobs.graph import GraphRecipe, load_graph, run_graph
+from distilprune.jobs.graph import GraphRecipe, load_graph, run_graph, select
 from distilprune.reporting.formatting import markdown_table
 
 RECIPE = ROOT / "benchmarks" / "recipes" / "distill.yaml"
@@ -71,9 +71,10 @@ def main() -> None:
                  "stages": {"student-c-gd-td": {"teacher": str(args.teacher)}}}
     recipe = load_graph(RECIPE, merge(dotted_overrides(args.assignments), overrides, keep_none=True))
     check_split(recipe, list(STUDENTS), lambda name: False)  # the teacher's split, raw tweets
-    if load_summary(args.teacher) is None and (not args.stages or "student-c-gd-td" in args.stages):
+    stages = select(recipe, args.stages)
+    if load_summary(args.teacher) is None and "student-c-gd-td" in stages:
         raise SystemExit(f"the teacher {args.teacher} is not a finished run: run benchmarks/finetune.py")
-    run_graph(recipe, args.stages)
+    run_graph(recipe, stages)
     if args.stages is None:
         report(recipe, args)
 
@@ -144,4 +145,10 @@ def _report(rows: list[dict], ablation: list[dict], recipe: GraphRecipe, args: a
 
 
 if __name__ == "__main__":
-    main()
+    from distilprune.errors import UserError
+
+    try:
+        main()
+    except UserError as exc:  # a bad --set, --stages or recipe key: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
