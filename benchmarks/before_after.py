@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import write_results
+from common import run_main, write_results
 from safetensors.torch import load_file
 
 from distilprune.reporting.formatting import markdown_table
@@ -82,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from distilprune.data.preprocess import DEFAULT_TWEET_STEPS
+from distilprune.data.shared import shared_data_dir
+from distilprune.errors import UserError
 from distilprune.jobs.common import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 # Fine-tuned models shared between benchmarks (git-ignored); point it elsewhere to keep them.
 WORK = Path(os.environ.get("DISTILPRUNE_BENCH_WORK", ROOT / "benchmarks" / "work"))
-DATA = ROOT.parent / "shared" / "data"
+DATA = shared_data_dir()  # ../shared/data beside the repository (or $DISTILPRUNE_SHARED_DATA)
 DISASTER_TRAIN = DATA / "disaster_tweets" / "train.csv"
 DISASTER_TEST = DATA / "disaster_tweets" / "test.csv"
 PREPROCESS = ["keyword", *DEFAULT_TWEET_STEPS]  # the benchmarks' tweet preprocessing
@@ -94,3 +97,13 @@ def staged(out: Path, run: Callable[[], Any], expect: Mapping[str, Any] | None =
     if ran:
         print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
     return record["summary"]
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a benchmark script's ``main``: a bad input (a --set key, a stage name, a missing file)
+    is one line on stderr and exit 2, as in the CLI, not a traceback."""
+    try:
+        main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import WORK, write_results
+from common import WORK, run_main, write_results
 
 from distilprune.engine.deepsparse import (
     _worker_env,
@@ -218,4 +218,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

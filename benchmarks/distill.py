@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, ROOT, WORK, check_split, load_summary, require_data, write_results
+from common import RESULTS, ROOT, WORK, check_split, load_summary, require_data, run_main, write_results
 
 from distilprune.config import dotted_overrides, merge
 from distilprune.jobs.graph import GraphRecipe, load_graph, run_graph, select
@@ -145,10 +145,4 @@ def _report(rows: list[dict], ablation: list[dict], recipe: GraphRecipe, args: a
 
 
 if __name__ == "__main__":
-    from distilprune.errors import UserError
-
-    try:
-        main()
-    except UserError as exc:  # a bad --set, --stages or recipe key: one line, exit 2
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_main(main)

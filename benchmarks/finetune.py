@@ -29,6 +29,7 @@ from common import (
     data_config,
     load_summary,
     require_data,
+    run_main,
     write_results,
 )
 
@@ -114,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import DISASTER_TRAIN, RESULTS, ROOT, WORK, require_data, write_results
+from common import DISASTER_TRAIN, RESULTS, ROOT, WORK, require_data, run_main, write_results
 
 from distilprune.reporting.formatting import markdown_table
 
@@ -595,4 +595,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -7,8 +7,9 @@ blocks, in one run:
 (b) downstream GMP: the dense pre-trained model is pruned on the same schedule *during*
     fine-tuning (same ``ft_steps``).
 The dense baseline is the dense pre-trained model fine-tuned with the same budget; both sparse
-variants are task-distilled from it while fine-tuning. The most sparse models run first (the
-speed benchmark needs ``ofa-block-0.90``).
+variants are task-distilled from it while fine-tuning. The stages are ``recipes/prune.yaml``'s,
+run by ``distilprune run``'s engine with this script's budget (finished stages are skipped, a
+changed budget re-runs what it changes); the script turns them into the results.
 
 ``--base minilm-l6`` (default): the packaged MiniLM (6L/384H) is both teacher and student, as in
 the Prune OFA paper (BERT-base distilled into a pruned BERT-base); its MLM head is fitted first.
@@ -30,154 +31,127 @@ the labels only), ``--task-cos``, ``--kd-teacher``, ``--scope global``, ``--seed
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import copy
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
-from common import WORK, data_config, load_summary, require_data, result_path, staged, write_results
-
-from distilprune.io import save_png
-from distilprune.jobs.distill import (
-    CorpusConfig,
-    DistillLoss,
-    GeneralDistillConfig,
-    MLMHeadConfig,
-    TaskLoss,
-    fit_mlm_head,
-    general_distill,
-    task_finetune,
+from common import (
+    DISASTER_TRAIN,
+    ROOT,
+    WORK,
+    load_summary,
+    require_data,
+    result_path,
+    run_main,
+    write_results,
 )
-from distilprune.jobs.finetune import FinetuneConfig
-from distilprune.prune import PruneConfig
+
+from distilprune.config import dotted_overrides, load_yaml, merge
+from distilprune.io import save_png
+from distilprune.jobs.graph import GraphRecipe, job_config, parse_graph, plan, run_graph, with_upstream
+from distilprune.jobs.staging import read_record
 from distilprune.reporting.formatting import markdown_table
-from distilprune.train import TrainConfig
 
+RECIPE = ROOT / "benchmarks" / "recipes" / "prune.yaml"
 DISTILL = WORK / "distill"
-CORPUS = CorpusConfig(max_length=64, heldout=500, seed=0)
-SPARSITIES = (0.8, 0.85, 0.9)
-STUDENT_LAYERS = 6  # all of MiniLM's layers; half of the 12L MPNet teacher's
-KD_LOSS = TaskLoss(temperature=2.0, alpha_soft=0.5, alpha_hard=0.5)  # teacher: the dense fine-tune
+SPARSITIES = (0.9, 0.85, 0.8)
 METHODS = ("block", "unstructured")
+HEAD = "minilm-l6-mlm"
 
 
-def schedule(method: str, sparsity: float, scope: str = "layer") -> PruneConfig:
-    return PruneConfig(method=method, final_sparsity=sparsity, block_size=4, start_fraction=0.0,
-                       end_fraction=0.7, frequency=10, scope=scope)
+def tag(method: str, sparsity: float) -> str:
+    return f"{method}-{sparsity:.2f}"
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Steps, learning rates and loss options shared by every cell of one run."""
-
-    out: Path
-    gd_steps: int
-    ft_steps: int
-    gd_lr: float
-    ft_lr: float
-    gd_cos_layers: str
-    task_cos: float
-    kd_teacher: Path | None = None  # default: the dense fine-tune of this run
-    dense_steps: int | None = None  # default: ft_steps
-    dense_lr: float | None = None  # default: ft_lr
-    seed: int = 42  # of the fine-tunings (the sparse pre-trainings always use 42)
-    scope: str = "layer"  # pruning threshold per tensor ("layer") or across all ("global")
-    gd_alpha_ce: float | None = None  # default: the base's soft-target weight
-    task_kd: bool = True  # sparse fine-tunes task-distilled from ``teacher`` (else labels only)
-
-    @property
-    def dense_ft_steps(self) -> int:
-        return self.dense_steps or self.ft_steps
-
-    @property
-    def dense_ft_lr(self) -> float:
-        return self.dense_lr or self.ft_lr
-
-    @property
-    def teacher(self) -> Path:
-        """The fine-tuned classifier the sparse models are task-distilled from."""
-        return self.kd_teacher or self.out / "dense"
-
-    def gd_loss(self, base_loss: DistillLoss) -> DistillLoss:
-        """The base's sparse pre-training loss with this run's cosine layers (and soft-target weight)."""
-        alpha_ce = base_loss.alpha_ce if self.gd_alpha_ce is None else self.gd_alpha_ce
-        return dataclasses.replace(base_loss, cos_layers=self.gd_cos_layers, alpha_ce=alpha_ce)
-
-    def task_loss(self) -> TaskLoss:
-        """Task distillation from the dense fine-tune, plus the optional every-layer cosine."""
-        return dataclasses.replace(KD_LOSS, alpha_cos=self.task_cos, cos_layers="all")
+def group(name: str) -> str:
+    """A stage's group: the head, ``dense``, ``dense-kd`` or a cell's ``gd``/``ofa``/``gmp``."""
+    return name if name in (HEAD, "dense", "dense-kd") else name.partition("-")[0]
 
 
-def train_config(steps: int, lr: float, seed: int = 42) -> TrainConfig:
-    return TrainConfig(max_steps=steps, lr=lr, batch_size=32, patience=None, seed=seed, warmup_ratio=0.05)
+def add_cell(stages: dict[str, Any], method: str, sparsity: float) -> None:
+    """Add a cell off the recipe's matrix: the same method's 90 % stages at ``sparsity``."""
+    new, template = tag(method, sparsity), tag(method, 0.9)
+    if f"gd-{new}" in stages:
+        return
+    for kind in ("gd", "ofa", "gmp"):
+        body = copy.deepcopy(stages[f"{kind}-{template}"])
+        if "prune" in body:
+            body["prune"]["final_sparsity"] = sparsity
+        if kind == "ofa":
+            body["from"]["model"] = f"gd-{new}"
+        stages[f"{kind}-{new}"] = body
 
 
-def expected(steps: int, lr: float, prune: PruneConfig | None = None, teacher: Path | None = None,
-             seed: int = 42, task_cos: float = 0.0) -> dict:
-    """What a reused stage must have been made with (``common.staged`` checks it); ``teacher=None``
-    asks for a stage made without task distillation, else one distilled with ``task_cos``."""
-    keys: dict = {"config.train.max_steps": steps, "config.train.lr": lr, "config.train.seed": seed,
-                  "distillation.teacher": teacher}
-    if teacher is not None:
-        keys["distillation.alpha_cos"] = task_cos
-    if prune is not None:
-        keys |= {"config.prune.method": prune.method, "config.prune.final_sparsity": prune.final_sparsity}
-        if prune.method == "structured":
-            keys |= {"config.prune.heads": prune.heads, "config.prune.neurons": prune.neurons}
-        if prune.scope != "layer":  # stages made before the option existed are layer-scoped
-            keys["config.prune.scope"] = prune.scope
-    return keys
+def budget_overrides(args: argparse.Namespace, names: list[str]) -> dict[str, dict]:
+    """The stages' settings that the budget options set, by stage name."""
+    data = {"train": str(DISASTER_TRAIN)}  # the shared split, from any working directory
+    labels = {"data": data, "train": {"max_steps": args.ft_steps, "lr": args.ft_lr, "seed": args.seed}}
+    distilled = labels | {"loss": {"alpha_cos": args.task_cos}}
+    if args.kd_teacher is not None:  # a classifier made elsewhere, by its path
+        distilled |= {"teacher": str(args.kd_teacher)}
+    cell = labels if args.no_task_kd else distilled
+    by_group = {
+        HEAD: {"train": {"max_steps": args.head_steps}},
+        "dense": {"data": data, "train": {"max_steps": args.dense_steps or args.ft_steps,
+                                          "lr": args.dense_lr or args.ft_lr, "seed": args.seed}},
+        "dense-kd": distilled,
+        "gd": {"train": {"max_steps": args.gd_steps, "lr": args.gd_lr},
+               "loss": {"cos_layers": args.gd_cos_layers, "alpha_ce": args.gd_alpha_ce},
+               "prune": {"scope": args.scope}},
+        "ofa": cell,
+        "gmp": cell | {"prune": {"scope": args.scope}},
+    }
+    return {name: by_group[group(name)] for name in names}
 
 
-@dataclass(frozen=True)
-class Base:
-    """Where pruning starts: the masked-LM teacher and the dense pre-trained model."""
-
-    name: str
-    mlm_teacher: Path
-    dense: Path | str
-    loss: DistillLoss
-
-
-def prepare_base(name: str, head_steps: int, out: Path) -> Base:
-    """Fit MiniLM's MLM head (once), or reuse the distillation benchmark's MPNet teacher + student."""
-    if name == "mpnet-student":
-        if load_summary(DISTILL / "student-gd") is None:
-            raise SystemExit("run benchmarks/distill.py --stages mpnet-mlm,student-gd first")
-        return Base(name, DISTILL / "mpnet-mlm", DISTILL / "student-gd", DistillLoss())
-    mlm = out / f"{name}-mlm"
-    staged(mlm, lambda: fit_mlm_head(MLMHeadConfig(
-        teacher=name, out=str(mlm), corpus=CORPUS, overwrite=True,
-        train=TrainConfig(max_steps=head_steps, lr=2e-3, batch_size=32, patience=None, seed=0))))
-    # The fitted head predicts only ~8% of masked tokens: its MLM loss (~7 nats) would drag the
-    # encoder towards a poor head, so the student keeps the soft-target KL and the hidden cosine.
-    return Base(name, mlm, name, DistillLoss(alpha_mlm=0.0))
+def rewire(stages: dict[str, Any], args: argparse.Namespace) -> None:
+    """Teacher and base choices that change a stage's ``from:`` wiring, in place."""
+    for name, body in stages.items():
+        sources = body["from"] = dict(body.get("from") or {})  # YAML merge keys share the mapping
+        if group(name) in ("dense-kd", "ofa", "gmp") and args.kd_teacher is not None:
+            sources.pop("teacher", None)
+        if group(name) in ("ofa", "gmp") and args.no_task_kd:  # labels only
+            sources.pop("teacher", None)
+            body.pop("loss", None)
+        if args.base == "mpnet-student":  # the distillation benchmark's MPNet teacher and student
+            if group(name) == "gd":
+                sources.pop("teacher")
+                body |= {"teacher": str(DISTILL / "mpnet-mlm"), "loss": {}}  # the triple loss
+            elif "model" not in sources:
+                body["model"] = str(DISTILL / "student-gd")
+    if args.base == "mpnet-student":
+        del stages[HEAD]
 
 
-def ofa_pretrain(base: Base, budget: Budget, prune: PruneConfig, tag: str) -> dict:
-    """Masked-LM distillation of the base into its copy pruned by ``prune``, in ``gd-<tag>``."""
-    out, loss = budget.out / f"gd-{tag}", budget.gd_loss(base.loss)
-    cfg = GeneralDistillConfig(teacher=str(base.mlm_teacher), out=str(out),
-                               student_layers=STUDENT_LAYERS, corpus=CORPUS, loss=loss,
-                               train=train_config(budget.gd_steps, budget.gd_lr), prune=prune, overwrite=True)
-    return staged(out, lambda: general_distill(cfg),
-                  expected(budget.gd_steps, budget.gd_lr, prune) | {"config.loss.alpha_ce": loss.alpha_ce})
+def build_recipe(args: argparse.Namespace) -> GraphRecipe:
+    """``recipes/prune.yaml`` with the asked cells, this run's budget, base, teacher and ``--set``."""
+    data = load_yaml(RECIPE)
+    for method, sparsity in cells(args.only):
+        add_cell(data["stages"], method, sparsity)
+    rewire(data["stages"], args)
+    budget = {"stages": budget_overrides(args, list(data["stages"])), "out": str(args.work),
+              "threads": args.threads}
+    return parse_graph(merge(merge(data, budget), dotted_overrides(args.assignments), keep_none=True),
+                       str(args.work))
 
 
-def downstream(budget: Budget, name: str, model: Path | str, lock: bool = False,
-               prune: PruneConfig | None = None, distill: bool = True, steps: int | None = None,
-               lr: float | None = None) -> dict:
-    """Fine-tune on the tweets (``steps`` and ``lr``, default the budget's); with ``distill``,
-    task-distilled from the budget's teacher."""
-    out = budget.out / name
-    steps, lr = steps or budget.ft_steps, lr or budget.ft_lr
-    cfg = FinetuneConfig(model=str(model), out=str(out), data=data_config(False),
-                         train=train_config(steps, lr, budget.seed), lock_sparsity=lock,
-                         prune=prune, overwrite=True)
-    teacher = budget.teacher if distill and budget.task_kd else None
-    return staged(out, lambda: task_finetune(cfg, teacher, budget.task_loss()),
-                  expected(steps, lr, prune, teacher, budget.seed, budget.task_cos))
+def reported_stages(args: argparse.Namespace) -> list[str]:
+    """The stages this run reports (or, with ``--gd-only``, makes)."""
+    if args.gd_only:
+        return [f"gd-{tag(*cell)}" for cell in cells(args.only)]
+    per_cell = [v for v in args.variants if v != "kd"]  # the kd control is one dense row, not a cell
+    return (["dense"] + (["dense-kd"] if "kd" in args.variants else [])
+            + [f"{v}-{tag(*cell)}" for cell in cells(args.only) for v in per_cell])
+
+
+def refuse_linked_stale(recipe: GraphRecipe, names: list[str]) -> None:
+    """A stage linked in from another work directory must not be remade with other inputs."""
+    for name, stage in plan(recipe).items():
+        record = read_record(stage.out)
+        if name in names and stage.out.is_symlink() and record and record["hash"] != stage.hash:
+            raise SystemExit(f"{stage.out} is linked from another work directory and was made from other "
+                             "inputs; use a fresh --work")
 
 
 def row(name: str, method: str, sparsity: float, summary: dict, dense_acc: float, seconds: float) -> dict:
@@ -228,6 +202,8 @@ def parse_args() -> argparse.Namespace:
                              "report): the inputs of benchmarks/tasks.py")
     parser.add_argument("--report-only", action="store_true",
                         help="report the finished cells of --work (train nothing; list the missing ones)")
+    parser.add_argument("--set", dest="assignments", action="append", metavar="KEY=VALUE",
+                        help="override any recipe key, dotted (stages.dense.train.warmup_ratio=0.1)")
     return parser.parse_args()
 
 
@@ -254,78 +230,78 @@ def main() -> None:
     args = parse_args()
     if args.no_task_kd and "kd" in args.variants:
         raise SystemExit("--variants kd is the task-distilled dense control: drop --no-task-kd")
+    if args.base == "mpnet-student" and load_summary(DISTILL / "student-gd") is None:
+        raise SystemExit("run benchmarks/distill.py --stages mpnet-mlm,student-gd first")
     require_data()
-    torch.set_num_threads(args.threads)
-    budget = Budget(out=args.work, gd_steps=args.gd_steps, ft_steps=args.ft_steps, gd_lr=args.gd_lr,
-                    ft_lr=args.ft_lr, gd_cos_layers=args.gd_cos_layers, task_cos=args.task_cos,
-                    kd_teacher=args.kd_teacher, dense_steps=args.dense_steps, dense_lr=args.dense_lr,
-                    seed=args.seed, scope=args.scope, gd_alpha_ce=args.gd_alpha_ce,
-                    task_kd=not args.no_task_kd)
-    base = prepare_base(args.base, args.head_steps, args.work)
-    if args.gd_only:
-        for method, sparsity in cells(args.only):
-            ofa_pretrain(base, budget, schedule(method, sparsity, budget.scope), f"{method}-{sparsity:.2f}")
-        return
-    dense = downstream(budget, "dense", base.dense, distill=False, steps=budget.dense_ft_steps,
-                       lr=budget.dense_ft_lr)
+    recipe = build_recipe(args)
+    names, missing = reported_stages(args), []
+    if args.report_only:  # report the finished stages, train nothing (but the dense baseline)
+        missing = [n for n in names[1:] if load_summary(args.work / n) is None]
+        names = [n for n in names if n not in missing]
+    selected = with_upstream(recipe, names if not args.report_only else ["dense"])
+    refuse_linked_stale(recipe, selected)
+    run_graph(recipe, selected)
+    if not args.gd_only:
+        report(args, recipe, results(args.work, names), missing)
+
+
+def results(work: Path, names: list[str]) -> list[dict]:
+    """The result rows of the finished stages ``names`` (dense first)."""
+    dense = load_summary(work / "dense")
     dense_acc = dense["metrics"]["accuracy"]
     rows = [row("dense (FT)", "-", 0.0, dense, dense_acc, dense["train"]["seconds"])]
-    missing = []
-    if "kd" in args.variants and not (args.report_only and load_summary(args.work / "dense-kd") is None):
-        control = downstream(budget, "dense-kd", base.dense)  # the sparse cells' recipe without pruning
-        rows.append(row(KD_CONTROL, "-", 0.0, control, dense_acc, control["train"]["seconds"]))
-    per_cell = [v for v in args.variants if v != "kd"]  # the kd control is one dense row, not a cell
-    for method, sparsity in cells(args.only):
-        tag = f"{method}-{sparsity:.2f}"
-        variants = per_cell
-        if args.report_only:  # report the finished stages, train nothing
-            variants = [v for v in variants if load_summary(args.work / f"{v}-{tag}") is not None]
-            missing += [f"{v}-{tag}" for v in per_cell if v not in variants]
-        if "ofa" in variants:
-            gd = ofa_pretrain(base, budget, schedule(method, sparsity, budget.scope), tag)
-            ofa = downstream(budget, f"ofa-{tag}", args.work / f"gd-{tag}", lock=True)
-            rows.append(row("(a) Prune OFA", method, sparsity, ofa, dense_acc,
-                            gd["train"]["seconds"] + ofa["train"]["seconds"]))
-        if "gmp" in variants:
-            gmp = downstream(budget, f"gmp-{tag}", base.dense, prune=schedule(method, sparsity, budget.scope))
-            rows.append(row("(b) GMP on task", method, sparsity, gmp, dense_acc, gmp["train"]["seconds"]))
+    for name in names[1:]:
+        summary = load_summary(work / name)
+        if name == "dense-kd":  # the sparse cells' recipe without pruning
+            rows.append(row(KD_CONTROL, "-", 0.0, summary, dense_acc, summary["train"]["seconds"]))
+            continue
+        variant, _, cell = name.partition("-")
+        method, _, sparsity = cell.rpartition("-")
+        seconds = summary["train"]["seconds"]
+        if variant == "ofa":
+            seconds += load_summary(work / f"gd-{cell}")["train"]["seconds"]
+        label = "(a) Prune OFA" if variant == "ofa" else "(b) GMP on task"
+        rows.append(row(label, method, float(sparsity), summary, dense_acc, seconds))
     rows[1:] = sorted(rows[1:], key=lambda r: (r["variant"], r["method"], r["target_sparsity"]))
-    report(args, budget, base, rows, missing)
+    return rows
 
 
-def report(args: argparse.Namespace, budget: Budget, base: Base, rows: list[dict],
-           missing: list[str]) -> None:
+def report(args: argparse.Namespace, recipe: GraphRecipe, rows: list[dict], missing: list[str]) -> None:
     """``results/<name>.{json,md}`` and the accuracy-vs-sparsity PNG."""
     plot(rows, result_path(args.name, "_accuracy.png"))
-    gd_loss, task_loss = budget.gd_loss(base.loss), budget.task_loss()
-    dense_steps = budget.dense_ft_steps
+    gd_stage = next(n for n in recipe.stages if n.startswith("gd-"))
+    gd_loss = job_config(recipe.stages[gd_stage], args.work)[0].loss
+    task_loss = job_config(recipe.stages["dense-kd"], args.work)[1]["loss"]
+    teacher = args.kd_teacher or args.work / "dense"
+    task_kd = not args.no_task_kd
+    dense_steps, dense_lr = args.dense_steps or args.ft_steps, args.dense_lr or args.ft_lr
     checks = target_checks(rows)
     payload = {"benchmark": "prune", "threads": args.threads, "base": args.base,
-               "budgets": {"general_distillation_steps": budget.gd_steps, "finetune_steps": budget.ft_steps,
-                           "dense_finetune_steps": dense_steps, "dense_finetune_lr": budget.dense_ft_lr,
-                           "kd_teacher": str(budget.teacher) if budget.task_kd else None,
-                           "general_distillation_lr": budget.gd_lr, "finetune_lr": budget.ft_lr,
+               "budgets": {"general_distillation_steps": args.gd_steps, "finetune_steps": args.ft_steps,
+                           "dense_finetune_steps": dense_steps, "dense_finetune_lr": dense_lr,
+                           "kd_teacher": str(teacher) if task_kd else None,
+                           "general_distillation_lr": args.gd_lr, "finetune_lr": args.ft_lr,
                            "mlm_head_steps": args.head_steps, "batch_size": 32,
                            "schedule": "cubic, 0 -> target over the first 70% of steps, "
-                                       "masks updated every 10 steps", "scope": budget.scope,
-                           "finetune_seed": budget.seed},
+                                       "masks updated every 10 steps", "scope": args.scope,
+                           "finetune_seed": args.seed},
                "general_distillation_loss": vars(gd_loss), "finetune_kd": vars(task_loss),
                "rows": rows, "not_run": missing, "targets": checks,
                "command": " ".join(["python benchmarks/prune.py", *sys.argv[1:]])}
-    cos = f"; plus {budget.task_cos:g} x every-layer cosine to it" if budget.task_cos else ""
-    threshold = "one global magnitude threshold" if budget.scope == "global" else "a threshold per tensor"
+    cos = f"; plus {args.task_cos:g} x every-layer cosine to it" if args.task_cos else ""
+    threshold = "one global magnitude threshold" if args.scope == "global" else "a threshold per tensor"
     md = (f"# Prune OFA vs downstream GMP ({args.base}, disaster tweets validation)\n\n"
           + markdown_table(rows, ["variant", "method", "target_sparsity", "measured_sparsity",
                                   "accuracy", "f1", "retention", "best_step", "seconds"])
-          + f"\nBudgets: {args.threads} thread(s); (a) masked-LM distillation {budget.gd_steps} steps x 32 "
-          f"texts (seq <= 64, lr {budget.gd_lr:g}) with pruning, then fine-tuning {budget.ft_steps} steps "
-          f"with the mask locked; (b) fine-tuning {budget.ft_steps} steps with pruning; batch 32, "
-          f"lr {budget.ft_lr:g}, same schedule (cubic, 0 -> target over the first 70% of steps, masks "
+          + f"\nBudgets: {args.threads} thread(s); (a) masked-LM distillation {args.gd_steps} steps x 32 "
+          f"texts (seq <= 64, lr {args.gd_lr:g}) with pruning, then fine-tuning {args.ft_steps} steps "
+          f"with the mask locked; (b) fine-tuning {args.ft_steps} steps with pruning; batch 32, "
+          f"lr {args.ft_lr:g}, same schedule (cubic, 0 -> target over the first 70% of steps, masks "
           f"updated every 10 steps, {threshold}); fine-tuning seed "
-          f"{budget.seed}; dense fine-tune {dense_steps} steps at lr {budget.dense_ft_lr:g}; "
+          f"{args.seed}; dense fine-tune {dense_steps} steps at lr {dense_lr:g}; "
           "both sparse variants are "
-          + (f"task-distilled from `{budget.teacher.name}` (T=2, 0.5 soft + 0.5 hard{cos}); "
-             if budget.task_kd else "fine-tuned on the labels only (no task distillation); ")
+          + (f"task-distilled from `{teacher.name}` (T=2, 0.5 soft + 0.5 hard{cos}); "
+             if task_kd else "fine-tuned on the labels only (no task distillation); ")
           + f"distillation loss α={gd_loss.alpha_ce:g}, "
           f"β={gd_loss.alpha_mlm:g}, γ={gd_loss.alpha_cos:g} (cosine on "
           f"{'every layer' if gd_loss.cos_layers == 'all' else 'the last layer'}). "
@@ -382,4 +358,4 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,7 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from common import load_summary, result_path, write_results
+from common import load_summary, result_path, run_main, write_results
 from prune import TARGETS
 
 from distilprune.io import save_png
@@ -127,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import WORK, data_config, load_summary, require_data, staged, write_results
+from common import WORK, data_config, load_summary, require_data, run_main, staged, write_results
 
 from distilprune.export import OnnxClassifier, export_onnx
 from distilprune.export.onnx import static_quantize_export
@@ -259,4 +259,4 @@ def analysis(payload: dict) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import DISASTER_TEST, RESULTS, ROOT, WORK, write_results
+from common import DISASTER_TEST, RESULTS, ROOT, WORK, run_main, write_results
 
 from distilprune.reporting.formatting import markdown_table
 
@@ -661,4 +661,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

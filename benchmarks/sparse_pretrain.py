@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, ROOT, WORK, write_results
+from common import RESULTS, ROOT, WORK, run_main, write_results
 
 from distilprune.reporting.formatting import markdown_table
 
@@ -171,4 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import DISASTER_TEST, RESULTS, WORK, data_config, require_data, write_results
+from common import DISASTER_TEST, RESULTS, WORK, data_config, require_data, run_main, write_results
 
 from distilprune.benchmark.kernels import DENSE_ENGINES, time_shape
 from distilprune.io import atomic_file, save_png
@@ -441,4 +441,4 @@ def render(payload: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

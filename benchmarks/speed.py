@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import RESULTS, WORK, data_config, load_summary, require_data, staged, write_results
+from common import RESULTS, WORK, data_config, load_summary, require_data, run_main, staged, write_results
 
 from distilprune.export import export_onnx
 from distilprune.export.onnx import static_quantize_export
@@ -217,4 +217,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

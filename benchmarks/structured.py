@@ -10,9 +10,10 @@ neurons (weight-magnitude importance) and are then fine-tuned for the same ``--f
 Fine-tunings are on the labels (the dense baseline's recipe) unless ``--task-kd``
 (task distillation from the dense fine-tune). Same validation split as ``finetune.py``.
 
-The stages are ``prune.py``'s (MLM head, dense fine-tune, pruned distillation, fine-tuning) and
-resume when rerun; a ``prune.py`` work directory's MLM head and dense fine-tune made with the
-same budget can be linked in (``ln -s ../prune609/minilm-l6-mlm ../prune609/dense WORK/``).
+The stages are ``recipes/structured.yaml``'s, run by ``distilprune run``'s engine with this
+script's budget (finished stages are skipped); a ``prune.py`` work directory's MLM head and dense
+fine-tune made with the same budget can be linked in (``ln -s ../prune609/minilm-l6-mlm
+../prune609/dense WORK/``).
 
     python benchmarks/structured.py --threads 1 --gd-steps 150 --ft-steps 609 --ft-lr 1e-4 \\
         --dense-steps 609 --heads 0.25 --neurons 0.5
@@ -21,22 +22,33 @@ same budget can be linked in (``ln -s ../prune609/minilm-l6-mlm ../prune609/dens
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
-from common import WORK, data_config, load_summary, require_data, staged, write_results
-from prune import Budget, downstream, expected, ofa_pretrain, prepare_base
+from common import (
+    DISASTER_TRAIN,
+    ROOT,
+    WORK,
+    data_config,
+    load_summary,
+    require_data,
+    run_main,
+    write_results,
+)
 
+from distilprune.config import dotted_overrides, load_yaml, merge
 from distilprune.evaluate import classification_metrics, predict_texts
 from distilprune.jobs.common import prepare_data
-from distilprune.jobs.shrink import shrink_dir
+from distilprune.jobs.graph import GraphRecipe, parse_graph, run_graph
 from distilprune.models.loading import count_parameters, load_classifier, load_tokenizer
-from distilprune.prune import PruneConfig
 from distilprune.reporting.formatting import markdown_table
 
 BASE = "minilm-l6"
+RECIPE = ROOT / "benchmarks" / "recipes" / "structured.yaml"
+TASK_LOSS = {"temperature": 2.0, "alpha_soft": 0.5, "alpha_hard": 0.5, "alpha_cos": 0.0, "cos_layers": "all"}
 COLUMNS = ["variant", "heads_removed", "neurons_removed_per_layer", "parameters", "parameter_ratio",
            "accuracy", "f1", "retention", "best_step", "train_seconds", "predict_seconds"]
 
@@ -60,16 +72,49 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--task-kd", action="store_true",
                         help="task-distil (a) and (b) from the dense fine-tune (default: labels only)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the fine-tunings")
+    parser.add_argument("--set", dest="assignments", action="append", metavar="KEY=VALUE",
+                        help="override any recipe key, dotted (stages.dense.train.warmup_ratio=0.1)")
     return parser.parse_args()
 
 
-def shrink_stage(budget: Budget, out: Path, heads: float, neurons: float) -> dict:
-    """(b): the budget's dense fine-tune shrunk post hoc (``distilprune shrink``)."""
-    def run() -> dict | None:
-        shrink_dir(budget.out / "dense", out, heads, neurons, overwrite=True)
-        return load_summary(out)
+def retag(stages: dict[str, Any], heads: float, neurons: float) -> dict[str, Any]:
+    """The recipe's stages for ``heads`` / ``neurons``: its structured stages renamed (and rewired)
+    from the recipe's shares to these."""
+    pruned = next(body for name, body in stages.items() if name.startswith("gd-"))["prune"]
+    old, new = (f"h{h:.2f}-n{n:.2f}" for h, n in ((pruned["heads"], pruned["neurons"]), (heads, neurons)))
+    renamed = {}
+    for name, body in stages.items():
+        body = copy.deepcopy(body)
+        body["from"] = {key: value.replace(old, new) for key, value in (body.get("from") or {}).items()}
+        if "prune" in body:
+            body["prune"] |= {"heads": heads, "neurons": neurons}
+        if body["kind"] == "shrink":
+            body |= {"heads": heads, "neurons": neurons}
+        renamed[name.replace(old, new)] = body
+    return renamed
 
-    return staged(out, run, expected(budget.dense_ft_steps, budget.dense_ft_lr, seed=budget.seed))
+
+def build_recipe(args: argparse.Namespace) -> tuple[GraphRecipe, str]:
+    """``recipes/structured.yaml`` for this run's shares, budget and ``--set``; and the run's tag."""
+    data = load_yaml(RECIPE)
+    stages = retag(data["stages"], args.heads, args.neurons)
+    tag = f"h{args.heads:.2f}-n{args.neurons:.2f}"
+    shared = {"data": {"train": str(DISASTER_TRAIN)}}  # the shared split, from any working directory
+    finetune = shared | {"train": {"max_steps": args.ft_steps, "lr": args.ft_lr, "seed": args.seed}}
+    if args.task_kd:  # from the dense fine-tune
+        finetune |= {"from": {"teacher": "dense"}, "loss": TASK_LOSS}
+    budget = {
+        "minilm-l6-mlm": {"train": {"max_steps": args.head_steps}},
+        "dense": shared | {"train": {"max_steps": args.dense_steps or args.ft_steps,
+                                     "lr": args.dense_lr or args.ft_lr, "seed": args.seed}},
+        f"gd-structured-{tag}": {"train": {"max_steps": args.gd_steps, "lr": args.gd_lr},
+                                 "loss": {"cos_layers": args.gd_cos_layers}},
+        f"ofa-structured-{tag}": finetune,
+        f"posthoc-structured-{tag}": finetune,
+    }
+    data = merge(data | {"stages": stages}, {"stages": budget, "out": str(args.work),
+                                             "threads": args.threads})
+    return parse_graph(merge(data, dotted_overrides(args.assignments), keep_none=True), str(args.work)), tag
 
 
 def evaluate(model_dir: Path, texts: list[str], labels: list[int]) -> dict:
@@ -97,50 +142,39 @@ def row(variant: str, measured: dict, dense: dict, shrink: dict | None = None,
 def main() -> None:
     args = parse_args()
     require_data()
-    torch.set_num_threads(args.threads)
-    budget = Budget(out=args.work, gd_steps=args.gd_steps, ft_steps=args.ft_steps, gd_lr=args.gd_lr,
-                    ft_lr=args.ft_lr, gd_cos_layers=args.gd_cos_layers, task_cos=0.0,
-                    dense_steps=args.dense_steps, dense_lr=args.dense_lr, seed=args.seed,
-                    task_kd=args.task_kd)
-    prune = PruneConfig(method="structured", heads=args.heads, neurons=args.neurons,
-                        start_fraction=0.0, end_fraction=0.7, frequency=10)
-    tag = f"structured-h{args.heads:.2f}-n{args.neurons:.2f}"
-    base = prepare_base(BASE, args.head_steps, args.work)
-    dense = downstream(budget, "dense", base.dense, distill=False, steps=budget.dense_ft_steps,
-                       lr=budget.dense_ft_lr)
-    gd = ofa_pretrain(base, budget, prune, tag)
-    ofa = downstream(budget, f"ofa-{tag}", args.work / f"gd-{tag}")
-    shrunk_dir = args.work / f"shrunk-h{args.heads:.2f}-n{args.neurons:.2f}"
-    shrunk = shrink_stage(budget, shrunk_dir, args.heads, args.neurons)
-    post = downstream(budget, f"posthoc-{tag}", shrunk_dir)
-
+    recipe, tag = build_recipe(args)
+    run_graph(recipe)
+    names = ("dense", f"gd-structured-{tag}", f"ofa-structured-{tag}", f"shrunk-{tag}",
+             f"posthoc-structured-{tag}")
+    dense, gd, ofa, shrunk, post = (load_summary(args.work / name) for name in names)
     val = prepare_data(data_config(False)).val
     measured = {name: evaluate(args.work / name, val.texts, val.labels)
-                for name in ("dense", f"ofa-{tag}", shrunk_dir.name, f"posthoc-{tag}")}
+                for name in ("dense", *names[2:])}
     base_row, dense_seconds = measured["dense"], dense["train"]["seconds"]
     rows = [
         row("dense (FT)", base_row, base_row, summary=dense, train_seconds=dense_seconds),
-        row("(a) structured Prune OFA", measured[f"ofa-{tag}"], base_row, gd["shrink"], ofa,
+        row("(a) structured Prune OFA", measured[f"ofa-structured-{tag}"], base_row, gd["shrink"], ofa,
             gd["train"]["seconds"] + ofa["train"]["seconds"]),
-        row("(b0) post-hoc shrink, no recovery", measured[shrunk_dir.name], base_row, shrunk["shrink"]),
-        row("(b) post-hoc shrink + recovery FT", measured[f"posthoc-{tag}"], base_row, shrunk["shrink"],
-            post, dense_seconds + post["train"]["seconds"]),
+        row("(b0) post-hoc shrink, no recovery", measured[f"shrunk-{tag}"], base_row, shrunk["shrink"]),
+        row("(b) post-hoc shrink + recovery FT", measured[f"posthoc-structured-{tag}"], base_row,
+            shrunk["shrink"], post, dense_seconds + post["train"]["seconds"]),
     ]
-    report(args, budget, rows)
+    report(args, rows)
 
 
-def report(args: argparse.Namespace, budget: Budget, rows: list[dict]) -> None:
+def report(args: argparse.Namespace, rows: list[dict]) -> None:
     """``results/<name>.{json,md}``."""
+    dense_steps, dense_lr = args.dense_steps or args.ft_steps, args.dense_lr or args.ft_lr
     command = " ".join(["python benchmarks/structured.py", *sys.argv[1:]])
-    recipe = ("task-distilled from the dense fine-tune (T=2, 0.5 soft + 0.5 hard)" if budget.task_kd
+    recipe = ("task-distilled from the dense fine-tune (T=2, 0.5 soft + 0.5 hard)" if args.task_kd
               else "on the labels only")
     payload = {"benchmark": "structured", "base": BASE, "threads": args.threads,
                "targets": {"heads": args.heads, "neurons": args.neurons},
-               "budgets": {"mlm_head_steps": args.head_steps, "general_distillation_steps": budget.gd_steps,
-                           "general_distillation_lr": budget.gd_lr, "finetune_steps": budget.ft_steps,
-                           "finetune_lr": budget.ft_lr, "dense_finetune_steps": budget.dense_ft_steps,
-                           "dense_finetune_lr": budget.dense_ft_lr, "batch_size": 32,
-                           "task_kd": budget.task_kd, "finetune_seed": budget.seed,
+               "budgets": {"mlm_head_steps": args.head_steps, "general_distillation_steps": args.gd_steps,
+                           "general_distillation_lr": args.gd_lr, "finetune_steps": args.ft_steps,
+                           "finetune_lr": args.ft_lr, "dense_finetune_steps": dense_steps,
+                           "dense_finetune_lr": dense_lr, "batch_size": 32,
+                           "task_kd": args.task_kd, "finetune_seed": args.seed,
                            "schedule": "cubic, 0 -> target over the first 70% of the distillation "
                                        "steps, masks updated every 10 steps"},
                "rows": rows, "command": command}
@@ -148,12 +182,12 @@ def report(args: argparse.Namespace, budget: Budget, rows: list[dict]) -> None:
           + markdown_table(rows, COLUMNS)
           + f"\nBoth remove {args.heads:.0%} of the attention heads (ranked across layers, at least one "
           f"kept per layer) and {args.neurons:.0%} of every layer's FFN neurons, by weight magnitude. "
-          f"(a) masked-LM distillation from the dense MiniLM, {budget.gd_steps} steps x 32 texts "
-          f"(seq <= 64, lr {budget.gd_lr:g}), pruning on the cubic schedule (0 -> target over the "
+          f"(a) masked-LM distillation from the dense MiniLM, {args.gd_steps} steps x 32 texts "
+          f"(seq <= 64, lr {args.gd_lr:g}), pruning on the cubic schedule (0 -> target over the "
           "first 70 % of the steps, masks every 10 steps), then the units are removed; (b) the dense "
-          f"fine-tune ({budget.dense_ft_steps} steps, lr {budget.dense_ft_lr:g}) shrunk post hoc. "
-          f"Both then fine-tuned {budget.ft_steps} steps (batch 32, lr {budget.ft_lr:g}, seed "
-          f"{budget.seed}) {recipe}, structure fixed; best per-epoch checkpoint. `train_seconds`: "
+          f"fine-tune ({dense_steps} steps, lr {dense_lr:g}) shrunk post hoc. "
+          f"Both then fine-tuned {args.ft_steps} steps (batch 32, lr {args.ft_lr:g}, seed "
+          f"{args.seed}) {recipe}, structure fixed; best per-epoch checkpoint. `train_seconds`: "
           "training wall time including the stages a variant builds on (a: distillation + "
           "fine-tuning; b: dense fine-tune + recovery; the MLM head fit is not counted); "
           f"`predict_seconds`: one pass over the validation set (batch 64, {args.threads} thread(s), "
@@ -164,4 +198,4 @@ def report(args: argparse.Namespace, budget: Budget, rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

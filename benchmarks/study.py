@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common import DISASTER_TRAIN, RESULTS, ROOT, WORK, require_data, result_path
+from common import DISASTER_TRAIN, RESULTS, ROOT, WORK, require_data, result_path, run_main
 
 from distilprune.jobs.study import load_study_recipe, run_study
 
@@ -83,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

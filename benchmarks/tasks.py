@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import DATA, RESULTS, WORK, staged, write_results
+from common import DATA, RESULTS, WORK, run_main, staged, write_results
 
 from distilprune.reporting.formatting import markdown_table
 
@@ -391,4 +391,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

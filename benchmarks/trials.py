@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 
-from common import RESULTS
+from common import RESULTS, run_main
 
 TRIALS = RESULTS / "trials"
 WORK_ROOT = "/root/.cache/distilprune/bench-work-session1/"  # where the recorded runs kept their stages
@@ -53,6 +53,9 @@ QUESTIONS = {  # in reading order; a trial not listed here follows, asked by its
                             "0.82)? The tasks.md cell on the `tasks_activation` pre-training, the same "
                             "sparse weights with the mask free, and the dense weights through the sparse "
                             "cell's recipe (teacher, lock, 2x lr)",
+    "tasks_qnli_unstructured": "Tasks (#20): are the 1x4 blocks what cost QNLI? The same 80 % pre-training "
+                               "(activation criterion, lr 1e-3, 400 steps) with unstructured masks, then "
+                               "the same locked, task-distilled QNLI fine-tune",
 }
 SHORT = {"(a) Prune OFA": "OFA", "(b) GMP on task": "GMP", "unstructured": "unstructured", "block": "1x4"}
 
@@ -72,7 +75,8 @@ def headline(payload: dict) -> str:
     if payload.get("benchmark") == "tasks":
         return tasks_headline(payload)
     if payload.get("benchmark") == "recipe":  # recipe_report.py: one line per fine-tuning stage
-        return "<br>".join(f"{r['stage']} {r['score']:.4f} ({r['retention']:.1%})"
+        return "<br>".join(f"{r['stage']} {r['score']:.4f}"
+                           + (f" ({r['retention']:.1%})" if r["retention"] is not None else "")
                            for r in payload["rows"]).replace("%", " %")
     rows = payload["rows"]
     if payload["benchmark"] == "prune_seeds":
@@ -135,4 +139,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,12 @@ def _summary(steps: int, teacher: Path, seed: int = 42, accuracy: float = 0.8) -
             "distillation": {"teacher": str(teacher), "alpha_cos": 0.0}, "metrics": {"accuracy": accuracy}}
 
 
+def _expect(steps: int, lr: float, teacher: Path | None = None, seed: int = 42) -> dict:
+    """What a reused stage must have been made with, as the benchmarks ask ``common.staged``."""
+    return {"config.train.max_steps": steps, "config.train.lr": lr, "config.train.seed": seed,
+            "distillation.teacher": teacher}
+
+
 def _finished(out: Path, steps: int, teacher: Path | None, seed: int = 42, accuracy: float = 0.8) -> Path:
     """A stage staged as the benchmarks do (its run writes ``distilprune.json``)."""
 
@@ -31,7 +36,7 @@ def _finished(out: Path, steps: int, teacher: Path | None, seed: int = 42, accur
         (out / "distilprune.json").write_text(json.dumps(summary))
         return summary
 
-    common.staged(out, run, prune.expected(steps, 1e-4, teacher=teacher, seed=seed))
+    common.staged(out, run, _expect(steps, 1e-4, teacher=teacher, seed=seed))
     return out
 
 
@@ -41,7 +46,7 @@ def test_staged_reuses_a_matching_stage_even_through_a_link(tmp_path: Path) -> N
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "dense").symlink_to(teacher)
     stage = _finished(tmp_path / "b" / "ofa", 1015, teacher)
-    expect = prune.expected(1015, 1e-4, teacher=tmp_path / "b" / "dense")
+    expect = _expect(1015, 1e-4, teacher=tmp_path / "b" / "dense")
     summary = common.staged(stage, lambda: pytest.fail("a finished stage must not rerun"), expect)
     assert summary["config"]["train"]["max_steps"] == 1015
 
@@ -49,24 +54,24 @@ def test_staged_reuses_a_matching_stage_even_through_a_link(tmp_path: Path) -> N
 def test_staged_refuses_a_stage_made_with_another_budget(tmp_path: Path) -> None:
     stage = _finished(tmp_path / "ofa", 609, None)
     with pytest.raises(SystemExit, match="max_steps=609, now 1015"):
-        common.staged(stage, lambda: {}, prune.expected(1015, 1e-4))
+        common.staged(stage, lambda: {}, _expect(1015, 1e-4))
 
 
 def test_staged_refuses_a_distilled_stage_for_a_labels_only_run(tmp_path: Path) -> None:
     stage = _finished(tmp_path / "ofa", 1015, tmp_path / "dense")
     with pytest.raises(SystemExit, match="distillation.teacher=.*dense', now None"):
-        common.staged(stage, lambda: {}, prune.expected(1015, 1e-4))
+        common.staged(stage, lambda: {}, _expect(1015, 1e-4))
 
 
 def test_staged_refuses_a_stage_fine_tuned_with_another_seed(tmp_path: Path) -> None:
     stage = _finished(tmp_path / "dense", 609, None, seed=1)
     with pytest.raises(SystemExit, match="seed=1, now 2"):
-        common.staged(stage, lambda: {}, prune.expected(609, 1e-4, seed=2))
+        common.staged(stage, lambda: {}, _expect(609, 1e-4, seed=2))
 
 
 def test_staged_reruns_an_output_that_never_finished(tmp_path: Path) -> None:
     (tmp_path / "ofa").mkdir()  # an interrupted run: no stage record
-    assert common.staged(tmp_path / "ofa", lambda: {"ran": True}, prune.expected(1, 1e-4)) == {"ran": True}
+    assert common.staged(tmp_path / "ofa", lambda: {"ran": True}, _expect(1, 1e-4)) == {"ran": True}
 
 
 def test_seed_summary_reports_mean_spread_and_retention_of_means(tmp_path: Path) -> None:
@@ -87,7 +92,7 @@ def test_seed_summary_reports_mean_spread_and_retention_of_means(tmp_path: Path)
 
 
 def test_staged_runs_a_missing_stage(tmp_path: Path) -> None:
-    assert common.staged(tmp_path / "new", lambda: {"ran": True}, prune.expected(1, 1e-4)) == {"ran": True}
+    assert common.staged(tmp_path / "new", lambda: {"ran": True}, _expect(1, 1e-4)) == {"ran": True}
 
 
 def _row(name: str, accuracy: float, b8_ms: float, size: int = 10) -> dict:
@@ -141,25 +146,78 @@ def test_cells_take_any_sparsity_and_reject_bad_ones() -> None:
             prune.cells([bad])
 
 
-def test_budget_overrides_the_sparse_pretraining_soft_weight(tmp_path: Path) -> None:
-    base_loss = prune.DistillLoss(alpha_ce=5.0, alpha_mlm=0.0)
-    budget = prune.Budget(out=tmp_path, gd_steps=1, ft_steps=1, gd_lr=1e-4, ft_lr=1e-4, gd_cos_layers="all",
-                          task_cos=0.0)
-    assert budget.gd_loss(base_loss).alpha_ce == 5.0 and budget.dense_ft_lr == 1e-4
-    tuned = prune.Budget(out=tmp_path, gd_steps=1, ft_steps=1, gd_lr=1e-4, ft_lr=2e-4, gd_cos_layers="all",
-                         task_cos=0.0, dense_lr=1e-4, gd_alpha_ce=0.0)
-    loss = tuned.gd_loss(base_loss)
-    assert (loss.alpha_ce, loss.cos_layers, tuned.dense_ft_lr) == (0.0, "all", 1e-4)
+def _prune_recipe(monkeypatch, *argv: str):
+    monkeypatch.setattr(sys, "argv", ["prune.py", "--work", "/w", *argv])
+    args = prune.parse_args()
+    return args, prune.build_recipe(args)
 
 
-def test_downstream_refuses_a_stage_distilled_without_the_asked_hidden_cosine(tmp_path: Path) -> None:
-    _finished(tmp_path / "ofa", 1015, tmp_path / "dense")  # distilled with alpha_cos 0.0
-    budget = prune.Budget(out=tmp_path, gd_steps=1, ft_steps=1015, gd_lr=1e-4, ft_lr=1e-4,
-                          gd_cos_layers="last", task_cos=1.0)
-    with pytest.raises(SystemExit, match="alpha_cos=0.0, now 1.0"):
-        prune.downstream(budget, "ofa", tmp_path / "gd", lock=True)
-    summary = prune.downstream(dataclasses.replace(budget, task_cos=0.0), "ofa", tmp_path / "gd", lock=True)
-    assert summary["distillation"]["alpha_cos"] == 0.0
+def test_the_prune_recipe_takes_the_budget_options_and_cells_off_its_matrix(monkeypatch) -> None:
+    from distilprune.jobs.graph import job_config, with_upstream
+
+    args, recipe = _prune_recipe(monkeypatch, "--only", "unstructured:0.50", "--gd-alpha-ce", "0",
+                                 "--gd-steps", "800", "--ft-lr", "2e-4", "--dense-lr", "1e-4",
+                                 "--task-cos", "1.0", "--seed", "2")
+    gd = job_config(recipe.stages["gd-unstructured-0.50"], Path("/w"))[0]
+    assert (gd.prune.method, gd.prune.final_sparsity, gd.loss.alpha_ce, gd.train.max_steps) == (
+        "unstructured", 0.5, 0.0, 800)
+    ofa, extra = job_config(recipe.stages["ofa-unstructured-0.50"], Path("/w"),
+                            {"gd-unstructured-0.50": "/w/gd", "dense": "/w/dense"})
+    assert ofa.lock_sparsity and ofa.model == "/w/gd" and extra["teacher"] == "/w/dense"
+    assert (ofa.train.lr, ofa.train.seed, extra["loss"].alpha_cos) == (2e-4, 2, 1.0)
+    dense = job_config(recipe.stages["dense"], Path("/w"))[0]
+    assert dense.train.lr == 1e-4 and Path(dense.data.train).is_absolute()  # from any working directory
+    assert prune.reported_stages(args) == ["dense", "ofa-unstructured-0.50", "gmp-unstructured-0.50"]
+    assert with_upstream(recipe, ["ofa-unstructured-0.50"]) == [
+        "minilm-l6-mlm", "dense", "gd-unstructured-0.50", "ofa-unstructured-0.50"]
+
+
+def test_the_prune_recipe_fine_tunes_on_labels_or_from_a_teacher_made_elsewhere(monkeypatch) -> None:
+    from distilprune.jobs.graph import job_config
+
+    recipe = _prune_recipe(monkeypatch, "--no-task-kd")[1]
+    ofa, extra = job_config(recipe.stages["ofa-block-0.90"], Path("/w"), {"gd-block-0.90": "/w/gd"})
+    assert ofa.lock_sparsity and extra == {}
+    assert recipe.stages["ofa-block-0.90"].upstream() == ("gd-block-0.90",)
+    recipe = _prune_recipe(monkeypatch, "--kd-teacher", "/elsewhere/dense")[1]
+    gmp, extra = job_config(recipe.stages["gmp-block-0.90"], Path("/w"))
+    assert extra["teacher"] == "/elsewhere/dense" and gmp.prune.final_sparsity == 0.9
+    assert recipe.stages["gmp-block-0.90"].upstream() == ()
+
+
+def test_prune_refuses_to_remake_a_stage_linked_from_another_work_directory(tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    if not common.DISASTER_TRAIN.is_file():
+        pytest.skip("the prune benchmark's stages hash ../shared/data")
+    other = tmp_path / "other" / "dense"
+    other.mkdir(parents=True)
+    (other / "stage.json").write_text(json.dumps({"hash": "made-with-another-budget"}))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "dense").symlink_to(other)
+    monkeypatch.setattr(sys, "argv", ["prune.py", "--work", str(work)])
+    recipe = prune.build_recipe(prune.parse_args())
+    with pytest.raises(SystemExit, match="linked from another work directory"):
+        prune.refuse_linked_stale(recipe, ["dense"])
+    prune.refuse_linked_stale(recipe, ["minilm-l6-mlm"])  # not linked: the engine may remake it
+
+
+def test_the_structured_recipe_follows_the_asked_shares(monkeypatch) -> None:
+    import structured
+
+    from distilprune.jobs.graph import job_config
+
+    monkeypatch.setattr(sys, "argv", ["structured.py", "--work", "/w", "--heads", "0.5", "--neurons", "0.25",
+                                      "--task-kd"])
+    recipe, tag = structured.build_recipe(structured.parse_args())
+    assert tag == "h0.50-n0.25" and list(recipe.stages) == [
+        "minilm-l6-mlm", "dense", f"gd-structured-{tag}", f"ofa-structured-{tag}", f"shrunk-{tag}",
+        f"posthoc-structured-{tag}"]
+    gd = job_config(recipe.stages[f"gd-structured-{tag}"], Path("/w"))[0]
+    shrink = job_config(recipe.stages[f"shrunk-{tag}"], Path("/w"))[0]
+    assert (gd.prune.heads, gd.prune.neurons, shrink.heads, shrink.neurons) == (0.5, 0.25, 0.5, 0.25)
+    posthoc = recipe.stages[f"posthoc-structured-{tag}"]
+    assert posthoc.sources == {"model": f"shrunk-{tag}", "teacher": "dense"}
 
 
 def test_a_task_command_staged_in_one_work_folder_is_reused_through_a_linked_one(tmp_path: Path,
@@ -241,3 +299,42 @@ def test_recipe_report_tables_the_finetunes_against_a_baseline(tmp_path, monkeyp
     assert rows["distilled"]["retention"] == pytest.approx(scores["distilled"] / scores["dense"])
     distilled = rows["distilled"]
     assert (distilled["teacher"], distilled["lr"], distilled["steps"]) == ("dense", 5e-4, 2)
+
+
+@pytest.mark.parametrize("script", ["finetune.py", "distill.py", "recipe_report.py"])
+def test_a_benchmark_script_refuses_an_unknown_recipe_key_in_one_line(script: str) -> None:
+    import subprocess
+
+    if script != "recipe_report.py" and not common.DISASTER_TRAIN.is_file():
+        pytest.skip("the fine-tuning and distillation benchmarks need ../shared/data")
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    args = ["--set", "stages.no-such-stage.train.lr=1e-4"]
+    if script == "recipe_report.py":
+        args = [str(bench / "recipes" / "finetune.yaml"), "--baseline", "x", "--name", "x", *args]
+    result = subprocess.run([sys.executable, str(bench / script), *args], capture_output=True,
+                            text=True, check=False, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "no-such-stage" in result.stderr, result.stderr
+
+
+def test_recipe_report_takes_each_stages_retention_of_the_baseline_on_its_validation_file() -> None:
+    import recipe_report
+
+    from distilprune.jobs.graph import parse_graph
+
+    def stage(validation: str, source: str | None = None) -> dict:
+        data = {"train": "t.tsv", "validation": validation}
+        body = {"kind": "finetune", "model": "minilm-l6", "data": data}
+        return body | ({"from": {"model": source}} if source else {})
+
+    recipe = parse_graph({"stages": {"a": stage("a.tsv"), "a-sparse": stage("a.tsv", "a"),
+                                     "b": stage("b.tsv"), "b-sparse": stage("b.tsv", "b"),
+                                     "c": stage("c.tsv")}}, "out")
+    rows = {name: {"stage": name, "score": score} for name, score in
+            (("a", 0.8), ("a-sparse", 0.6), ("b", 0.5), ("b-sparse", 0.45), ("c", 0.7))}
+    done = {r["stage"]: r for r in recipe_report.with_retention(recipe, rows | {"late": None}, ["a", "b"])}
+    assert {n: (r["baseline"], r["retention"]) for n, r in done.items()} == {
+        "a": ("a", 1.0), "a-sparse": ("a", pytest.approx(0.75)), "b": ("b", 1.0),
+        "b-sparse": ("b", pytest.approx(0.9)), "c": ("-", None)}
+    one = recipe_report.with_retention(recipe, rows, ["a"])  # one baseline: every stage's
+    assert [r["retention"] for r in one] == pytest.approx([1.0, 0.75, 0.625, 0.5625, 0.875])

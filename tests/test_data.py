@@ -274,3 +274,23 @@ def test_preprocess_table_keyword_step_uses_keyword_column(kaggle_csv):
     # no steps: the table is untouched
     raw = load_table(kaggle_csv)
     assert preprocess_table(raw, []).texts[1] == MULTILINE
+
+
+def test_shared_data_is_found_beside_the_checkout_from_any_working_directory(tmp_path, monkeypatch):
+    from conftest import REPO_ROOT
+
+    from distilprune.data.corpus import default_corpus
+    from distilprune.data.shared import SHARED_DATA_ENV, shared_data_dir
+
+    monkeypatch.delenv(SHARED_DATA_ENV, raising=False)
+    beside_checkout = REPO_ROOT.parent / "shared" / "data"
+    monkeypatch.chdir(tmp_path)  # ../shared/data of this directory does not exist
+    if beside_checkout.is_dir():
+        assert shared_data_dir() == beside_checkout
+    else:
+        assert shared_data_dir() == tmp_path.parent / "shared" / "data"
+    mine = tmp_path / "mine"
+    (mine / "sst2").mkdir(parents=True)
+    (mine / "sst2" / "train.tsv").write_text("sentence\tlabel\nfine words here\t1\n")
+    monkeypatch.setenv(SHARED_DATA_ENV, str(mine))
+    assert shared_data_dir() == mine and default_corpus() == [mine / "sst2" / "train.tsv"]

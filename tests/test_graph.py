@@ -150,6 +150,32 @@ def test_a_student_stage_feeds_general_distillation_as_distill_mlm_student(tmp_p
     assert json.loads((out / "init" / "distilprune.json").read_text())["student_layers"] == 1
 
 
+def test_a_shrink_stage_removes_heads_and_neurons_and_feeds_a_recovery_fine_tune(tmp_path, tiny_model_factory,
+                                                                                 tiny_csv):
+    """fine-tune -> ``shrink`` (as ``distilprune shrink``) -> recovery fine-tune; ``with_upstream``
+    selects a stage with what it reads; a changed share re-runs the shrink and the recovery only."""
+    from distilprune.jobs.graph import with_upstream
+
+    out, data = tmp_path / "run", {"train": str(tiny_csv), "max_length": 32, "val_fraction": 0.25}
+    model = str(tiny_model_factory("bert", 2))
+    recipe = {"out": str(out), "threads": 1, "stages": {
+        "dense": {"kind": "finetune", "model": model, "data": data, "train": TRAIN},
+        "other": {"kind": "finetune", "from": {"model": "dense"}, "data": data, "train": TRAIN},
+        "shrunk": {"kind": "shrink", "from": {"model": "dense"}, "heads": 0.5, "neurons": 0.5},
+        "recovered": {"kind": "finetune", "from": {"model": "shrunk"}, "data": data, "train": TRAIN},
+    }}
+    parsed = parse_graph(json.loads(json.dumps(recipe)), "unused")
+    assert with_upstream(parsed, ["recovered"]) == ["dense", "shrunk", "recovered"]
+    first = run_graph(parsed, with_upstream(parsed, ["recovered"]))
+    assert first.status == {"dense": "ran", "other": "not selected", "shrunk": "ran", "recovered": "ran"}
+    shrink = json.loads((out / "shrunk" / "distilprune.json").read_text())["shrink"]
+    assert shrink["params_after"] < shrink["params_before"]
+    assert stage_record(out, "shrunk")["summary"]["params_after"] == shrink["params_after"]
+    recipe["stages"]["shrunk"]["neurons"] = 0.25
+    again = run_graph(parse_graph(json.loads(json.dumps(recipe)), "unused"), ["dense", "shrunk", "recovered"])
+    assert again.status == {"dense": "skipped", "other": "not selected", "shrunk": "ran", "recovered": "ran"}
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda r: r["stages"]["speed"]["from"].update(models=["dense", "nowhere"]), "no stage named 'nowhere'"),
     (lambda r: r["stages"]["speed"]["from"].update(models=[]), "speed.from: expected a mapping"),

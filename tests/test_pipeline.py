@@ -248,7 +248,7 @@ def test_demo_cli_runs_the_pipeline_and_prints_the_benchmark(tiny_model_factory,
     recipe = tiny_recipe(tmp_path / "unused", tiny_model_factory("bert"), tiny_csv,
                          {"method": "unstructured", "final_sparsity": 0.5})
     monkeypatch.setattr(demo, "demo_recipe", lambda: recipe)
-    monkeypatch.setattr(demo, "demo_dataset", lambda root, cache: (tiny_csv, "imdb"))
+    monkeypatch.setattr(demo, "demo_dataset", lambda cache: (tiny_csv, "imdb"))
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--threads", "1"])
     assert result.exit_code == 0, result.output
     table = (tmp_path / "demo" / "benchmark" / "benchmark.md").read_text()

@@ -667,7 +667,7 @@ def demo(
 
     require_at_least("--threads", threads, 1)
     _enable_logging()
-    kind, result = run_demo(out, Path.cwd(), threads, force)
+    kind, result = run_demo(out, threads, force)
     _print_pipeline(result, f"demo ({kind}) -> {out}")
     print((result.out / "benchmark" / "benchmark.md").read_text())
 

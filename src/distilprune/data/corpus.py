@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from distilprune.data.loading import load_table
+from distilprune.data.shared import shared_data_dir
 from distilprune.errors import UserError, require, require_file
 
 
@@ -21,11 +22,9 @@ def read_texts(path: str | Path, text_column: str | None = None) -> list[str]:
     return load_table(path, text_column, with_labels=False).texts
 
 
-SHARED_DATA = Path.cwd().parent / "shared" / "data"  # beside the repository, when run from its root
-
-
-def default_corpus(shared_data: Path = SHARED_DATA) -> list[Path]:
-    """Tweets (train + test) and SST-2 sentences from ``../shared/data`` (those present)."""
+def default_corpus(shared_data: Path | None = None) -> list[Path]:
+    """Tweets (train + test) and SST-2 sentences from :func:`shared_data_dir` (those present)."""
+    shared_data = shared_data or shared_data_dir()
     candidates = [
         shared_data / "disaster_tweets" / "train.csv",
         shared_data / "disaster_tweets" / "test.csv",

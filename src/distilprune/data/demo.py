@@ -14,13 +14,14 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from distilprune.data.shared import shared_data_dir
 from distilprune.errors import UserError
 from distilprune.io import atomic_file
 
 
-def shared_disaster_tweets(repo_root: Path) -> Path | None:
-    """``../shared/data/disaster_tweets/train.csv`` beside the repo, if present."""
-    path = repo_root.parent / "shared" / "data" / "disaster_tweets" / "train.csv"
+def shared_disaster_tweets() -> Path | None:
+    """``disaster_tweets/train.csv`` of :func:`shared_data_dir`, if present."""
+    path = shared_data_dir() / "disaster_tweets" / "train.csv"
     return path if path.is_file() else None
 
 
@@ -49,9 +50,9 @@ def fetch_imdb(out: Path, rows: int = 4000, seed: int = 0) -> Path:
     return out
 
 
-def demo_dataset(repo_root: Path, cache: Path) -> tuple[Path, str]:
+def demo_dataset(cache: Path) -> tuple[Path, str]:
     """The demo's training file and a one-word description of it."""
-    tweets = shared_disaster_tweets(repo_root)
+    tweets = shared_disaster_tweets()
     if tweets:
         return tweets, "disaster-tweets"
     return fetch_imdb(cache / "imdb-4000.jsonl"), "imdb"

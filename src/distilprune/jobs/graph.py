@@ -66,6 +66,7 @@ KINDS = {
     "fit_mlm_head": Kind("distilprune.jobs.distill:MLMHeadConfig", "distilprune.jobs.distill:fit_mlm_head"),
     "distill_mlm": Kind("distilprune.jobs.distill:GeneralDistillConfig",
                         "distilprune.jobs.distill:general_distill"),
+    "shrink": Kind("distilprune.jobs.shrink:ShrinkConfig", "distilprune.jobs.shrink:shrink_model"),
     "export": Kind("distilprune.jobs.deploy:ExportConfig", "distilprune.jobs.deploy:export_model", True),
     "evaluate": Kind("distilprune.jobs.inference:EvaluateConfig", "distilprune.jobs.inference:evaluate",
                      True),
@@ -257,6 +258,16 @@ def _brief(result: Any) -> Any:
 def select(recipe: GraphRecipe, stages: str | Sequence[str] | None) -> list[str]:
     """``"a,b"`` (or a list) -> validated stage names; ``None``: all."""
     return select_stages(list(recipe.stages), stages)
+
+
+def with_upstream(recipe: GraphRecipe, names: Sequence[str]) -> list[str]:
+    """``names`` and every stage they read from, directly or not, in the recipe's order."""
+    needed, todo = set(), list(select(recipe, names))
+    while todo:
+        if (name := todo.pop()) not in needed:
+            needed.add(name)
+            todo.extend(recipe.stages[name].upstream())
+    return [name for name in recipe.stages if name in needed]
 
 
 def run_graph(recipe: GraphRecipe, stages: str | Sequence[str] | None = None, force: bool = False):

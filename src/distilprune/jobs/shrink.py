@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 from distilprune.io import atomic_dir
 from distilprune.jobs.common import check_output_dir, read_metadata, save_model_dir
@@ -22,3 +24,22 @@ def shrink_dir(model: str | Path, out: str | Path, head_fraction: float = 0.0,
         save_model_dir(tmp, net, load_tokenizer(str(model)), {**read_metadata(model), "shrink": vars(report)})
         write_model_card(tmp)  # the copied metrics are the unshrunk model's
     return report
+
+
+@dataclasses.dataclass
+class ShrinkConfig:
+    """``distilprune shrink``: remove the ``heads`` fraction of attention heads and the ``neurons``
+    fraction of every layer's FFN neurons of ``model`` into ``out``."""
+
+    model: str = ""
+    out: str = ""
+    heads: float = 0.0
+    neurons: float = 0.0
+    overwrite: bool = False
+
+
+def shrink_model(cfg: ShrinkConfig) -> dict[str, Any]:
+    """The ``shrink`` stage kind: :func:`shrink_dir`; returns its report as a mapping."""
+    from distilprune.jobs.deploy import local
+
+    return dataclasses.asdict(shrink_dir(local(cfg.model), cfg.out, cfg.heads, cfg.neurons, cfg.overwrite))
