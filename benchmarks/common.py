@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,36 @@ def check_split(recipe: Any, names: list[str], preprocessed: Callable[[str], boo
             raise SystemExit(f"stage {name} is not on the shared split (preprocess: {expected.preprocess})")
 
 
+def write_split(folder: Path, data: Any) -> dict[str, Path]:
+    """``data``'s (a :func:`data_config` split's) training and validation texts as
+    ``folder/{train,val}.csv`` (text, target; written once): the calibration and parity texts of
+    a recipe's export stages, in the split's order."""
+    import pandas as pd
+
+    from distilprune.io import atomic_file
+
+    paths = {"train": folder / "train.csv", "val": folder / "val.csv"}
+    for part, table in (("train", data.train), ("val", data.val)):
+        if not paths[part].is_file():
+            with atomic_file(paths[part]) as handle:
+                pd.DataFrame({"text": table.texts, "target": table.labels}).to_csv(handle, index=False)
+    return paths
+
+
+def split_settings(body: dict[str, Any], split: dict[str, Path]) -> dict[str, Any]:
+    """A recipe stage's data settings on the shared split, as absolute paths: an ONNX export's
+    parity texts and a static quantization's parity texts are the validation file's, its
+    calibration texts the training file's (:func:`write_split`); a fine-tune reads the shared
+    training file (from any working directory)."""
+    if body["kind"] == "export" and body.get("format", "onnx") == "onnx":
+        return {"data": str(split["val"])}
+    if body["kind"] == "quantize":
+        return {"data": str(split["train"]), "parity_data": str(split["val"])}
+    if body["kind"] == "finetune":
+        return {"data": {"train": str(DISASTER_TRAIN)}}
+    return {}
+
+
 def require_data() -> None:
     if not DISASTER_TRAIN.is_file():
         raise SystemExit(f"benchmark data missing: {DISASTER_TRAIN}")
@@ -74,29 +103,6 @@ def load_summary(model_dir: Path, name: str = "distilprune.json") -> dict[str, A
     export), or None (benchmarks resume by skipping finished runs)."""
     meta = model_dir / name
     return json.loads(meta.read_text()) if meta.is_file() else None
-
-
-def staged(out: Path, run: Callable[[], Any], expect: Mapping[str, Any] | None = None) -> Any:
-    """``run()`` (it writes ``out``) unless ``out`` holds a finished stage made from the same
-    ``expect`` (e.g. ``{"config.train.max_steps": 1015}``); returns what ``run()`` returned then.
-
-    distilprune's staging engine decides; paths are compared resolved, so a stage linked in
-    from another work directory still matches. A stage made from other inputs stops the run in
-    one line (trials share stages: one must not overwrite another's).
-    """
-    from distilprune.errors import UserError
-    from distilprune.jobs.staging import Stage, ensure
-
-    inputs = {key: value.resolve() if isinstance(value, Path) else value
-              for key, value in (expect or {}).items()}
-    start = time.perf_counter()
-    try:
-        record, ran = ensure(Stage(out.name, out, inputs), run, refuse_stale=True)
-    except UserError as exc:
-        raise SystemExit(str(exc)) from None
-    if ran:
-        print(f"[stage] {out.name} done in {time.perf_counter() - start:.0f}s", flush=True)
-    return record["summary"]
 
 
 def run_main(main: Callable[[], None]) -> None:

@@ -13,9 +13,10 @@ same threads, inputs padded to the model's max length, 96 tokens):
   qat-static`` (QDQ with the learned activation scales and weight scales; nothing calibrated).
 
 Accuracy on the project's validation split of ``train.csv`` (stratified 15 %, seed 42: the split
-the model was fine-tuned with), latency at batch 1 and 8, size on disk. Stages are kept in
-``benchmarks/work/qat`` and reused when rerun with the same settings. Writes
-``benchmarks/results/qat.{json,md}``.
+the model was fine-tuned with), latency at batch 1 and 8, size on disk. The stages are
+``recipes/qat.yaml``'s (its ``qat-main`` pair repeated for each ``--qat``), run by ``distilprune
+run``'s engine in ``--work`` (default ``benchmarks/work/qat``; finished stages are skipped, a
+changed setting re-runs what it changes). Writes ``benchmarks/results/qat.{json,md}``.
 
     nice -n 19 .venv/bin/python benchmarks/qat.py [--threads 2] [--qat main:200:1e-5 ...]
 
@@ -28,24 +29,34 @@ most accurate QAT row and says how many were tried.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from common import WORK, data_config, load_summary, require_data, run_main, staged, write_results
+from common import (
+    ROOT,
+    WORK,
+    data_config,
+    load_summary,
+    require_data,
+    run_main,
+    split_settings,
+    write_results,
+    write_split,
+)
 
-from distilprune.export import OnnxClassifier, export_onnx
-from distilprune.export.onnx import static_quantize_export
+from distilprune.config import dotted_overrides, load_yaml, merge
+from distilprune.export import OnnxClassifier
 from distilprune.jobs.common import prepare_data
-from distilprune.jobs.distill import TaskLoss, task_finetune
-from distilprune.jobs.finetune import FinetuneConfig
-from distilprune.quantize import QATConfig
+from distilprune.jobs.graph import GraphRecipe, parse_graph, run_graph
 from distilprune.reporting.formatting import markdown_table
-from distilprune.train import TrainConfig
 
+RECIPE = ROOT / "benchmarks" / "recipes" / "qat.yaml"
 SOURCE = WORK / "prune609" / "dense"
-OUT = WORK / "qat"
+ROWS = {"fp32": "fp32-onnx", "ptq-dynamic": "ptq-dynamic-onnx", "ptq-static": "ptq-static-onnx"}
 
 
 @dataclass
@@ -75,45 +86,60 @@ class QATRun:
 
     def describe(self) -> str:
         freeze = f", observers frozen after {self.freeze:.0%}" if self.freeze is not None else ""
-        kd = (f", distilled from the fp32 source (T={KD_LOSS.temperature:g}, soft targets only)"
+        kd = (f", distilled from the fp32 source (T={KD_LOSS['temperature']:g}, soft targets only)"
               if self.kd else ", labels only")
         return f"{self.steps} steps at lr {self.lr:g}{kd}{freeze}"
 
 
-KD_LOSS = TaskLoss(temperature=2.0, alpha_soft=1.0, alpha_hard=0.0)
+KD_LOSS = {"temperature": 2.0, "alpha_soft": 1.0, "alpha_hard": 0.0}
 
 
-def qat_finetune(run: QATRun, out: Path) -> None:
-    """QAT from the source model on its own split (optionally distilled from it, the fp32 model
-    being the teacher); a single evaluation, at the end."""
-    cfg = FinetuneConfig(model=str(SOURCE), out=str(out), data=data_config(False), overwrite=True,
-                         qat=QATConfig(freeze_observers_at=run.freeze),
-                         train=TrainConfig(max_steps=run.steps, lr=run.lr, batch_size=32, seed=42,
-                                           eval_every=run.steps, patience=None))
-    task_finetune(cfg, SOURCE if run.kd else None, KD_LOSS)
+def qat_stages(run: QATRun, finetune: dict[str, Any], export: dict[str, Any],
+               source: Path) -> dict[str, Any]:
+    """The recipe's ``qat-main`` pair (``finetune``, ``export``) for ``run``: QAT from the source
+    model on its own split, one evaluation at the end (optionally distilled from the source, the
+    fp32 model being the teacher), then its qat-static export."""
+    body = copy.deepcopy(finetune)
+    body["qat"] = {"freeze_observers_at": run.freeze}
+    body["train"] |= {"max_steps": run.steps, "lr": run.lr, "eval_every": run.steps}
+    if run.kd:
+        body |= {"teacher": str(source), "loss": dict(KD_LOSS)}
+    return {f"qat-{run.name}": body,
+            f"qat-{run.name}-static-onnx": copy.deepcopy(export) | {"from": {"model": f"qat-{run.name}"}}}
 
 
-def prepare(runs: list[QATRun], calibration: list[str], parity: list[str]) -> dict[str, Path]:
-    """Train and export every row (each stage is reused when it exists); ``{row: export dir}``."""
-    rows = {"fp32": OUT / "fp32-onnx", "ptq-dynamic": OUT / "ptq-dynamic-onnx",
-            "ptq-static": OUT / "ptq-static-onnx"}
-    staged(rows["fp32"], lambda: export_onnx(SOURCE, rows["fp32"], max_length=96, parity_texts=parity,
-                                             overwrite=True))
-    staged(rows["ptq-dynamic"], lambda: export_onnx(SOURCE, rows["ptq-dynamic"], int8=True, max_length=96,
-                                                    parity_texts=parity, overwrite=True))
-    staged(rows["ptq-static"], lambda: static_quantize_export(
-        rows["fp32"], rows["ptq-static"], calibration, parity_texts=parity, max_length=96,
-        overwrite=True), {"quantization.calibration_texts": len(calibration)})
+def run_settings(body: dict[str, Any], args: argparse.Namespace, split: dict[str, Path]) -> dict[str, Any]:
+    """A stage's settings from this run: the source model and the split files as absolute paths,
+    the calibration and parity text counts."""
+    settings = split_settings(body, split)
+    if "model" not in (body.get("from") or {}) and body["kind"] != "quantize":
+        settings["model"] = str(args.source)
+    if body["kind"] == "export":
+        settings["limit"] = args.parity_texts
+    if body["kind"] == "quantize":
+        settings |= {"limit": args.calibration, "parity_limit": args.parity_texts}
+    return settings
+
+
+def build_recipe(args: argparse.Namespace, runs: list[QATRun], split: dict[str, Path]) -> GraphRecipe:
+    """``recipes/qat.yaml`` with one QAT pair per run, this run's paths, threads and ``--set``."""
+    data = load_yaml(RECIPE)
+    stages = data["stages"]
+    finetune, export = stages.pop("qat-main"), stages.pop("qat-main-static-onnx")
     for run in runs:
-        model, onnx = OUT / f"qat-{run.name}", OUT / f"qat-{run.name}-static-onnx"
-        staged(model, lambda r=run, m=model: qat_finetune(r, m),
-               {"config.train.max_steps": run.steps, "config.train.lr": run.lr,
-                "config.qat.freeze_observers_at": run.freeze, "config.model": SOURCE,
-                "distillation.teacher": SOURCE if run.kd else None})
-        staged(onnx, lambda m=model, o=onnx: export_onnx(m, o, quantization="qat-static", max_length=96,
-                                                         parity_texts=parity, overwrite=True))
-        rows[f"qat-static ({run.name})"] = onnx
-    return rows
+        stages |= qat_stages(run, finetune, export, args.source)
+    overrides = {"stages": {name: run_settings(body, args, split) for name, body in stages.items()},
+                 "out": str(args.work), "threads": args.threads}
+    return parse_graph(merge(merge(data, overrides), dotted_overrides(args.assignments), keep_none=True),
+                       str(args.work))
+
+
+def prepare(args: argparse.Namespace, runs: list[QATRun], data: Any) -> dict[str, Path]:
+    """Train and export every row (finished stages are skipped); ``{row: export dir}``."""
+    recipe = build_recipe(args, runs, write_split(args.work / "data", data))
+    run_graph(recipe)
+    return ({row: args.work / stage for row, stage in ROWS.items()}
+            | {f"qat-static ({run.name})": args.work / f"qat-{run.name}-static-onnx" for run in runs})
 
 
 def prediction_stats(rows: dict[str, Path], texts: list[str], labels: list[int],
@@ -147,11 +173,11 @@ def table_rows(rows: dict[str, Path], measured: list[dict], stats: dict[str, dic
     return out
 
 
-def qat_details(runs: list[QATRun]) -> list[dict]:
+def qat_details(work: Path, runs: list[QATRun]) -> list[dict]:
     """Training-side numbers of each QAT run (accuracy of the weight-only and fake-quant models)."""
     details = []
     for run in runs:
-        summary = load_summary(OUT / f"qat-{run.name}") or {}
+        summary = load_summary(work / f"qat-{run.name}") or {}
         details.append({"name": run.name, "settings": run.describe(),
                         "torch_weights_int8_accuracy": summary["metrics"]["accuracy"],
                         "torch_fake_quant_accuracy": summary["qat"]["fake_quant_metrics"]["accuracy"],
@@ -168,21 +194,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--calibration", type=int, default=200, help="training texts calibrating PTQ static")
     parser.add_argument("--parity-texts", type=int, default=500, help="validation texts of the parity checks")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--source", type=Path, default=SOURCE, help="the fine-tuned model quantized")
+    parser.add_argument("--work", type=Path, default=WORK / "qat", help="stage directory (resumable)")
+    parser.add_argument("--set", dest="assignments", action="append", metavar="KEY=VALUE",
+                        help="override any recipe key, dotted (stages.qat-main.train.warmup_ratio=0.1)")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     require_data()
-    if load_summary(SOURCE) is None:
-        raise SystemExit(f"missing {SOURCE}: run benchmarks/prune.py --dense-steps 609 first")
+    if load_summary(args.source) is None:
+        raise SystemExit(f"missing {args.source}: run benchmarks/prune.py --dense-steps 609 first")
     runs = args.qat or [QATRun("main", 200, 1e-5)]
     data = prepare_data(data_config(False))
-    split = load_summary(SOURCE, "split.json")
+    split = load_summary(args.source, "split.json")
     if split and sorted(split["val_ids"]) != sorted(data.split["val_ids"]):
         raise SystemExit("the validation split differs from the one the source model was trained with")
     val = data.val
-    rows = prepare(runs, data.train.texts[:args.calibration], val.texts[:args.parity_texts])
+    rows = prepare(args, runs, data)
     from distilprune.benchmark.speed import benchmark_models
 
     measured = benchmark_models([str(p) for p in rows.values()], val.texts, val.labels, threads=args.threads,
@@ -200,8 +230,9 @@ def main() -> None:
                "qat_at_least_best_ptq": best_qat["accuracy"] >= best_ptq["accuracy"],
                "n_val": len(val.texts)}
     command = " ".join(["nice -n 19 .venv/bin/python benchmarks/qat.py", *sys.argv[1:]])
-    payload = {"benchmark": "qat", "source": str(SOURCE), "threads": args.threads, "seq_len": 96,
-               "summary": summary, "rows": table, "prediction_stats": stats, "qat_runs": qat_details(runs),
+    payload = {"benchmark": "qat", "source": str(args.source), "threads": args.threads, "seq_len": 96,
+               "summary": summary, "rows": table, "prediction_stats": stats,
+               "qat_runs": qat_details(args.work, runs),
                "measurements": measured, "command": command}
     write_results("qat", payload, render(payload))
     print(render(payload))

@@ -10,9 +10,12 @@ sparse int8 storage. Needs the models of ``finetune.py``, ``distill.py`` and ``p
 
     python benchmarks/speed.py [--threads 2] [--qat-steps 100] [--prune-work DIR] [--sparse NAME]
 
-QAT fine-tunes the sparse model with its mask locked, task-distilled from the teacher it was
-distilled from (recorded in its ``distilprune.json``). The targets are judged on the best
-*sparse* compressed model; the best compressed model of any kind is reported too.
+The compressed models are ``recipes/speed.yaml``'s stages, run by ``distilprune run``'s engine in
+``benchmarks/work/speed/<prune work>-<sparse>`` (finished stages are skipped, a changed budget
+re-runs what it changes). QAT fine-tunes the sparse model with its mask locked, task-distilled
+from the teacher it was distilled from (recorded in its ``distilprune.json``). The targets are
+judged on the best *sparse* compressed model; the best compressed model of any kind is reported
+too.
 """
 
 from __future__ import annotations
@@ -20,19 +23,29 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from common import RESULTS, WORK, data_config, load_summary, require_data, run_main, staged, write_results
+from common import (
+    RESULTS,
+    ROOT,
+    WORK,
+    data_config,
+    load_summary,
+    require_data,
+    run_main,
+    split_settings,
+    write_results,
+    write_split,
+)
 
-from distilprune.export import export_onnx
-from distilprune.export.onnx import static_quantize_export
-from distilprune.export.storage import save_compact
+from distilprune.config import dotted_overrides, load_yaml, merge
 from distilprune.jobs.common import prepare_data
-from distilprune.jobs.distill import TaskLoss, task_finetune
-from distilprune.jobs.finetune import FinetuneConfig
-from distilprune.jobs.shrink import shrink_dir
-from distilprune.quantize import QATConfig
-from distilprune.train import TrainConfig
+from distilprune.jobs.graph import GraphRecipe, parse_graph, run_graph
+from distilprune.jobs.staging import read_record
 
+RECIPE = ROOT / "benchmarks" / "recipes" / "speed.yaml"
+EXPORTS = ("small-int8-onnx", "sparse-fp32-onnx", "sparse-ptq-int8-onnx", "sparse-qat-int8-onnx",
+           "sparse-shrunk-int8-onnx")
 SPARSE_INT8 = ("sparse-ptq-int8-onnx", "sparse-qat-int8-onnx", "sparse-static-int8-onnx",
                "sparse-shrunk-int8-onnx")
 
@@ -71,33 +84,45 @@ def best_line(best: dict, what: str) -> str:
             f"{'met' if best['meets_targets'] else 'NOT met'}.\n")
 
 
-def locked_finetune(model: Path, out: Path, steps: int, lr: float, qat: bool,
-                    eval_every: int | None = None) -> None:
-    """Fine-tune ``model`` with its mask locked (optionally QAT), task-distilled from the teacher
-    recorded in its ``distilprune.json`` if it had one; the best evaluation's weights are kept."""
-    cfg = FinetuneConfig(model=str(model), out=str(out), data=data_config(False), lock_sparsity=True,
-                         qat=QATConfig() if qat else None, overwrite=True,
-                         train=TrainConfig(max_steps=steps, lr=lr, batch_size=32, patience=None, seed=42,
-                                           eval_every=eval_every))
+def task_distillation(model: Path) -> dict[str, Any]:
+    """The teacher and loss ``model`` was task-distilled with (its ``distilprune.json``) as a
+    finetune stage's settings; none if it had no teacher."""
     kd = (load_summary(model) or {}).get("distillation") or {}
-    loss = TaskLoss(**{k: kd[k] for k in ("temperature", "alpha_soft", "alpha_hard")}) if kd else None
-    task_finetune(cfg, kd.get("teacher"), loss)
+    return {"teacher": kd["teacher"], "loss": {k: kd[k] for k in ("temperature", "alpha_soft", "alpha_hard")}
+            } if kd else {}
 
 
-def shrink_then_finetune(sparse: Path, out: Path, heads: float, neurons: float, steps: int) -> None:
-    """Physically remove ``heads`` / ``neurons`` of the sparse model, then recover (mask locked)."""
-    shrunk = out.with_name(f"{out.name}-raw")
-    if load_summary(shrunk) is None:
-        shrink_dir(sparse, shrunk, heads, neurons, overwrite=True)
-    locked_finetune(shrunk, out, steps, lr=1e-4, qat=False)
+def extra_stage(model: Path) -> tuple[str, dict[str, Any]]:
+    """An extra sparse model's ONNX Runtime dynamic int8 export stage (beside its fp32 row)."""
+    return f"{model.parent.name}-{model.name}-ptq-int8-onnx", {
+        "kind": "export", "model": str(model), "int8": True, "limit": 500, "max_length": 128}
 
 
-def extra_sparse_rows(sparse: Path, out: Path, parity_texts: list[str]) -> list[Path]:
-    """An extra sparse model: its fp32 row and its ONNX Runtime dynamic int8 row."""
-    onnx = out / f"{sparse.name}-ptq-int8-onnx"
-    staged(onnx, lambda: export_onnx(sparse, onnx, int8=True, max_length=128,
-                                     parity_texts=parity_texts, overwrite=True))
-    return [sparse, onnx]
+def budget(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The stages' settings that the budget options set, by stage name."""
+    return {"sparse-qat": {"train": {"max_steps": args.qat_steps, "lr": args.qat_lr,
+                                     "eval_every": args.qat_eval_every}},
+            "sparse-shrunk-raw": {"heads": args.shrink_heads, "neurons": args.shrink_neurons},
+            "sparse-shrunk": {"train": {"max_steps": args.shrink_steps}}}
+
+
+def build_recipe(args: argparse.Namespace, models: dict[str, Path], extras: list[Path],
+                 split: dict[str, Path]) -> GraphRecipe:
+    """``recipes/speed.yaml`` with this run's models (absolute paths), extra sparse rows, budget,
+    the sparse model's task distillation and ``--set``."""
+    data = load_yaml(RECIPE)
+    stages, sizes, kd = data["stages"], budget(args), task_distillation(models["sparse"])
+    overrides: dict[str, dict[str, Any]] = {}
+    for name, body in stages.items():
+        overrides[name] = split_settings(body, split) | sizes.get(name, {})
+        if "model" in body:  # the sparse model's stages, and the small dense model's export
+            overrides[name]["model"] = str(models["small" if name.startswith("small") else "sparse"])
+        if body["kind"] == "finetune":
+            overrides[name] |= kd
+    for name, body in map(extra_stage, extras):
+        stages[name] = body | split_settings(body, split)
+    return parse_graph(merge(merge(data, {"stages": overrides, "out": str(args.work)}),
+                             dotted_overrides(args.assignments), keep_none=True), str(args.work))
 
 
 def trained_steps(model: Path) -> str:
@@ -129,6 +154,10 @@ def parse_args() -> argparse.Namespace:
                         help="fraction of FFN neurons physically removed from the sparse model")
     parser.add_argument("--shrink-steps", type=int, default=406, help="recovery fine-tuning after shrinking")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--work", type=Path,
+                        help="stage directory (default benchmarks/work/speed/<prune work>-<sparse>)")
+    parser.add_argument("--set", dest="assignments", action="append", metavar="KEY=VALUE",
+                        help="override any recipe key, dotted (stages.sparse-qat.train.lr=2e-5)")
     parser.add_argument("--prepare-only", action="store_true",
                         help="train and export the compressed models, then stop (benchmark them later)")
     return parser.parse_args()
@@ -145,36 +174,21 @@ def main() -> None:
     for path in (teacher, student, small, dense, sparse, *extras):
         if load_summary(path) is None:
             raise SystemExit(f"missing {path}: run the finetune / distill / prune benchmarks first")
-    out = WORK / "speed" / f"{args.prune_work.name}-{args.sparse}"  # stages resume per sparse model
+    args.work = args.work or WORK / "speed" / f"{args.prune_work.name}-{args.sparse}"  # per sparse model
+    out = args.work
     data = prepare_data(data_config(False))
     val = data.val
-    qat = out / "sparse-qat"
-    staged(qat, lambda: locked_finetune(sparse, qat, args.qat_steps, args.qat_lr, qat=True,
-                                              eval_every=args.qat_eval_every),
-                 {"config.train.max_steps": args.qat_steps, "config.train.lr": args.qat_lr})
-    shrunk = out / "sparse-shrunk"
-    staged(shrunk, lambda: shrink_then_finetune(sparse, shrunk, args.shrink_heads, args.shrink_neurons,
-                                                args.shrink_steps))
-    exports = {"small-int8-onnx": (small, True), "sparse-fp32-onnx": (sparse, False),
-               "sparse-ptq-int8-onnx": (sparse, True), "sparse-qat-int8-onnx": (qat, True),
-               "sparse-shrunk-int8-onnx": (shrunk, True)}
-    for name, (source, int8) in exports.items():
-        staged(out / name, lambda s=source, n=name, q=int8: export_onnx(
-            s, out / n, int8=q, max_length=128, parity_texts=val.texts[:500], overwrite=True))
+    split = write_split(out / "data", data)
+    run_graph(build_recipe(args, {"sparse": sparse, "small": small}, extras, split))
     static = out / "sparse-static-int8-onnx"
-    # activations calibrated on 200 training tweets; parity against the fp32 export on 500 validation ones
-    calibration, parity = data.train.texts[:200], val.texts[:500]
-    staged(static, lambda: static_quantize_export(out / "sparse-fp32-onnx", static, calibration,
-                                                  parity_texts=parity))
-    compact = save_compact(qat, out / "sparse-qat-compact", int8=True, overwrite=True)
-    extra_rows = [row for extra in extras for row in extra_sparse_rows(
-        extra, WORK / "speed" / f"{extra.parent.name}-{extra.name}", val.texts[:500])]
+    compact = read_record(out / "sparse-qat-compact")["summary"]
+    extra_rows = [path for extra in extras for path in (extra, out / extra_stage(extra)[0])]
     if args.prepare_only:
         return
     from distilprune.benchmark import run_benchmark
 
     models = [str(teacher), str(student), str(small), str(dense), str(sparse), f"{sparse}@int8",
-              *(str(out / n) for n in exports), str(static), *map(str, extra_rows)]
+              *(str(out / n) for n in EXPORTS), str(static), *map(str, extra_rows)]
     report = run_benchmark(models, val.texts, val.labels, RESULTS / "speed_raw", threads=args.threads,
                            batch_sizes=(1, 8), seq_len=128, repeats=args.repeats)
     rows = report["models"]

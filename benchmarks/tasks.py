@@ -3,9 +3,11 @@ pre-trained MiniLM at 80 % and 90 % (1x4 blocks, mask locked), each fine-tuned w
 budget on SST-2, QNLI, WNUT-17 and SQuAD v1.1, then exported to ONNX int8. As in Prune OFA,
 the sparse models are fine-tuned by task distillation from the dense model of the same task.
 
-Every step is a ``distilprune`` command (what a user would type), staged like every benchmark
-step (``common.staged``): skipped when its output was made by the same command, so the script
-resumes; ``--tasks`` picks tasks, ``--models`` models. Results:
+The stages are ``recipes/tasks.yaml``'s: a task's ``<task>-dense`` fine-tune is its budget for
+every model; this script adds each model's fine-tune, int8 ONNX export, evaluations, benchmark
+and test predictions, and runs them by ``distilprune run``'s engine (finished stages are skipped,
+a changed setting re-runs what it changes, so the script resumes); ``--tasks`` picks tasks,
+``--models`` models, ``--set`` overrides any key of the built recipe. Results:
 ``benchmarks/results/tasks.{json,md,png}`` (a ``summary`` keyed by task) and the predictions on
 the unlabelled test files, ``predictions_<task>_<model>.<tsv|conll|json>``.
 
@@ -13,7 +15,8 @@ the unlabelled test files, ``predictions_<task>_<model>.<tsv|conll|json>``.
     python benchmarks/tasks.py --tasks wnut17 sst2   # a part; rerun to add the others
     python benchmarks/tasks.py --pretrain-steps 800 --name trials/tasks_broad --tasks squad qnli
 
-``--pretrain-steps N`` makes the sparse models here instead of taking ``prune.py``'s: Prune OFA
+``--pretrain-steps N`` makes the sparse models here (the recipe's ``sparse80`` / ``sparse90``
+stages, ``--pretrain KEY=VALUE`` changing both) instead of taking ``prune.py``'s: Prune OFA
 general distillation of MiniLM into its pruned self on a corpus that covers the tasks' domains
 (``broad_corpus``: SQuAD training-article paragraphs, QNLI training pairs, SST-2, WNUT-17 and the
 disaster tweets) at sequence length 128, on the every-layer hidden-state cosine.
@@ -26,31 +29,32 @@ first ``--squad-val`` questions of the held-out articles.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import copy
 import json
 import shlex
 import shutil
-import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import DATA, RESULTS, WORK, run_main, staged, write_results
+from common import DATA, RESULTS, ROOT, WORK, run_main, write_results
 
+from distilprune.config import dotted_overrides, load_yaml, merge
+from distilprune.jobs.graph import GraphRecipe, parse_graph, run_graph, with_upstream
 from distilprune.reporting.formatting import markdown_table
 
+RECIPE = ROOT / "benchmarks" / "recipes" / "tasks.yaml"
 SPARSE = WORK / "prune609"  # prune.py's sparse pre-trained models (150 steps on the tweet corpus)
 SPARSE_COMMAND = ("python benchmarks/prune.py --threads 1 --work benchmarks/work/prune609 --only "
                   "block:0.80 block:0.90 --variants ofa --gd-only")
 SPARSITIES = {"sparse80": 0.8, "sparse90": 0.9}
-MODELS = {"dense": ("minilm-l6", False),
-          **{name: (str(SPARSE / f"gd-block-{s:.2f}"), True) for name, s in SPARSITIES.items()}}
+MODELS = ("dense", *SPARSITIES)
 
 
 @dataclass
 class Task:
-    """A task's files, budget and metric (the same budget for every model)."""
+    """A task's files and metric (its budget is the recipe's ``<task>-dense`` stage)."""
 
     name: str
     train: Path
@@ -58,7 +62,6 @@ class Task:
     test: Path
     metric: str
     suffix: str  # of the predictions file
-    flags: list[str] = field(default_factory=list)
 
 
 def tasks(work: Path, squad_train: int, squad_val: int) -> dict[str, Task]:
@@ -66,24 +69,13 @@ def tasks(work: Path, squad_train: int, squad_val: int) -> dict[str, Task]:
     squad_train_file, squad_val_file = split_squad(work / "data", squad_train, squad_val)
     return {
         "wnut17": Task("wnut17", DATA / "wnut17/train.conll", DATA / "wnut17/dev.conll",
-                       DATA / "wnut17/test.tokens", "f1", "conll",
-                       ["--max-steps", "500", "--lr", "1e-4", "--max-length", "64"]),
+                       DATA / "wnut17/test.tokens", "f1", "conll"),
         "sst2": Task("sst2", DATA / "sst2/train.tsv", DATA / "sst2/dev.tsv", DATA / "sst2/test.tsv",
-                     "accuracy", "tsv", ["--max-steps", "600", "--lr", "5e-5", "--max-length", "64"]),
-        "qnli": Task("qnli", qnli_train, qnli_val, DATA / "qnli/test.tsv", "accuracy", "tsv",
-                     ["--max-steps", "420", "--lr", "5e-5", "--max-length", "128"]),
+                     "accuracy", "tsv"),
+        "qnli": Task("qnli", qnli_train, qnli_val, DATA / "qnli/test.tsv", "accuracy", "tsv"),
         "squad": Task("squad", squad_train_file, squad_val_file, DATA / "squad/test-questions.json", "f1",
-                      "json", ["--max-steps", "600", "--batch-size", "16", "--lr", "1e-4",
-                               "--max-length", "256", "--doc-stride", "64"]),
+                      "json"),
     }
-
-
-def with_steps_scaled(task: Task, factor: float) -> Task:
-    """The task with its ``--max-steps`` budget times ``factor`` (for dense and sparse alike)."""
-    flags = list(task.flags)
-    at = flags.index("--max-steps") + 1
-    flags[at] = str(round(int(flags[at]) * factor))
-    return dataclasses.replace(task, flags=flags)
 
 
 def split_qnli(folder: Path) -> tuple[Path, Path]:
@@ -154,98 +146,99 @@ def broad_corpus(folder: Path) -> Path:
     return path
 
 
-# The sparse pre-training of --pretrain-steps (MiniLM distilled into its pruned self): the
-# every-layer hidden cosine alone, length 128, batch 32, 1x4 blocks on the cubic schedule to 70 %
-# of the steps. It needs prune.py's fitted MLM head only because distill-mlm requires one.
-PRETRAIN_FLAGS = ["--layers", "6", "--max-length", "128", "--alpha-ce", "0", "--alpha-mlm", "0",
-                  "--alpha-cos", "1", "--cos-layers", "all", "--prune", "block", "--block-size", "4",
-                  "--prune-end", "0.7", "--prune-every", "10", "--batch-size", "32", "--lr", "1e-4"]
-
-
-def pretrain(work: Path, steps: int, names: list[str], extra: list[str], log: Path) -> dict[str, str]:
-    """Prune OFA sparse pre-training on :func:`broad_corpus` of the sparse models ``names``
-    (``extra`` flags after :data:`PRETRAIN_FLAGS`: the later value of a flag wins); returns their
-    directories by name."""
-    corpus = broad_corpus(work / "data")
+def pretrain_stages(stages: dict[str, Any], args: argparse.Namespace, corpus: Path) -> dict[str, Any]:
+    """The recipe's sparse pre-training stages with this run's steps, corpus, MLM head (prune.py's:
+    ``distill_mlm`` requires one) and ``--pretrain`` settings."""
     made = {}
-    for name in (n for n in names if n in SPARSITIES):
-        sparsity = SPARSITIES[name]
-        out = work / "pretrain" / f"gd-block-{sparsity:.2f}"
-        once(out, "distill-mlm", "--teacher", SPARSE / "minilm-l6-mlm", "--out", out, "--corpus", corpus,
-             *PRETRAIN_FLAGS, *extra, "--final-sparsity", f"{sparsity:g}", "--max-steps", str(steps), log=log)
-        made[name] = str(out)
+    for name in SPARSITIES:
+        run = {"teacher": str(SPARSE / "minilm-l6-mlm"), "corpus": {"files": [str(corpus)]},
+               "train": {"max_steps": args.pretrain_steps}}
+        made[name] = merge(merge(stages[name], run), dotted_overrides(args.pretrain), keep_none=True)
     return made
 
 
-def cli(*args: str | Path, log: Path) -> None:
-    """One ``distilprune`` command; its output goes to ``log``; a failure stops the benchmark."""
-    command = [sys.executable, "-m", "distilprune.cli", *map(str, args)]
-    with log.open("a") as handle:
-        handle.write(f"\n$ distilprune {' '.join(map(str, args))}\n")
-        handle.flush()
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise SystemExit(f"failed ({done.returncode}): distilprune {' '.join(map(str, args))}; see {log}")
+def model_stages(task: Task, model: str, dense: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """One model's stages on one task: its fine-tune (a sparse model's with the mask locked, as in
+    Prune OFA task-distilled from the dense model of the same task, at the task's learning rate
+    times ``--sparse-lr-scale``), int8 ONNX export, fp32 / int8 evaluations, benchmark, test
+    predictions."""
+    name, validation = f"{task.name}-{model}", str(task.validation)
+    tune = copy.deepcopy(dense)
+    if model != "dense":
+        tune["from"] = {"teacher": f"{task.name}-dense"}
+        if args.pretrain_steps:
+            tune["from"]["model"] = model
+            del tune["model"]
+        else:
+            tune["model"] = str(SPARSE / f"gd-block-{SPARSITIES[model]:.2f}")
+        tune["lock_sparsity"] = True
+        tune["train"]["lr"] = float(f"{dense['train']['lr'] * args.sparse_lr_scale:g}")
+    onnx = f"{name}-onnx-int8"
+    stages = {name: tune,
+              onnx: {"kind": "export", "from": {"model": name}, "int8": True, "data": validation,
+                     "limit": 200},
+              f"{name}-bench": {"kind": "benchmark", "from": {"models": [name, onnx]}, "data": validation,
+                                "threads": args.threads, "limit": 64, "batch_sizes": [1, 8], "repeats": 10}}
+    for kind, source in (("fp32", name), ("int8", onnx)):
+        reads = {"from": {"model": source}}
+        stages[f"{name}-eval-{kind}"] = {"kind": "evaluate", **reads, "data": validation}
+        stages[f"{name}-predict-{kind}"] = {"kind": "predict", **reads, "data": str(task.test)}
+    return stages
 
 
-def once(out: Path, *args: str | Path, log: Path) -> None:
-    """Run the command (it writes ``out``) unless ``out`` was made by this very command (its paths
-    compared resolved: a stage linked in from another work directory matches)."""
-    command = [str(a.resolve()) if isinstance(a, Path) else a for a in args]
-    staged(out, lambda: cli(*args, log=log), {"command": command})
+def dense_stage(body: dict[str, Any], task: Task, steps_scale: float) -> dict[str, Any]:
+    """A task's ``<task>-dense`` stage on its split files, its steps times ``steps_scale``."""
+    body = merge(body, {"data": {"train": str(task.train), "validation": str(task.validation)}})
+    body["train"]["max_steps"] = round(body["train"]["max_steps"] * steps_scale)
+    return body
 
 
-def sparse_flags(task: Task, root: Path, lr_scale: float) -> list[str | Path]:
-    """What a sparse model's fine-tuning adds to the task's budget: the mask locked, as in Prune
-    OFA task distillation from the dense model fine-tuned on the same task, and the task's
-    learning rate times ``lr_scale`` (sparse models learn slower)."""
-    teacher = root / "dense"
-    if not (teacher / "distilprune.json").is_file():
-        raise SystemExit(f"the dense model of {root.name} is its sparse models' teacher: run it first")
-    lr = float(task.flags[task.flags.index("--lr") + 1]) * lr_scale
-    return ["--lock-sparsity", "--teacher", teacher, "--lr", f"{lr:g}"]
+def build_recipe(args: argparse.Namespace, table: dict[str, Task], corpus: Path | None) -> GraphRecipe:
+    """``recipes/tasks.yaml`` grown into every (task, model)'s stages for this run."""
+    data = load_yaml(RECIPE)
+    stages = pretrain_stages(data["stages"], args, corpus) if args.pretrain_steps else {}
+    for task in table.values():
+        dense = dense_stage(data["stages"][f"{task.name}-dense"], task, args.steps_scale)
+        for model in MODELS:
+            stages |= model_stages(task, model, dense, args)
+    built = {"out": str(args.work), "stages": stages}
+    return parse_graph(merge(built, dotted_overrides(args.assignments), keep_none=True), str(args.work))
 
 
-def run_model(task: Task, name: str, root: Path, log: Path, threads: int,
-              sparse_lr_scale: float = 1.0) -> dict[str, Any]:
+def budget(recipe: GraphRecipe, task: Task, args: argparse.Namespace) -> str:
+    """A task's budget in words, from its dense stage's settings."""
+    settings = recipe.stages[f"{task.name}-dense"].settings
+    data = {k: v for k, v in settings["data"].items() if k not in ("train", "validation")}
+    parts = [f"{k} {v}" for k, v in {**settings["train"], **data}.items() if v is not None]
+    return (f"{', '.join(parts)}; train {task.train.name}, validation {task.validation.name}; sparse: mask "
+            f"locked, task-distilled from dense, lr x {args.sparse_lr_scale:g}")
+
+
+def run_model(recipe: GraphRecipe, task: Task, model: str, work: Path) -> dict[str, Any]:
     """Fine-tune, evaluate (fp32 and int8 ONNX) and time one model on one task."""
-    source, locked = MODELS[name]
-    model, onnx = root / name, root / f"{name}-onnx-int8"
-    recipe = root.parent / "no-early-stopping.yaml"  # the whole budget for every model
-    recipe.write_text("train: {patience: null}\n")
-    once(model, "finetune", "--model", source, "--data", task.train,
-         "--validation", task.validation, "--out", model, "--recipe", recipe, *task.flags,
-         *(sparse_flags(task, root, sparse_lr_scale) if locked else []), log=log)
-    once(onnx, "export", "--model", model, "--out", onnx, "--int8",
-         "--data", task.validation, "--limit", "200", log=log)
-    row: dict[str, Any] = {"task": task.name, "model": name, "metric": task.metric}
-    for kind, path in (("fp32", model), ("int8", onnx)):
-        scores = root / f"eval-{name}-{kind}"
-        once(scores, "evaluate", "--model", path, "--data", task.validation,
-             "--out", scores, log=log)
-        metrics = json.loads((scores / "metrics.json").read_text())
+    name = f"{task.name}-{model}"
+    run_graph(recipe, with_upstream(recipe, [f"{name}-eval-fp32", f"{name}-eval-int8", f"{name}-bench"]))
+    row: dict[str, Any] = {"task": task.name, "model": model, "metric": task.metric}
+    for kind in ("fp32", "int8"):
+        metrics = json.loads((work / f"{name}-eval-{kind}" / "metrics.json").read_text())
         scale = 100 if task.name == "squad" else 1  # SQuAD's official scores are percentages
         row[kind] = metrics[task.metric] / scale
         if task.name == "squad":
             row[f"{kind}_exact_match"] = metrics["exact_match"] / scale
-    bench = root / f"bench-{name}"
-    once(bench, "benchmark", model, onnx, "--out", bench, "--threads", str(threads),
-         "--data", task.validation, "--limit", "64", "--batch-sizes", "1,8", "--repeats", "10", log=log)
-    for result, kind in zip(json.loads((bench / "benchmark.json").read_text())["models"],
-                            ("fp32", "int8"), strict=True):
+    bench = json.loads((work / f"{name}-bench" / "benchmark.json").read_text())["models"]
+    for result, kind in zip(bench, ("fp32", "int8"), strict=True):
         row[f"{kind}_b1_ms"] = result["latency"]["1"]["p50_ms"]
         row[f"{kind}_b8_ms"] = result["latency"]["8"]["p50_ms"]
         row[f"{kind}_mb"] = result["size_bytes"] / 1e6
-    row["sparsity"] = json.loads((model / "distilprune.json").read_text()).get("sparsity")
+    row["sparsity"] = json.loads((work / name / "distilprune.json").read_text()).get("sparsity")
     return row
 
 
-def predict_test(task: Task, name: str, kind: str, root: Path, log: Path) -> Path:
-    path = root / name if kind == "fp32" else root / f"{name}-onnx-int8"
-    target = RESULTS / f"predictions_{task.name}_minilm-{name}-{kind}.{task.suffix}"
-    made = root / f"predict-{name}-{kind}" / target.name
-    once(made.parent, "predict", "--model", path, "--data", task.test, "--out", made, log=log)
-    shutil.copyfile(made, target)
+def predict_test(recipe: GraphRecipe, task: Task, model: str, kind: str, work: Path) -> Path:
+    stage = f"{task.name}-{model}-predict-{kind}"
+    run_graph(recipe, with_upstream(recipe, [stage]))
+    target = RESULTS / f"predictions_{task.name}_minilm-{model}-{kind}.{task.suffix}"
+    shutil.copyfile(work / stage / f"predictions.{task.suffix}", target)
     return target
 
 
@@ -298,9 +291,9 @@ def not_run(rows: list[dict[str, Any]], table: dict[str, Any]) -> str:
 def sparse_source(args: argparse.Namespace) -> str:
     """Where the sparse pre-trained models of this run came from, for the report."""
     if args.pretrain_steps:
-        flags = shlex.join(PRETRAIN_FLAGS + shlex.split(args.pretrain_extra))
-        return (f"made here: {args.pretrain_steps} steps of `distilprune distill-mlm "
-                f"{flags}` on `broad_corpus` (SQuAD training paragraphs, QNLI "
+        changed = "".join(f", {item}" for item in args.pretrain or [])
+        return (f"made here: {args.pretrain_steps} steps of `recipes/tasks.yaml`'s sparse80 / sparse90 "
+                f"(distill_mlm{changed}) on `broad_corpus` (SQuAD training paragraphs, QNLI "
                 "training pairs, SST-2, WNUT-17, tweets)")
     return f"`benchmarks/work/prune609/gd-block-*`: 150 steps on the tweet corpus, `{SPARSE_COMMAND}`"
 
@@ -336,11 +329,12 @@ def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.N
     plot(table, RESULTS / f"{args.name}.png")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["wnut17", "sst2", "qnli", "squad"])
-    parser.add_argument("--models", nargs="+", default=["dense", "sparse90", "sparse80"],
-                        help="dense first: it is the sparse models' task-distillation teacher")
+    parser.add_argument("--tasks", nargs="+", choices=("wnut17", "sst2", "qnli", "squad"),
+                        default=["wnut17", "sst2", "qnli", "squad"])
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=["dense", "sparse90", "sparse80"],
+                        help="the sparse models are task-distilled from the dense one (made first)")
     parser.add_argument("--sparse-lr-scale", type=float, default=2.0,
                         help="sparse fine-tunes use the task's learning rate times this")
     parser.add_argument("--threads", type=int, default=2)
@@ -350,44 +344,45 @@ def main() -> None:
     parser.add_argument("--conditions", default="2 CPUs shared with other jobs")
     parser.add_argument("--pretrain-steps", type=int,
                         help="make the sparse models here on the broad corpus (else: prune.py's)")
-    parser.add_argument("--pretrain-extra", default="",
-                        help="more distill-mlm flags for --pretrain-steps, e.g. '--lr 5e-4'")
+    parser.add_argument("--pretrain", action="append", metavar="KEY=VALUE",
+                        help="a setting of both sparse pre-trainings, dotted (train.lr=5e-4)")
     parser.add_argument("--steps-scale", type=float, default=1.0,
-                        help="every task's --max-steps times this (dense and sparse alike)")
+                        help="every task's max_steps times this (dense and sparse alike)")
     parser.add_argument("--name", default="tasks",
                         help="results stem; test predictions are written for 'tasks' only")
     parser.add_argument("--data-only", action="store_true",
                         help="write the validation splits and the broad corpus to WORK/data and stop "
                              "(what the recipes under benchmarks/recipes/tasks_* read)")
-    args = parser.parse_args()
-    log = Path(__file__).parent / "logs" / "tasks.log"
-    log.parent.mkdir(exist_ok=True)
-    all_tasks = tasks(args.work, args.squad_train, args.squad_val)
+    parser.add_argument("--set", dest="assignments", action="append", metavar="KEY=VALUE",
+                        help="override any key of the built recipe, dotted (stages.sst2-dense.train.lr=1e-4)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    table = tasks(args.work, args.squad_train, args.squad_val)
     if args.data_only:
         print(f"-> {args.work / 'data'}: {broad_corpus(args.work / 'data').name} and the splits")
         return
-    if args.pretrain_steps:
-        made = pretrain(args.work, args.pretrain_steps, args.models, shlex.split(args.pretrain_extra), log)
-        MODELS.update({name: (path, True) for name, path in made.items()})
+    corpus = broad_corpus(args.work / "data") if args.pretrain_steps else None
+    recipe = build_recipe(args, table, corpus)
     previous = RESULTS / f"{args.name}.json"
     rows = json.loads(previous.read_text())["rows"] if previous.is_file() else []
     budgets = json.loads(previous.read_text()).get("budgets", {}) if previous.is_file() else {}
     for name in args.tasks:
-        task = with_steps_scaled(all_tasks[name], args.steps_scale)
-        budgets[name] = (" ".join(task.flags) + f"; train {task.train.name}, validation "
-                         f"{task.validation.name}; sparse: --lock-sparsity --teacher dense, "
-                         f"lr x {args.sparse_lr_scale:g}")
+        task = table[name]
+        budgets[name] = budget(recipe, task, args)
         for model in args.models:
-            row = run_model(task, model, args.work / name, log, args.threads, args.sparse_lr_scale)
+            row = run_model(recipe, task, model, args.work)
             rows = [r for r in rows if (r["task"], r["model"]) != (name, model)] + [row]
             report(rows, budgets, args)
         if args.name != "tasks":
             continue
         best = max((r for r in rows if r["task"] == name and r["model"] != "dense"),
                    key=lambda r: r["int8"], default=None)
-        predict_test(task, "dense", "fp32", args.work / name, log)
+        predict_test(recipe, task, "dense", "fp32", args.work)
         if best is not None:
-            predict_test(task, best["model"], "int8", args.work / name, log)
+            predict_test(recipe, task, best["model"], "int8", args.work)
 
 
 if __name__ == "__main__":

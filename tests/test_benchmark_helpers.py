@@ -1,4 +1,5 @@
-"""The benchmark scripts' pure helpers: stage reuse checks, best-model choice, target checks."""
+"""The benchmark scripts' pure helpers: the recipes they build from their options, best-model
+choice, target checks, one-line errors."""
 
 from __future__ import annotations
 
@@ -16,62 +17,12 @@ import prune_seeds  # noqa: E402
 import speed  # noqa: E402
 
 
-def _summary(steps: int, teacher: Path, seed: int = 42, accuracy: float = 0.8) -> dict:
-    return {"config": {"train": {"max_steps": steps, "lr": 1e-4, "seed": seed}},
-            "distillation": {"teacher": str(teacher), "alpha_cos": 0.0}, "metrics": {"accuracy": accuracy}}
-
-
-def _expect(steps: int, lr: float, teacher: Path | None = None, seed: int = 42) -> dict:
-    """What a reused stage must have been made with, as the benchmarks ask ``common.staged``."""
-    return {"config.train.max_steps": steps, "config.train.lr": lr, "config.train.seed": seed,
-            "distillation.teacher": teacher}
-
-
-def _finished(out: Path, steps: int, teacher: Path | None, seed: int = 42, accuracy: float = 0.8) -> Path:
-    """A stage staged as the benchmarks do (its run writes ``distilprune.json``)."""
-
-    def run() -> dict:
-        out.mkdir(parents=True)
-        summary = _summary(steps, teacher or out, seed, accuracy)
-        (out / "distilprune.json").write_text(json.dumps(summary))
-        return summary
-
-    common.staged(out, run, _expect(steps, 1e-4, teacher=teacher, seed=seed))
-    return out
-
-
-def test_staged_reuses_a_matching_stage_even_through_a_link(tmp_path: Path) -> None:
-    teacher = tmp_path / "a" / "dense"
-    teacher.mkdir(parents=True)
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "dense").symlink_to(teacher)
-    stage = _finished(tmp_path / "b" / "ofa", 1015, teacher)
-    expect = _expect(1015, 1e-4, teacher=tmp_path / "b" / "dense")
-    summary = common.staged(stage, lambda: pytest.fail("a finished stage must not rerun"), expect)
-    assert summary["config"]["train"]["max_steps"] == 1015
-
-
-def test_staged_refuses_a_stage_made_with_another_budget(tmp_path: Path) -> None:
-    stage = _finished(tmp_path / "ofa", 609, None)
-    with pytest.raises(SystemExit, match="max_steps=609, now 1015"):
-        common.staged(stage, lambda: {}, _expect(1015, 1e-4))
-
-
-def test_staged_refuses_a_distilled_stage_for_a_labels_only_run(tmp_path: Path) -> None:
-    stage = _finished(tmp_path / "ofa", 1015, tmp_path / "dense")
-    with pytest.raises(SystemExit, match="distillation.teacher=.*dense', now None"):
-        common.staged(stage, lambda: {}, _expect(1015, 1e-4))
-
-
-def test_staged_refuses_a_stage_fine_tuned_with_another_seed(tmp_path: Path) -> None:
-    stage = _finished(tmp_path / "dense", 609, None, seed=1)
-    with pytest.raises(SystemExit, match="seed=1, now 2"):
-        common.staged(stage, lambda: {}, _expect(609, 1e-4, seed=2))
-
-
-def test_staged_reruns_an_output_that_never_finished(tmp_path: Path) -> None:
-    (tmp_path / "ofa").mkdir()  # an interrupted run: no stage record
-    assert common.staged(tmp_path / "ofa", lambda: {"ran": True}, _expect(1, 1e-4)) == {"ran": True}
+def _finished(out: Path, steps: int, teacher: Path, seed: int, accuracy: float) -> None:
+    """A finished fine-tune's ``distilprune.json``, as the prune benchmark's stages leave it."""
+    out.mkdir(parents=True)
+    (out / "distilprune.json").write_text(json.dumps({
+        "config": {"train": {"max_steps": steps, "lr": 1e-4, "seed": seed}},
+        "distillation": {"teacher": str(teacher), "alpha_cos": 0.0}, "metrics": {"accuracy": accuracy}}))
 
 
 def test_seed_summary_reports_mean_spread_and_retention_of_means(tmp_path: Path) -> None:
@@ -89,10 +40,6 @@ def test_seed_summary_reports_mean_spread_and_retention_of_means(tmp_path: Path)
     assert check["retention"] == pytest.approx(0.825 / 0.83) and check["met"]  # 99.4% >= 99%
     with pytest.raises(SystemExit, match="share a seed"):
         prune_seeds.summarise([runs[0], runs[0]], ["dense"])
-
-
-def test_staged_runs_a_missing_stage(tmp_path: Path) -> None:
-    assert common.staged(tmp_path / "new", lambda: {"ran": True}, _expect(1, 1e-4)) == {"ran": True}
 
 
 def _row(name: str, accuracy: float, b8_ms: float, size: int = 10) -> dict:
@@ -220,28 +167,125 @@ def test_the_structured_recipe_follows_the_asked_shares(monkeypatch) -> None:
     assert posthoc.sources == {"model": f"shrunk-{tag}", "teacher": "dense"}
 
 
-def test_a_task_command_staged_in_one_work_folder_is_reused_through_a_linked_one(tmp_path: Path,
-                                                                              monkeypatch) -> None:
-    """tasks.py trials link the dense stages of the main work folder into their own: the command
-    names the linked path, and matches the record because paths are compared resolved."""
+SPLIT = {"train": Path("/w/data/train.csv"), "val": Path("/w/data/val.csv")}
+
+
+def test_the_qat_recipe_makes_one_finetune_and_export_per_qat_run(monkeypatch) -> None:
+    import qat
+
+    from distilprune.jobs.graph import job_config
+
+    monkeypatch.setattr(sys, "argv", ["qat.py", "--qat", "a:5:2e-5:kd,freeze=0.5", "--qat", "b:7:1e-5",
+                                      "--source", "/src", "--work", "/w", "--calibration", "100",
+                                      "--parity-texts", "50"])
+    args = qat.parse_args()
+    recipe = qat.build_recipe(args, args.qat, SPLIT)
+    assert list(recipe.stages) == ["fp32-onnx", "ptq-dynamic-onnx", "ptq-static-onnx", "qat-a",
+                                   "qat-a-static-onnx", "qat-b", "qat-b-static-onnx"]
+    tuned, kd = job_config(recipe.stages["qat-a"], Path("/w"))
+    assert (tuned.model, tuned.qat.freeze_observers_at, tuned.train.max_steps, tuned.train.lr,
+            tuned.train.eval_every) == ("/src", 0.5, 5, 2e-5, 5)
+    assert Path(tuned.data.train) == common.DISASTER_TRAIN and tuned.data.val_fraction == 0.15
+    assert kd["teacher"] == "/src" and (kd["loss"].alpha_soft, kd["loss"].alpha_hard) == (1.0, 0.0)
+    assert job_config(recipe.stages["qat-b"], Path("/w"))[1] == {}  # labels only
+    static = job_config(recipe.stages["ptq-static-onnx"], Path("/w"), {"fp32-onnx": "/w/fp32-onnx"})[0]
+    assert (static.model, static.data, static.limit, static.parity_data, static.parity_limit) == (
+        "/w/fp32-onnx", "/w/data/train.csv", 100, "/w/data/val.csv", 50)
+    export = job_config(recipe.stages["qat-a-static-onnx"], Path("/w"), {"qat-a": "/w/qat-a"})[0]
+    assert (export.model, export.quantization, export.data, export.limit, export.max_length) == (
+        "/w/qat-a", "qat-static", "/w/data/val.csv", 50, 96)
+    dynamic = job_config(recipe.stages["ptq-dynamic-onnx"], Path("/w"))[0]
+    assert (dynamic.model, dynamic.int8, dynamic.quantization) == ("/src", True, None)
+
+
+def test_the_speed_recipe_distils_from_the_sparse_models_teacher_and_adds_extra_rows(tmp_path,
+                                                                                     monkeypatch) -> None:
+    from distilprune.jobs.graph import job_config
+
+    sparse = tmp_path / "prune" / "ofa"
+    sparse.mkdir(parents=True)
+    (sparse / "distilprune.json").write_text(json.dumps({"distillation": {
+        "teacher": "/t", "temperature": 3.0, "alpha_soft": 0.7, "alpha_hard": 0.3}}))
+    monkeypatch.setattr(sys, "argv", ["speed.py", "--work", "/w", "--qat-steps", "9", "--qat-eval-every", "3",
+                                      "--shrink-heads", "0.5", "--shrink-steps", "11"])
+    args = speed.parse_args()
+    recipe = speed.build_recipe(args, {"sparse": sparse, "small": Path("/small")},
+                                [tmp_path / "prune" / "x"], SPLIT)
+    tuned, kd = job_config(recipe.stages["sparse-qat"], Path("/w"))
+    assert (tuned.model, tuned.lock_sparsity, tuned.train.max_steps, tuned.train.eval_every) == (
+        str(sparse), True, 9, 3)
+    assert kd["teacher"] == "/t" and (kd["loss"].temperature, kd["loss"].alpha_soft) == (3.0, 0.7)
+    assert job_config(recipe.stages["sparse-shrunk"], Path("/w"))[1]["teacher"] == "/t"
+    shrink = job_config(recipe.stages["sparse-shrunk-raw"], Path("/w"))[0]
+    assert (shrink.model, shrink.heads, shrink.neurons) == (str(sparse), 0.5, 0.5)
+    small = job_config(recipe.stages["small-int8-onnx"], Path("/w"))[0]
+    assert (small.model, small.int8, small.data) == ("/small", True, "/w/data/val.csv")
+    extra = job_config(recipe.stages["prune-x-ptq-int8-onnx"], Path("/w"))[0]
+    assert (extra.model, extra.int8, extra.data) == (str(tmp_path / "prune" / "x"), True, "/w/data/val.csv")
+    assert recipe.stages["sparse-qat-compact"].sources == {"model": "sparse-qat"}
+    assert set(speed.EXPORTS) | set(speed.SPARSE_INT8) <= set(recipe.stages)
+
+
+def test_the_split_files_hold_the_splits_texts_in_order(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from distilprune.data.loading import load_table
+
+    texts = ['fire, "downtown"', "line one\nline two", "  spaced  ", "ok"]
+    data = SimpleNamespace(train=SimpleNamespace(texts=texts[:3], labels=[1, 0, 1]),
+                           val=SimpleNamespace(texts=texts[3:], labels=[0]))
+    paths = common.write_split(tmp_path, data)
+    train = load_table(paths["train"], None, None)
+    assert train.texts == texts[:3] and train.labels == [1, 0, 1]
+    assert load_table(paths["val"], None, None).texts == ["ok"]
+
+
+def _tasks_recipe(monkeypatch, *argv: str):
     import tasks
 
-    ran = []
-    monkeypatch.setattr(tasks, "cli", lambda *args, log: (ran.append(args), Path(args[-1]).mkdir()))
-    main, trial = tmp_path / "main", tmp_path / "trial"
-    data = main / "data" / "train.tsv"
-    data.parent.mkdir(parents=True)
-    data.write_text("x")
-    tasks.once(main / "dense", "finetune", "--data", data, "--out", main / "dense", log=tmp_path / "log")
-    trial.mkdir()
-    (trial / "data").symlink_to(main / "data")
-    (trial / "dense").symlink_to(main / "dense")
-    tasks.once(trial / "dense", "finetune", "--data", trial / "data" / "train.tsv", "--out", trial / "dense",
-               log=tmp_path / "log")
-    assert len(ran) == 1
-    with pytest.raises(SystemExit, match="other inputs"):
-        tasks.once(trial / "dense", "finetune", "--data", data, "--out", trial / "dense", "--lr", "1",
-                   log=tmp_path / "log")
+    monkeypatch.setattr(sys, "argv", ["tasks.py", "--work", "/w", *argv])
+    args = tasks.parse_args()
+    table = {name: tasks.Task(name, Path(f"/d/{name}-train"), Path(f"/d/{name}-val"), Path(f"/d/{name}-test"),
+                              "accuracy", "tsv") for name in ("sst2", "qnli")}
+    return tasks, tasks.build_recipe(args, table, Path("/d/corpus.txt"))
+
+
+def test_the_tasks_recipe_gives_each_sparse_model_the_dense_budget_with_its_mask_locked(monkeypatch) -> None:
+    from distilprune.jobs.graph import job_config
+
+    tasks, recipe = _tasks_recipe(monkeypatch, "--steps-scale", "0.5", "--sparse-lr-scale", "3",
+                                  "--threads", "1")
+    dense = job_config(recipe.stages["qnli-dense"], Path("/w"))[0]
+    assert (dense.model, dense.data.train, dense.data.validation) == (
+        "minilm-l6", "/d/qnli-train", "/d/qnli-val")
+    assert (dense.train.max_steps, dense.train.lr, dense.train.patience) == (210, 5e-5, None)
+    sparse, kd = job_config(recipe.stages["qnli-sparse90"], Path("/w"), {"qnli-dense": "/w/qnli-dense"})
+    assert sparse.model == str(tasks.SPARSE / "gd-block-0.90") and sparse.lock_sparsity
+    assert (sparse.train.max_steps, sparse.train.lr, sparse.data.max_length) == (210, 1.5e-4, 128)
+    assert kd["teacher"] == "/w/qnli-dense"
+    bench = job_config(recipe.stages["qnli-sparse90-bench"], Path("/w"))[0]
+    assert (bench.threads, bench.data, bench.limit, bench.batch_sizes) == (1, "/d/qnli-val", 64, [1, 8])
+    assert recipe.stages["qnli-sparse90-bench"].sources == {
+        "models": ["qnli-sparse90", "qnli-sparse90-onnx-int8"]}
+    export = job_config(recipe.stages["qnli-sparse90-onnx-int8"], Path("/w"))[0]
+    assert (export.int8, export.data, export.limit) == (True, "/d/qnli-val", 200)
+    predict = recipe.stages["sst2-dense-predict-int8"]
+    assert predict.sources == {"model": "sst2-dense-onnx-int8"} and predict.settings["data"] == "/d/sst2-test"
+    assert "sparse80" not in recipe.stages  # prune.py's sparse models, not made here
+
+
+def test_the_tasks_recipe_pre_trains_the_sparse_models_here_when_asked(monkeypatch) -> None:
+    from distilprune.jobs.graph import job_config, with_upstream
+
+    tasks, recipe = _tasks_recipe(monkeypatch, "--pretrain-steps", "7", "--pretrain", "train.lr=1e-3",
+                                  "--pretrain", "prune.criterion=activation")
+    for name, sparsity in (("sparse80", 0.8), ("sparse90", 0.9)):
+        made = job_config(recipe.stages[name], Path("/w"))[0]
+        assert (made.train.max_steps, made.train.lr, made.prune.criterion, made.prune.final_sparsity) == (
+            7, 1e-3, "activation", sparsity)
+        assert made.corpus.files == ["/d/corpus.txt"] and made.teacher == str(tasks.SPARSE / "minilm-l6-mlm")
+    assert with_upstream(recipe, ["qnli-sparse80-eval-int8"]) == [
+        "sparse80", "qnli-dense", "qnli-sparse80", "qnli-sparse80-onnx-int8", "qnli-sparse80-eval-int8"]
 
 
 def test_the_benchmark_recipes_parse_and_their_finetunes_run_on_the_shared_split() -> None:

@@ -116,6 +116,26 @@ def test_export_evaluate_and_benchmark_stages_run_as_their_commands(tmp_path, ti
                               **dict.fromkeys(("int8", "score", "labels", "speed"), "ran")}
 
 
+def test_a_quantize_stage_calibrates_a_static_int8_copy_of_an_export(tmp_path, tiny_model_factory, tiny_csv):
+    out = tmp_path / "run"
+    recipe = {"out": str(out), "threads": 1, "stages": {
+        "fp32": {"kind": "export", "model": str(tiny_model_factory("bert", 2)), "data": str(tiny_csv),
+                 "limit": 8, "max_length": 32},
+        "static": {"kind": "quantize", "from": {"model": "fp32"}, "data": str(tiny_csv), "limit": 6,
+                   "parity_data": str(tiny_csv), "parity_limit": 4, "max_length": 32},
+    }}
+    assert run_graph(parse_graph(recipe, "unused")).status == {"fp32": "ran", "static": "ran"}
+    parity = json.loads((out / "static" / "parity.json").read_text())
+    assert parity["reference"] == "fp32 ONNX" and parity["n_texts"] == 4  # the parity texts, not calibration
+    meta = json.loads((out / "static" / "export.json").read_text())
+    assert meta["int8"] and meta["quantization"]["calibration_texts"] == 6
+    assert stage_record(out, "static")["summary"]["message"].startswith("static int8:")
+
+    recipe["stages"]["static"]["limit"] = 5  # other calibration texts: the export is reused
+    assert run_graph(parse_graph(recipe, "unused")).status == {"fp32": "skipped", "static": "ran"}
+    assert json.loads((out / "static" / "export.json").read_text())["quantization"]["calibration_texts"] == 5
+
+
 def test_a_student_stage_feeds_general_distillation_as_distill_mlm_student(tmp_path, tiny_model_factory,
                                                                            tiny_csv):
     """``student`` (every other teacher layer) -> ``distill_mlm`` from that student: the student

@@ -515,6 +515,9 @@ def quantize(
     out: Annotated[Path, Opt(help="output export directory")],
     data: Annotated[Path, Opt(help="calibration texts (CSV/TSV/JSONL)")],
     limit: Annotated[int, Opt(help="calibration texts to use")] = 200,
+    parity_data: Annotated[Path | None, Opt(help="texts of the parity check (default: the calibration "
+                                                 "texts)")] = None,
+    parity_limit: Annotated[int, Opt(help="parity texts to use from --parity-data")] = 500,
     max_length: Annotated[int, Opt()] = 128,
     overwrite: Annotated[bool, Opt()] = False,
 ) -> None:
@@ -522,18 +525,14 @@ def quantize(
 
     Dynamic int8 is 'distilprune export --int8'; QAT is 'distilprune finetune --qat'.
     """
-    from distilprune.export.onnx import static_quantize_export
     from distilprune.jobs.common import check_output_dir
-    from distilprune.jobs.deploy import texts_for
+    from distilprune.jobs.deploy import QuantizeConfig, quantize_model
 
     check_output_dir(out, overwrite)
-    if not (model / "model.onnx").is_file():
-        raise UserError(f"{model} is not an ONNX export (no model.onnx): run `distilprune export` first")
-    texts, _ = texts_for(model, data, limit)
-    parity = static_quantize_export(model, out, texts, max_length=max_length, overwrite=overwrite)
-    out_console.print(f"static int8: {(out / 'model.onnx').stat().st_size / 1e6:.1f} MB -> {out}; vs fp32 "
-                      f"ONNX on {parity['n_texts']} texts: max |Δlogit| {parity['max_abs_diff']:.3g}, "
-                      f"agreement {parity['agreement']:.3f}")
+    result = quantize_model(QuantizeConfig(str(model), str(out), str(data), limit,
+                                           None if parity_data is None else str(parity_data), parity_limit,
+                                           max_length, overwrite))
+    out_console.print(result["message"])
 
 
 def _positive_ints(text: str, option: str) -> list[int]:

@@ -47,6 +47,22 @@ class BenchmarkConfig:
     warmup: int = 3
 
 
+@dataclasses.dataclass
+class QuantizeConfig:
+    """``distilprune quantize``: static int8 of the fp32 ONNX export ``model``, activations calibrated
+    on the first ``limit`` texts of ``data``; parity against ``model`` on ``parity_data`` (default:
+    the calibration texts)."""
+
+    model: str = ""
+    out: str = ""
+    data: str = ""
+    limit: int = 200
+    parity_data: str | None = None
+    parity_limit: int = 500
+    max_length: int = 128
+    overwrite: bool = False
+
+
 def local(model: str | Path) -> Path:
     """A packaged alias (``minilm-l6``) as its installed directory; any other path unchanged."""
     from distilprune.models.registry import ALIASES, resolve_model
@@ -157,6 +173,26 @@ def _deepsparse(cfg: ExportConfig, model: Path, out: Path) -> dict[str, Any]:
     export_for_deepsparse(model, out, seq_len=cfg.max_length, overwrite=cfg.overwrite)
     copy_metadata(model, out)
     return {"message": f"DeepSparse fp32 ONNX (seq {cfg.max_length}) -> {out}"}
+
+
+def quantize_model(cfg: QuantizeConfig) -> dict[str, Any]:
+    """Run the static quantization; returns its parity with a one-line ``message``."""
+    from distilprune.export.onnx import static_quantize_export
+    from distilprune.io import check_writable
+
+    model, out = Path(cfg.model), Path(cfg.out)
+    check_writable(out)
+    if not (model / "model.onnx").is_file():
+        raise UserError(f"{model} is not an ONNX export (no model.onnx): run `distilprune export` first")
+    require(bool(cfg.data), "quantize: calibration texts (--data) are required")
+    texts, _ = texts_for(model, cfg.data, cfg.limit)
+    parity_texts = texts_for(model, cfg.parity_data, cfg.parity_limit)[0] if cfg.parity_data else None
+    parity = static_quantize_export(model, out, texts, parity_texts=parity_texts, max_length=cfg.max_length,
+                                    overwrite=cfg.overwrite)
+    size = (out / "model.onnx").stat().st_size / 1e6
+    return {"parity": parity, "message": f"static int8: {size:.1f} MB -> {out}; vs fp32 ONNX on "
+                                         f"{parity['n_texts']} texts: max |Δlogit| "
+                                         f"{parity['max_abs_diff']:.3g}, agreement {parity['agreement']:.3f}"}
 
 
 def benchmark_models(cfg: BenchmarkConfig, prefix: Path | None = None) -> dict[str, Any]:

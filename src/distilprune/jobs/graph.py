@@ -68,6 +68,8 @@ KINDS = {
                         "distilprune.jobs.distill:general_distill"),
     "shrink": Kind("distilprune.jobs.shrink:ShrinkConfig", "distilprune.jobs.shrink:shrink_model"),
     "export": Kind("distilprune.jobs.deploy:ExportConfig", "distilprune.jobs.deploy:export_model", True),
+    "quantize": Kind("distilprune.jobs.deploy:QuantizeConfig", "distilprune.jobs.deploy:quantize_model",
+                     True),
     "evaluate": Kind("distilprune.jobs.inference:EvaluateConfig", "distilprune.jobs.inference:evaluate",
                      True),
     "predict": Kind("distilprune.jobs.inference:PredictConfig", "distilprune.jobs.inference:predict", True),

@@ -113,23 +113,6 @@ def run_stage(stage: Stage, work: Callable[[], Any], reason: str = "forced") -> 
     return read_json(stage.out / STAGE_FILE)
 
 
-def ensure(stage: Stage, work: Callable[[], Any], force: bool = False,
-           refuse_stale: bool = False) -> tuple[dict[str, Any], bool]:
-    """The stage's record and whether it ran now: skipped when up to date (unless ``force``).
-
-    With ``refuse_stale`` an output made from other inputs is an error instead of being
-    replaced (benchmarks share stages between runs; one must not overwrite another's).
-    """
-    record = read_record(stage.out)
-    reason = staleness(stage, record)
-    if reason is None and not force:
-        log.info("stage %s: up to date, skipped", stage.name)
-        return record, False  # type: ignore[return-value]  # up to date implies a record
-    if refuse_stale and record is not None and not force:
-        raise UserError(f"{stage.out} was made from other inputs: {reason}; use a fresh output directory")
-    return run_stage(stage, work, reason or "forced"), True
-
-
 def select_stages(available: Sequence[str], stages: str | Sequence[str] | None,
                   rename: Callable[[str], str] = str) -> list[str]:
     """``"a,b"`` (or a list; each name through ``rename``) -> names checked against ``available``;
@@ -177,5 +160,5 @@ def run_stages(planned: Mapping[str, Stage], work: Callable[[str, dict[str, dict
     return status, records
 
 
-__all__ = ["STAGE_FILE", "UNHASHED", "Stage", "ensure", "file_digests", "differences", "hashable",
+__all__ = ["STAGE_FILE", "UNHASHED", "Stage", "file_digests", "differences", "hashable",
            "read_record", "run_stage", "run_stages", "select_stages", "staleness"]
