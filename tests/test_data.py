@@ -77,6 +77,28 @@ def test_load_sst2_tsv_quoting_disabled(tmp_path):
     assert table.extras == []
 
 
+@pytest.mark.parametrize(("name", "text"), [
+    ("train.tsv", "sentence\tlabel\na good film\t1\textra\nbad\t0\n"),
+    ("train.csv", "text,target\nfire downtown,1,extra\ncalm,0\n"),
+])
+def test_a_first_row_with_a_field_too_many_is_refused_not_shifted(tmp_path, name, text):
+    """pandas would take the first column as the index and shift the others by one: the texts
+    read as labels, the labels lost, and training goes on (a wrong answer with exit code 0)."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"cannot parse .*{name}: a row has more fields than the header"):
+        load_table(path, None, None)
+
+
+def test_glue_pair_quirks_load_as_written(tmp_path):
+    path = tmp_path / "qnli.tsv"
+    path.write_text('index\tquestion\tsentence\tlabel\n7\t"What" is it?\tIt is "quoted\tentailment\n'
+                    "8\tnull\tNA\tnot_entailment\n")
+    table = load_table(path, None, None)
+    assert table.texts == ['"What" is it?', "null"] and table.pairs == ['It is "quoted', "NA"]
+    assert table.labels == [0, 1] and table.label_names == ["entailment", "not_entailment"]
+
+
 def test_load_jsonl(tmp_path):
     path = tmp_path / "data.jsonl"
     rows = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,12 +91,17 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
 
 def _read_frame(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
-    kwargs = {"dtype": str, "keep_default_na": False}
+    # index_col=False: a first row with one field more than the header must not turn the first
+    # column into the index (every column would shift by one: texts read as labels); pandas warns
+    # instead, and the warning is made an error below
+    kwargs = {"dtype": str, "keep_default_na": False, "index_col": False}
     try:
-        if suffix == ".csv":
-            return pd.read_csv(path, **kwargs)
-        if suffix == ".tsv":
-            return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            if suffix == ".csv":
+                return pd.read_csv(path, **kwargs)
+            if suffix == ".tsv":
+                return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, **kwargs)
         if suffix in (".jsonl", ".ndjson"):
             return _read_jsonl(path)
         if suffix == ".json":
@@ -104,6 +110,8 @@ def _read_frame(path: Path) -> pd.DataFrame:
         raise UserError(f"{path} is not UTF-8 text (byte {exc.start}): re-encode it as UTF-8") from exc
     except pd.errors.EmptyDataError as exc:
         raise UserError(f"{path} is empty") from exc
+    except pd.errors.ParserWarning as exc:
+        raise UserError(f"cannot parse {path}: a row has more fields than the header") from exc
     except (pd.errors.ParserError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0]
         raise UserError(f"cannot parse {path}: {reason}") from exc
