@@ -12,6 +12,7 @@ from conftest import write
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast, RobertaTokenizer
 
+from distilprune.data.loading import load_table
 from distilprune.errors import UserError
 from distilprune.tasks import glue, ner, qa
 
@@ -446,42 +447,6 @@ def test_squad_scores_official_normalisation(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- GLUE
-def test_read_glue_pairs_and_quirks(tmp_path):
-    path = write(tmp_path / "qnli.tsv", 'index\tquestion\tsentence\tlabel\n'
-                                        '7\t"What" is it?\tIt is "quoted\tentailment\n'
-                                        '8\tnull\tNA\tnot_entailment\n')
-    frame = glue.read_glue_tsv(path)
-    assert list(frame.columns) == ["index", "text", "text_pair", "label"]
-    assert frame.to_dict("records") == [
-        {"index": "7", "text": '"What" is it?', "text_pair": 'It is "quoted', "label": "entailment"},
-        {"index": "8", "text": "null", "text_pair": "NA", "label": "not_entailment"}]
-
-
-def test_read_glue_single_sentence(tmp_path):
-    train = glue.read_glue_tsv(write(tmp_path / "train.tsv", "sentence\tlabel\nit 's a charming \t1\n"))
-    assert train.to_dict("records") == [{"text": "it 's a charming ", "label": "1"}]
-    test = glue.read_glue_tsv(write(tmp_path / "test.tsv", "index\tsentence\n0\tbleak '' and \"grim\n"))
-    assert test.to_dict("records") == [{"index": "0", "text": "bleak '' and \"grim"}]
-
-
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("index\tquestion\tlabel\n1\tq?\tentailment\n", "a question/sentence pair file needs both columns"),
-    ("sentence1\tlabel\na\t1\n", "a sentence1/sentence2 pair file needs both columns"),
-    ("index\tquestion\tsentence\tlabel\n1\tq?\n", "line 2: 2 tab-separated fields, expected 4"),
-    ("index\tquestion\tsentence\tlabel\n1\tq?\ts\tentailment\n2\tq?\t\tentailment\n",
-     "line 3: empty or missing text_pair"),
-    ("sentence\tlabel\na\t1\textra\n", "line 2: 3 tab-separated fields, expected 2"),
-    ("sentence\tlabel\na\t1\n\nb\t0\n", "line 3: 1 tab-separated fields, expected 2"),
-    ("", "is empty"),
-    ("sentence\tlabel\n", "has a header but no rows"),
-    ("words\tlabel\na\t1\n", "no text column"),
-])
-def test_read_glue_refuses(tmp_path, text, fragment):
-    with pytest.raises(UserError, match="bad.tsv") as info:
-        glue.read_glue_tsv(write(tmp_path / "bad.tsv", text))
-    assert fragment in str(info.value)
-
-
 def test_write_glue_predictions(tmp_path):
     path = tmp_path / "preds.tsv"
     glue.write_glue_predictions(path, ["3", 4], ["entailment", "not_entailment"])
@@ -513,10 +478,11 @@ def test_real_shared_files(shared_data, tmp_path):
     squad_test = qa.read_squad(shared_data / "squad" / "test-questions.json")
     assert len(squad_test) == 10_570 and not any(e.answers for e in squad_test)
 
-    qnli_train = glue.read_glue_tsv(shared_data / "qnli" / "train.tsv")
-    assert len(qnli_train) == 4_463 and set(qnli_train["label"]) == {"entailment", "not_entailment"}
-    qnli_test = glue.read_glue_tsv(shared_data / "qnli" / "test.tsv")
-    assert len(qnli_test) == 1_000 and list(qnli_test.columns) == ["index", "text", "text_pair"]
+    qnli_train = load_table(shared_data / "qnli" / "train.tsv", None, None)
+    assert len(qnli_train) == 4_463 and qnli_train.label_names == ["entailment", "not_entailment"]
+    qnli_test = load_table(shared_data / "qnli" / "test.tsv", None, None, require_labels=False)
+    assert len(qnli_test) == 1_000 and qnli_test.labels is None and len(qnli_test.pairs) == 1_000
     sst2 = shared_data / "sst2"
-    sizes = [len(glue.read_glue_tsv(sst2 / f"{part}.tsv")) for part in ("train", "dev", "test")]
+    sizes = [len(load_table(sst2 / f"{part}.tsv", None, None, require_labels=part != "test"))
+             for part in ("train", "dev", "test")]
     assert sizes == [60_614, 6_735, 872]
