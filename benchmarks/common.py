@@ -46,19 +46,30 @@ def check_split(recipe: Any, names: list[str], preprocessed: Callable[[str], boo
             raise SystemExit(f"stage {name} is not on the shared split (preprocess: {expected.preprocess})")
 
 
+def graph_recipe(data: dict[str, Any], overrides: dict[str, Any], args: Any) -> Any:
+    """A benchmark's recipe mapping with this run's ``overrides`` (a ``None`` there keeps the
+    recipe's value) and then its ``--set`` assignments (``args.assignments``; these may set
+    ``null``), parsed as a stage graph writing to ``args.work``."""
+    from distilprune.config import dotted_overrides, merge
+    from distilprune.jobs.graph import parse_graph
+
+    return parse_graph(merge(merge(data, overrides), dotted_overrides(args.assignments), keep_none=True),
+                       str(args.work))
+
+
 def write_split(folder: Path, data: Any) -> dict[str, Path]:
     """``data``'s (a :func:`data_config` split's) training and validation texts as
-    ``folder/{train,val}.csv`` (text, target; written once): the calibration and parity texts of
-    a recipe's export stages, in the split's order."""
+    ``folder/{train,val}.csv`` (text, target): the calibration and parity texts of a recipe's
+    export stages, in the split's order. Written on every run, so they follow the data file (the
+    same content leaves the stages reading them up to date)."""
     import pandas as pd
 
     from distilprune.io import atomic_file
 
     paths = {"train": folder / "train.csv", "val": folder / "val.csv"}
     for part, table in (("train", data.train), ("val", data.val)):
-        if not paths[part].is_file():
-            with atomic_file(paths[part]) as handle:
-                pd.DataFrame({"text": table.texts, "target": table.labels}).to_csv(handle, index=False)
+        with atomic_file(paths[part]) as handle:
+            pd.DataFrame({"text": table.texts, "target": table.labels}).to_csv(handle, index=False)
     return paths
 
 

@@ -40,6 +40,7 @@ from common import (
     DISASTER_TRAIN,
     ROOT,
     WORK,
+    graph_recipe,
     load_summary,
     require_data,
     result_path,
@@ -47,9 +48,9 @@ from common import (
     write_results,
 )
 
-from distilprune.config import dotted_overrides, load_yaml, merge
+from distilprune.config import load_yaml
 from distilprune.io import save_png
-from distilprune.jobs.graph import GraphRecipe, job_config, parse_graph, plan, run_graph, with_upstream
+from distilprune.jobs.graph import GraphRecipe, job_config, plan, run_graph, with_upstream
 from distilprune.jobs.staging import read_record
 from distilprune.reporting.formatting import markdown_table
 
@@ -132,8 +133,7 @@ def build_recipe(args: argparse.Namespace) -> GraphRecipe:
     rewire(data["stages"], args)
     budget = {"stages": budget_overrides(args, list(data["stages"])), "out": str(args.work),
               "threads": args.threads}
-    return parse_graph(merge(merge(data, budget), dotted_overrides(args.assignments), keep_none=True),
-                       str(args.work))
+    return graph_recipe(data, budget, args)
 
 
 def reported_stages(args: argparse.Namespace) -> list[str]:

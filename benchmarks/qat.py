@@ -40,6 +40,7 @@ from common import (
     ROOT,
     WORK,
     data_config,
+    graph_recipe,
     load_summary,
     require_data,
     run_main,
@@ -48,10 +49,10 @@ from common import (
     write_split,
 )
 
-from distilprune.config import dotted_overrides, load_yaml, merge
+from distilprune.config import load_yaml
 from distilprune.export import OnnxClassifier
 from distilprune.jobs.common import prepare_data
-from distilprune.jobs.graph import GraphRecipe, parse_graph, run_graph
+from distilprune.jobs.graph import GraphRecipe, run_graph
 from distilprune.reporting.formatting import markdown_table
 
 RECIPE = ROOT / "benchmarks" / "recipes" / "qat.yaml"
@@ -130,8 +131,7 @@ def build_recipe(args: argparse.Namespace, runs: list[QATRun], split: dict[str, 
         stages |= qat_stages(run, finetune, export, args.source)
     overrides = {"stages": {name: run_settings(body, args, split) for name, body in stages.items()},
                  "out": str(args.work), "threads": args.threads}
-    return parse_graph(merge(merge(data, overrides), dotted_overrides(args.assignments), keep_none=True),
-                       str(args.work))
+    return graph_recipe(data, overrides, args)
 
 
 def prepare(args: argparse.Namespace, runs: list[QATRun], data: Any) -> dict[str, Path]:

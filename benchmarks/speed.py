@@ -30,6 +30,7 @@ from common import (
     ROOT,
     WORK,
     data_config,
+    graph_recipe,
     load_summary,
     require_data,
     run_main,
@@ -38,9 +39,9 @@ from common import (
     write_split,
 )
 
-from distilprune.config import dotted_overrides, load_yaml, merge
+from distilprune.config import load_yaml
 from distilprune.jobs.common import prepare_data
-from distilprune.jobs.graph import GraphRecipe, parse_graph, run_graph
+from distilprune.jobs.graph import GraphRecipe, run_graph
 from distilprune.jobs.staging import read_record
 
 RECIPE = ROOT / "benchmarks" / "recipes" / "speed.yaml"
@@ -92,10 +93,10 @@ def task_distillation(model: Path) -> dict[str, Any]:
             } if kd else {}
 
 
-def extra_stage(model: Path) -> tuple[str, dict[str, Any]]:
-    """An extra sparse model's ONNX Runtime dynamic int8 export stage (beside its fp32 row)."""
-    return f"{model.parent.name}-{model.name}-ptq-int8-onnx", {
-        "kind": "export", "model": str(model), "int8": True, "limit": 500, "max_length": 128}
+def extra_stage(model: Path) -> str:
+    """An extra sparse model's ONNX Runtime dynamic int8 export stage (beside its fp32 row): the
+    recipe's ``sparse-ptq-int8-onnx`` for that model."""
+    return f"{model.parent.name}-{model.name}-ptq-int8-onnx"
 
 
 def budget(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -119,10 +120,10 @@ def build_recipe(args: argparse.Namespace, models: dict[str, Path], extras: list
             overrides[name]["model"] = str(models["small" if name.startswith("small") else "sparse"])
         if body["kind"] == "finetune":
             overrides[name] |= kd
-    for name, body in map(extra_stage, extras):
-        stages[name] = body | split_settings(body, split)
-    return parse_graph(merge(merge(data, {"stages": overrides, "out": str(args.work)}),
-                             dotted_overrides(args.assignments), keep_none=True), str(args.work))
+    for extra in extras:
+        stages[extra_stage(extra)] = stages["sparse-ptq-int8-onnx"]
+        overrides[extra_stage(extra)] = overrides["sparse-ptq-int8-onnx"] | {"model": str(extra)}
+    return graph_recipe(data, {"stages": overrides, "out": str(args.work)}, args)
 
 
 def trained_steps(model: Path) -> str:
@@ -182,7 +183,7 @@ def main() -> None:
     run_graph(build_recipe(args, {"sparse": sparse, "small": small}, extras, split))
     static = out / "sparse-static-int8-onnx"
     compact = read_record(out / "sparse-qat-compact")["summary"]
-    extra_rows = [path for extra in extras for path in (extra, out / extra_stage(extra)[0])]
+    extra_rows = [path for extra in extras for path in (extra, out / extra_stage(extra))]
     if args.prepare_only:
         return
     from distilprune.benchmark import run_benchmark

@@ -33,16 +33,17 @@ from common import (
     ROOT,
     WORK,
     data_config,
+    graph_recipe,
     load_summary,
     require_data,
     run_main,
     write_results,
 )
 
-from distilprune.config import dotted_overrides, load_yaml, merge
+from distilprune.config import load_yaml
 from distilprune.evaluate import classification_metrics, predict_texts
 from distilprune.jobs.common import prepare_data
-from distilprune.jobs.graph import GraphRecipe, parse_graph, run_graph
+from distilprune.jobs.graph import GraphRecipe, run_graph
 from distilprune.models.loading import count_parameters, load_classifier, load_tokenizer
 from distilprune.reporting.formatting import markdown_table
 
@@ -112,9 +113,8 @@ def build_recipe(args: argparse.Namespace) -> tuple[GraphRecipe, str]:
         f"ofa-structured-{tag}": finetune,
         f"posthoc-structured-{tag}": finetune,
     }
-    data = merge(data | {"stages": stages}, {"stages": budget, "out": str(args.work),
-                                             "threads": args.threads})
-    return parse_graph(merge(data, dotted_overrides(args.assignments), keep_none=True), str(args.work)), tag
+    run = {"stages": budget, "out": str(args.work), "threads": args.threads}
+    return graph_recipe(data | {"stages": stages}, run, args), tag
 
 
 def evaluate(model_dir: Path, texts: list[str], labels: list[int]) -> dict:

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import DATA, RESULTS, ROOT, WORK, run_main, write_results
+from common import DATA, RESULTS, ROOT, WORK, graph_recipe, run_main, write_results
 
 from distilprune.config import dotted_overrides, load_yaml, merge
-from distilprune.jobs.graph import GraphRecipe, parse_graph, run_graph, with_upstream
+from distilprune.jobs.graph import GraphRecipe, run_graph, with_upstream
 from distilprune.reporting.formatting import markdown_table
 
 RECIPE = ROOT / "benchmarks" / "recipes" / "tasks.yaml"
@@ -201,8 +201,7 @@ def build_recipe(args: argparse.Namespace, table: dict[str, Task], corpus: Path 
         dense = dense_stage(data["stages"][f"{task.name}-dense"], task, args.steps_scale)
         for model in MODELS:
             stages |= model_stages(task, model, dense, args)
-    built = {"out": str(args.work), "stages": stages}
-    return parse_graph(merge(built, dotted_overrides(args.assignments), keep_none=True), str(args.work))
+    return graph_recipe({"stages": stages}, {"out": str(args.work)}, args)
 
 
 def budget(recipe: GraphRecipe, task: Task, args: argparse.Namespace) -> str:

@@ -525,10 +525,8 @@ def quantize(
 
     Dynamic int8 is 'distilprune export --int8'; QAT is 'distilprune finetune --qat'.
     """
-    from distilprune.jobs.common import check_output_dir
     from distilprune.jobs.deploy import QuantizeConfig, quantize_model
 
-    check_output_dir(out, overwrite)
     result = quantize_model(QuantizeConfig(str(model), str(out), str(data), limit,
                                            None if parity_data is None else str(parity_data), parity_limit,
                                            max_length, overwrite))

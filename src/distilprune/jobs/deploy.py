@@ -178,10 +178,9 @@ def _deepsparse(cfg: ExportConfig, model: Path, out: Path) -> dict[str, Any]:
 def quantize_model(cfg: QuantizeConfig) -> dict[str, Any]:
     """Run the static quantization; returns its parity with a one-line ``message``."""
     from distilprune.export.onnx import static_quantize_export
-    from distilprune.io import check_writable
+    from distilprune.jobs.common import check_output_dir
 
-    model, out = Path(cfg.model), Path(cfg.out)
-    check_writable(out)
+    model, out = Path(cfg.model), check_output_dir(cfg.out, cfg.overwrite)
     if not (model / "model.onnx").is_file():
         raise UserError(f"{model} is not an ONNX export (no model.onnx): run `distilprune export` first")
     require(bool(cfg.data), "quantize: calibration texts (--data) are required")
