@@ -65,8 +65,7 @@ def test_bash_completes_commands_and_options(monkeypatch, capfd, words, expected
 
 # ----------------------------------------------------------------------------- recipe defaults
 RECIPE_COMMANDS = {  # command: (its config classes, its visible options no recipe key sets)
-    "finetune": ("finetune:FinetuneConfig", {"recipe", "set_", "teacher", "temperature", "alpha_soft",
-                                             "alpha_hard"}),
+    "finetune": ("finetune:FinetuneConfig", {"recipe", "set_"}),
     "fit-mlm-head": ("distill:MLMHeadConfig", {"recipe", "set_", "out"}),  # --out is required
     "distill-mlm": ("distill:GeneralDistillConfig", {"recipe", "set_"}),
 }
@@ -160,10 +159,11 @@ def test_bool_flag_help_has_no_second_default(monkeypatch, capfd):
     assert "(default: recipe's overwrite, else false)" in out and "[default: no-overwrite]" not in out
 
 
-def test_options_outside_the_recipe_show_their_plain_default():
+def test_task_distillation_options_show_their_recipe_keys():
     helps = _option_help("finetune")
-    assert helps["alpha_soft"].endswith("(default: 0.5)") and "recipe" not in helps["alpha_soft"]
-    assert helps["teacher"] == "task distillation: fine-tuned teacher directory"
+    assert helps["alpha_soft"].endswith("(default: recipe's loss.alpha_soft, else 0.5)")
+    assert helps["temperature"].endswith("(default: recipe's loss.temperature, else 2)")
+    assert helps["teacher"] == "task distillation: fine-tuned teacher directory (recipe key: teacher)"
 
 
 def test_help_shows_recipe_defaults(monkeypatch, capfd):

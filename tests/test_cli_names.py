@@ -114,3 +114,23 @@ def test_benchmark_max_length_and_old_seq_len(monkeypatch, capfd, tmp_path, mode
     assert code == 2 and "captured" in err, err
     assert calls[0][0][6] == 24
     assert ("--seq-len is deprecated, use --max-length" in err) == (flag == "--seq-len")
+
+
+@pytest.mark.parametrize("where", ["recipe", "flags"])
+def test_finetune_takes_its_teacher_and_loss_from_the_recipe_or_flags(monkeypatch, capfd, tmp_path, model,
+                                                                     tiny_csv, where):
+    """A finetune recipe section holds teacher: and loss: as a finetune stage of a graph does;
+    the flags win over it."""
+    calls: list = []
+    monkeypatch.setattr("distilprune.jobs.distill.distill_task", _capture(calls))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"finetune:\n  teacher: {model}\n  loss: {{temperature: 3.0, alpha_soft: 0.7}}\n")
+    args = ["--model", model, "--data", tiny_csv, "--out", tmp_path / "o", "--recipe", recipe]
+    if where == "flags":
+        args += ["--teacher", tmp_path / "other", "--temperature", "4"]
+    code, _out, err = run_cli(monkeypatch, capfd, "finetune", *args)
+    assert code == 2 and "captured" in err, err
+    task = calls[0][0][0]
+    expected = (str(model), 3.0) if where == "recipe" else (str(tmp_path / "other"), 4.0)
+    assert (task.teacher, task.loss.temperature, task.loss.alpha_soft) == (*expected, 0.7)
+    assert task.finetune.model == str(model)

@@ -513,6 +513,18 @@ BAD_INPUTS: dict[str, tuple[Args, str]] = {
     "recipe/section_not_a_mapping": (lambda f: ftr(f, "finetune: 3\n"), "expected a mapping"),
     "recipe/unknown_key": (lambda f: ftr(f, "finetune:\n  train:\n    epochz: 2\n"), "unknown key 'epochz'"),
     "recipe/unknown_section_key": (lambda f: ftr(f, "finetune:\n  bogus: 1\n"), "unknown key 'bogus'"),
+    "recipe/task_loss_without_teacher": (
+        lambda f: ftr(f, "finetune:\n  loss:\n    alpha_soft: 0.7\n"),
+        "finetune.loss: task distillation needs a teacher",
+    ),
+    "recipe/task_loss_flag_without_teacher": (
+        lambda f: ft(f, "--temperature", "3"),
+        "finetune.loss: task distillation needs a teacher",
+    ),
+    "recipe/unknown_task_loss_key": (
+        lambda f: ftr(f, f"finetune:\n  teacher: {f.model}\n  loss:\n    alpah_soft: 1\n"),
+        "finetune.loss: unknown key 'alpah_soft'",
+    ),
     "recipe/unknown_data_key": (
         lambda f: ftr(f, "finetune:\n  data:\n    x: 1\n"),
         "finetune.data: unknown key 'x'",

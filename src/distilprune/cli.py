@@ -136,11 +136,9 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _default_note(key: str | None, value: Any) -> str:
-    """``(default: recipe's train.lr, else 5e-05)``; without a recipe key ``(default: 5e-05)``."""
+def _default_note(key: str, value: Any) -> str:
+    """``(default: recipe's train.lr, else 5e-05)``; ``(recipe key: K)`` when there is no default."""
     shown = _shown(value)
-    if key is None:
-        return f"(default: {shown})" if shown else ""
     return f"(default: recipe's {key}, else {shown})" if shown else f"(recipe key: {key})"
 
 
@@ -148,7 +146,7 @@ class _RecipeHelp(TyperCommand):
     """A command with ``--recipe``: its ``--help`` adds to every option the recipe key that sets it and
     the built-in default, from the config dataclasses' defaults (:mod:`distilprune.recipe_defaults`)."""
 
-    configs: tuple[tuple[str, bool], ...] = ()  # ("module:Class", whether the recipe sets it)
+    configs: tuple[tuple[str, str], ...] = ()  # ("module:Class", its keys' prefix in the recipe)
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         self.show_defaults()
@@ -161,21 +159,22 @@ class _RecipeHelp(TyperCommand):
         self._defaults_shown = True
         from distilprune.recipe_defaults import DEFAULTS
 
-        tables = [(DEFAULTS[path], recipe) for path, recipe in self.configs]
+        tables = [(DEFAULTS[path], prefix) for path, prefix in self.configs]
         for param in self.params:
             if param.name in ("recipe", "set_") or param.required or getattr(param, "hidden", False):
                 continue
-            for values, recipe in tables:
+            for values, prefix in tables:
                 if (key := _config_key(param.name, values)) is not None:
-                    note = _default_note(key if recipe else None, values[key])
+                    note = _default_note(prefix + key, values[key])
                     param.help = " ".join(filter(None, (param.help, note)))
                     param.show_default = False  # the note says it (typer's [default: no-x] would repeat it)
                     break
 
 
-def _recipe_command(*configs: tuple[str, bool]) -> type[TyperCommand]:
+def _recipe_command(*configs: tuple[str, str]) -> type[TyperCommand]:
     """The command class of a recipe command whose settings are the dataclasses ``configs``
-    (``"module:Class"``, as in :data:`distilprune.recipe_defaults.CONFIGS`)."""
+    (``"module:Class"``, as in :data:`distilprune.recipe_defaults.CONFIGS`, and the prefix of
+    their keys in the recipe section: ``""`` or ``"loss."``)."""
     return type("RecipeCommand", (_RecipeHelp,), {"configs": configs})
 
 
@@ -247,8 +246,8 @@ def _data_overrides(data, validation, text_column, label_column, preprocess, max
     }
 
 
-@app.command(cls=_recipe_command(("distilprune.jobs.finetune:FinetuneConfig", True),
-                                  ("distilprune.jobs.distill:TaskLoss", False)))
+@app.command(cls=_recipe_command(("distilprune.jobs.finetune:FinetuneConfig", ""),
+                                  ("distilprune.jobs.distill:TaskLoss", "loss.")))
 def finetune(
     model: Annotated[str | None, Opt(help="alias (minilm-l6, mpnet-base), model dir or hub ID")] = None,
     data: Annotated[Path | None, Opt(help="labelled CSV/TSV/JSONL/JSON, CoNLL (NER) or SQuAD JSON "
@@ -294,23 +293,25 @@ def finetune(
     prune_criterion: PruneCriterion = None,
     prune_heads: PruneHeads = None,
     prune_neurons: PruneNeurons = None,
-    teacher: Annotated[str | None, Opt(help="task distillation: fine-tuned teacher directory")] = None,
+    teacher: Annotated[str | None, Opt(help="task distillation: fine-tuned teacher directory (recipe "
+                                            "key: teacher)")] = None,
     temperature: Annotated[float | None, Opt(help="task distillation temperature")] = None,
     alpha_soft: Annotated[float | None, Opt(help="task distillation soft-target weight")] = None,
     alpha_hard: Annotated[float | None, Opt(help="task distillation hard-label weight")] = None,
     overwrite: Annotated[bool | None, Opt(help="replace an existing output directory")] = None,
 ) -> None:
     """Fine-tune a classifier (optionally pruned, mask-locked or distilled from --teacher)."""
-    from distilprune.jobs.distill import TaskDistillConfig, distill_task
+    from distilprune.jobs.distill import task_distillation_settings, task_finetune
     from distilprune.jobs.finetune import FinetuneConfig
-    from distilprune.jobs.finetune import finetune as run
 
+    loss = {"temperature": temperature, "alpha_soft": alpha_soft, "alpha_hard": alpha_hard}
     overrides = {
         "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope,
                                   prune_heads, prune_neurons, prune_criterion),
         "qat": {} if qat else None,  # --no-qat: switched off below
         "model": model, "out": str(out) if out else None, "overwrite": overwrite,
-        "lock_sparsity": lock_sparsity,
+        "lock_sparsity": lock_sparsity, "teacher": teacher,
+        "loss": loss if any(v is not None for v in loss.values()) else None,
         "data": _data_overrides(data, validation, text_column, label_column, preprocess,
                                 max_length, imbalance, val_fraction, limit)
         | {"task": task, "text_pair_column": text_pair_column, "val_limit": val_limit,
@@ -322,16 +323,11 @@ def finetune(
     settings = merge(_recipe(recipe, "finetune", set_), overrides)
     if qat is False:  # a recipe's qat: section switched off
         settings["qat"] = None
+    settings, distillation = task_distillation_settings(settings, "finetune")
     cfg = from_dict(FinetuneConfig, settings, "finetune")
     if not cfg.model or not cfg.data.train:
         raise UserError("finetune needs --model and --data (or a recipe that sets them)")
-    if teacher:
-        loss = {"temperature": temperature, "alpha_soft": alpha_soft, "alpha_hard": alpha_hard}
-        task = from_dict(TaskDistillConfig, merge({"teacher": teacher}, {"loss": loss}), "distill")
-        task.finetune = cfg
-        summary = distill_task(task)
-    else:
-        summary = run(cfg)
+    summary = task_finetune(cfg, **distillation)
     _print_metrics(f"validation ({summary['data']['n_val']} rows) -> {cfg.out}", summary["metrics"])
 
 
@@ -365,7 +361,7 @@ CorpusFiles = Annotated[
     list[Path] | None, Opt("--corpus", help="text/CSV/TSV files (default: ../shared/data texts)")]
 
 
-@app.command("fit-mlm-head", cls=_recipe_command(("distilprune.jobs.distill:MLMHeadConfig", True)))
+@app.command("fit-mlm-head", cls=_recipe_command(("distilprune.jobs.distill:MLMHeadConfig", "")))
 def fit_mlm_head(
     out: Annotated[Path, Opt(help="output masked-LM directory")],
     model: Annotated[str | None, Opt(help="encoder without an MLM head (alias or directory)")] = None,
@@ -398,7 +394,7 @@ def fit_mlm_head(
                       f"-> {_score(summary['masked_accuracy'])}; wrote {out}")
 
 
-@app.command("distill-mlm", cls=_recipe_command(("distilprune.jobs.distill:GeneralDistillConfig", True)))
+@app.command("distill-mlm", cls=_recipe_command(("distilprune.jobs.distill:GeneralDistillConfig", "")))
 def distill_mlm(
     teacher: Annotated[str | None, Opt(help="masked-LM teacher directory (see fit-mlm-head)")] = None,
     out: Annotated[Path | None, Opt(help="output student directory")] = None,

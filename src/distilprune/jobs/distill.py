@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from distilprune.config import to_dict
+from distilprune.config import from_dict, to_dict
 from distilprune.data.batching import EncodedDataset, encode, make_loader
 from distilprune.data.corpus import default_corpus_files, load_corpus
 from distilprune.data.loading import TextTable, file_sha256
@@ -318,6 +318,20 @@ class TaskDistillConfig:
     loss: TaskLoss = field(default_factory=TaskLoss)
 
 
+TASK_DISTILLATION = ("teacher", "loss")  # a finetune's settings beside FinetuneConfig's
+
+
+def task_distillation_settings(settings: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A finetune's settings (the command's recipe section and flags, or a stage of a stage graph)
+    split into :class:`FinetuneConfig`'s and :func:`task_finetune`'s ``teacher`` / ``loss``."""
+    settings = dict(settings)
+    extra = {key: settings.pop(key) for key in TASK_DISTILLATION if key in settings}
+    if "loss" in extra:
+        require(extra.get("teacher") is not None, f"{where}.loss: task distillation needs a teacher")
+        extra["loss"] = from_dict(TaskLoss, extra["loss"] or {}, f"{where}.loss")
+    return settings, extra
+
+
 def task_finetune(cfg: FinetuneConfig, teacher: str | Path | None = None,
                   loss: TaskLoss | None = None) -> dict[str, Any]:
     """Fine-tune with ``cfg``: on the labels alone, or task-distilled from ``teacher`` (``loss``)."""
@@ -389,6 +403,7 @@ def distill_task(cfg: TaskDistillConfig) -> dict[str, Any]:
 
 __all__ = [
     "CorpusConfig", "DistillLoss", "GeneralDistillConfig", "MLMHeadConfig", "StudentConfig",
-    "TaskDistillConfig", "TaskLoss", "distill_task", "fit_mlm_head", "general_distill", "make_student",
-    "masked_accuracy", "teacher_logits",
+    "TASK_DISTILLATION", "TaskDistillConfig", "TaskLoss", "distill_task", "fit_mlm_head",
+    "general_distill", "make_student", "masked_accuracy", "task_distillation_settings", "task_finetune",
+    "teacher_logits",
 ]

@@ -76,7 +76,6 @@ KINDS = {
     "benchmark": Kind("distilprune.jobs.deploy:BenchmarkConfig", "distilprune.jobs.deploy:benchmark_models",
                       True),
 }
-TASK_DISTILLATION = ("teacher", "loss")  # finetune keys beside FinetuneConfig's (as --teacher)
 
 
 def _import(path: str) -> Any:
@@ -188,20 +187,17 @@ def job_config(spec: StageSpec, out: Path, paths: dict[str, str] | None = None) 
     """The stage's job config (``out`` = ``<out>/<name>``, overwrite on) and the task-distillation
     arguments of a ``finetune`` stage (``teacher``, ``loss``)."""
     paths = paths or {source: f"<{source}>" for source in spec.upstream()}
-    settings = _settings(spec, paths)
-    keys = TASK_DISTILLATION if spec.kind == "finetune" else ()
-    extra = {key: settings.pop(key) for key in keys if key in settings}
+    settings, extra = _settings(spec, paths), {}
+    where = f"stages.{spec.name}"
+    if spec.kind == "finetune":
+        from distilprune.jobs.distill import task_distillation_settings
+
+        settings, extra = task_distillation_settings(settings, where)
     config_class = KINDS[spec.kind].config_class()
     fields = {f.name for f in dataclasses.fields(config_class)}
     settings |= {key: value for key, value in (("out", str(out / spec.name)), ("overwrite", True))
                  if key in fields}
-    where = f"stages.{spec.name}"
     cfg = from_dict(config_class, settings, where)
-    if "loss" in extra:
-        from distilprune.jobs.distill import TaskLoss
-
-        require(extra.get("teacher") is not None, f"{where}.loss: task distillation needs a teacher")
-        extra["loss"] = from_dict(TaskLoss, extra["loss"] or {}, f"{where}.loss")
     return cfg, extra
 
 
