@@ -134,3 +134,28 @@ def test_finetune_takes_its_teacher_and_loss_from_the_recipe_or_flags(monkeypatc
     expected = (str(model), 3.0) if where == "recipe" else (str(tmp_path / "other"), 4.0)
     assert (task.teacher, task.loss.temperature, task.loss.alpha_soft) == (*expected, 0.7)
     assert task.finetune.model == str(model)
+
+
+@pytest.mark.parametrize(("command", "target"), [("finetune", "distilprune.jobs.distill.task_finetune"),
+                                                 ("distill-mlm", "distilprune.jobs.distill.general_distill")])
+def test_prune_flags_override_the_recipes_prune_section(monkeypatch, capfd, tmp_path, model, tiny_csv,
+                                                        command, target):
+    """Every flag lands on the recipe key its --help names: --final-sparsity without --prune changes
+    the recipe's prune: section (it was dropped: the model was pruned to the recipe's 50 %)."""
+    calls: list = []
+    monkeypatch.setattr(target, _capture(calls))
+    section = command.replace("-", "_")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"{section}:\n  prune: {{method: block, final_sparsity: 0.5}}\n"
+                      + ("  lock_sparsity: true\n" if command == "finetune" else ""))
+    source = ["--model", model, "--data", tiny_csv] if command == "finetune" else ["--teacher", model]
+    args = [*source, "--out", tmp_path / "o", "--recipe", recipe, "--final-sparsity", "0.9",
+            "--prune-end", "0.6", "--max-steps", "3"]
+    if command == "finetune":
+        args.append("--no-lock-sparsity")
+    code, _out, err = run_cli(monkeypatch, capfd, command, *args)
+    assert code == 2 and "captured" in err, err
+    cfg = calls[0][0][0]
+    prune = (cfg.prune.method, cfg.prune.final_sparsity, cfg.prune.end_fraction, cfg.train.max_steps)
+    assert prune == ("block", 0.9, 0.6, 3)
+    assert command != "finetune" or cfg.lock_sparsity is False

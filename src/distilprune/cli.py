@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
 
-from distilprune.config import dotted_overrides, from_dict, merge, recipe_section
+from distilprune.config import dotted_overrides, from_dict, merge, nested, recipe_section
 from distilprune.errors import Interrupted, UserError, require, require_at_least
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,  # --install-completion
@@ -82,14 +82,6 @@ PruneCriterion = Annotated[str | None, Opt(metavar=_choices("magnitude", "activa
                                            help="rank weights by |w|, or by |w| x input norm (Wanda)")]
 
 
-def _prune_overrides(method, final_sparsity, block_size, prune_end, prune_every, scope,
-                     heads=None, neurons=None, criterion=None) -> dict | None:
-    values = {"method": method, "final_sparsity": final_sparsity, "block_size": block_size,
-              "end_fraction": prune_end, "frequency": prune_every, "scope": scope,
-              "heads": heads, "neurons": neurons, "criterion": criterion}
-    return values if method else None
-
-
 def _recipe(path: Path | None, section: str, assignments: list[str] | None = None) -> dict[str, Any]:
     """The command's recipe section with the ``--set`` assignments applied."""
     base = recipe_section(path, section) if path is not None else {}
@@ -106,7 +98,7 @@ def _recipe_option(section: str) -> Any:
     return Opt(help=f"YAML recipe: its {section}: section, or the whole file; flags override it")
 
 
-# ----------------------------------------------------------------------------- recipe defaults in --help
+# ---------------------------------------------------------------------- recipe commands: option -> key
 # Options whose config key is not their own name (otherwise: the one key whose last part is the name).
 _KEY_OF = {"model": "teacher", "data": "data.train", "corpus": "corpus.files", "corpus_limit": "corpus.limit",
            "layers": "student_layers", "student_dir": "student", "prune_end": "prune.end_fraction",
@@ -143,39 +135,71 @@ def _default_note(key: str, value: Any) -> str:
 
 
 class _RecipeHelp(TyperCommand):
-    """A command with ``--recipe``: its ``--help`` adds to every option the recipe key that sets it and
-    the built-in default, from the config dataclasses' defaults (:mod:`distilprune.recipe_defaults`)."""
+    """A command with ``--recipe``: each option sets one recipe key of the config dataclasses
+    (:meth:`option_keys`); ``--help`` adds that key and its built-in default to the option (from
+    :mod:`distilprune.recipe_defaults`) and :func:`_settings` puts a given option's value there.
+    ``tests/test_cli_help.py`` checks that every visible option has its key."""
 
     configs: tuple[tuple[str, str], ...] = ()  # ("module:Class", its keys' prefix in the recipe)
+    extra_keys: tuple[str, ...] = ()  # recipe keys beside the configs' (finetune: teacher)
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         self.show_defaults()
         super().format_help(ctx, formatter)
+
+    def recipe_keys(self) -> dict[str, Any]:
+        """Every recipe key of the command with its built-in default."""
+        from distilprune.recipe_defaults import DEFAULTS
+
+        keys = {prefix + key: value for path, prefix in self.configs for key, value in DEFAULTS[path].items()}
+        return keys | dict.fromkeys(self.extra_keys)
+
+    def option_keys(self) -> dict[str, str]:
+        """The recipe key each visible option sets, by parameter name (the one mapping that --help
+        shows and :func:`_settings` applies)."""
+        keys = self.recipe_keys()
+        return {param.name: key for param in self.params
+                if param.name not in ("recipe", "set_") and not getattr(param, "hidden", False)
+                and (key := _config_key(param.name, keys)) is not None}
 
     def show_defaults(self) -> None:
         """Append the default notes to the options' help texts (once)."""
         if getattr(self, "_defaults_shown", False):
             return
         self._defaults_shown = True
-        from distilprune.recipe_defaults import DEFAULTS
-
-        tables = [(DEFAULTS[path], prefix) for path, prefix in self.configs]
+        defaults, keys = self.recipe_keys(), self.option_keys()
         for param in self.params:
-            if param.name in ("recipe", "set_") or param.required or getattr(param, "hidden", False):
-                continue
-            for values, prefix in tables:
-                if (key := _config_key(param.name, values)) is not None:
-                    note = _default_note(prefix + key, values[key])
-                    param.help = " ".join(filter(None, (param.help, note)))
-                    param.show_default = False  # the note says it (typer's [default: no-x] would repeat it)
-                    break
+            if param.name in keys and not param.required:
+                note = _default_note(keys[param.name], defaults[keys[param.name]])
+                param.help = " ".join(filter(None, (param.help, note)))
+                param.show_default = False  # the note says it (typer's [default: no-x] would repeat it)
 
 
-def _recipe_command(*configs: tuple[str, str]) -> type[TyperCommand]:
+def _recipe_command(*configs: tuple[str, str], extra_keys: tuple[str, ...] = ()) -> type[TyperCommand]:
     """The command class of a recipe command whose settings are the dataclasses ``configs``
     (``"module:Class"``, as in :data:`distilprune.recipe_defaults.CONFIGS`, and the prefix of
-    their keys in the recipe section: ``""`` or ``"loss."``)."""
-    return type("RecipeCommand", (_RecipeHelp,), {"configs": configs})
+    their keys in the recipe section: ``""`` or ``"loss."``) and ``extra_keys``."""
+    return type("RecipeCommand", (_RecipeHelp,), {"configs": configs, "extra_keys": extra_keys})
+
+
+def _plain(value: Any) -> Any:
+    """An option's value as a recipe spells it (paths as strings)."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def _settings(ctx: typer.Context, section: str, convert: dict[str, Any] | None = None,
+              given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The running command's settings: its recipe section, the ``--set`` assignments, then every
+    option given on the command line at its recipe key. ``convert``: option -> function turning its
+    value into the recipe's form; ``given``: values replacing the parsed ones (deprecated spellings)."""
+    values, flags = {**ctx.params, **(given or {})}, {}
+    for name, key in ctx.command.option_keys().items():
+        if (value := values.get(name)) is not None:
+            value = (convert or {}).get(name, _plain)(value)
+            flags = merge(flags, nested(key, value))
+    return merge(_recipe(ctx.params.get("recipe"), section, ctx.params.get("set_")), flags)
 
 
 def _score(value: float | None) -> str:
@@ -229,26 +253,10 @@ def models_install(
 
 
 # ----------------------------------------------------------------------------- finetune
-def _data_overrides(data, validation, text_column, label_column, preprocess, max_length,
-                    imbalance, val_fraction, limit) -> dict[str, Any]:
-    from distilprune.data.preprocess import parse_steps
-
-    return {
-        "train": str(data) if data else None,
-        "validation": str(validation) if validation else None,
-        "text_column": text_column,
-        "label_column": label_column,
-        "preprocess": parse_steps(preprocess) if preprocess is not None else None,
-        "max_length": max_length,
-        "imbalance": imbalance,
-        "val_fraction": val_fraction,
-        "limit": limit,
-    }
-
-
 @app.command(cls=_recipe_command(("distilprune.jobs.finetune:FinetuneConfig", ""),
-                                  ("distilprune.jobs.distill:TaskLoss", "loss.")))
+                                  ("distilprune.jobs.distill:TaskLoss", "loss."), extra_keys=("teacher",)))
 def finetune(
+    ctx: typer.Context,
     model: Annotated[str | None, Opt(help="alias (minilm-l6, mpnet-base), model dir or hub ID")] = None,
     data: Annotated[Path | None, Opt(help="labelled CSV/TSV/JSONL/JSON, CoNLL (NER) or SQuAD JSON "
                                           "(QA)")] = None,
@@ -293,34 +301,20 @@ def finetune(
     prune_criterion: PruneCriterion = None,
     prune_heads: PruneHeads = None,
     prune_neurons: PruneNeurons = None,
-    teacher: Annotated[str | None, Opt(help="task distillation: fine-tuned teacher directory (recipe "
-                                            "key: teacher)")] = None,
+    teacher: Annotated[str | None, Opt(help="task distillation: fine-tuned teacher directory")] = None,
     temperature: Annotated[float | None, Opt(help="task distillation temperature")] = None,
     alpha_soft: Annotated[float | None, Opt(help="task distillation soft-target weight")] = None,
     alpha_hard: Annotated[float | None, Opt(help="task distillation hard-label weight")] = None,
     overwrite: Annotated[bool | None, Opt(help="replace an existing output directory")] = None,
 ) -> None:
     """Fine-tune a classifier (optionally pruned, mask-locked or distilled from --teacher)."""
+    from distilprune.data.preprocess import parse_steps
     from distilprune.jobs.distill import task_distillation_settings, task_finetune
     from distilprune.jobs.finetune import FinetuneConfig
 
-    loss = {"temperature": temperature, "alpha_soft": alpha_soft, "alpha_hard": alpha_hard}
-    overrides = {
-        "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope,
-                                  prune_heads, prune_neurons, prune_criterion),
-        "qat": {} if qat else None,  # --no-qat: switched off below
-        "model": model, "out": str(out) if out else None, "overwrite": overwrite,
-        "lock_sparsity": lock_sparsity, "teacher": teacher,
-        "loss": loss if any(v is not None for v in loss.values()) else None,
-        "data": _data_overrides(data, validation, text_column, label_column, preprocess,
-                                max_length, imbalance, val_fraction, limit)
-        | {"task": task, "text_pair_column": text_pair_column, "val_limit": val_limit,
-           "doc_stride": doc_stride, "max_answer_length": max_answer_length, "n_best": n_best},
-        "train": {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size,
-                  "seed": seed, "patience": patience, "checkpoint_every": checkpoint_every,
-                  "resume": resume},
-    }
-    settings = merge(_recipe(recipe, "finetune", set_), overrides)
+    settings = _settings(ctx, "finetune", convert={
+        "prune": lambda method: {"method": method}, "preprocess": parse_steps,
+        "qat": lambda on: {} if on else None})  # --no-qat: switched off below
     if qat is False:  # a recipe's qat: section switched off
         settings["qat"] = None
     settings, distillation = task_distillation_settings(settings, "finetune")
@@ -353,16 +347,13 @@ def student(
         f"{summary['parameters']:,} parameters ({summary['parameter_ratio']:.1%} of the teacher's) -> {out}")
 
 
-def _corpus(corpus: list[Path] | None, limit: int | None, max_length: int | None) -> dict:
-    return {"files": [str(c) for c in corpus] if corpus else None, "limit": limit, "max_length": max_length}
-
-
 CorpusFiles = Annotated[
     list[Path] | None, Opt("--corpus", help="text/CSV/TSV files (default: ../shared/data texts)")]
 
 
 @app.command("fit-mlm-head", cls=_recipe_command(("distilprune.jobs.distill:MLMHeadConfig", "")))
 def fit_mlm_head(
+    ctx: typer.Context,
     out: Annotated[Path, Opt(help="output masked-LM directory")],
     model: Annotated[str | None, Opt(help="encoder without an MLM head (alias or directory)")] = None,
     corpus: CorpusFiles = None,
@@ -381,12 +372,9 @@ def fit_mlm_head(
     from distilprune.jobs.distill import MLMHeadConfig
     from distilprune.jobs.distill import fit_mlm_head as run
 
-    model = _renamed("--teacher", "--model", teacher, model)
-    max_steps = _renamed("--steps", "--max-steps", steps, max_steps)
-    overrides = {"teacher": model, "out": str(out), "overwrite": overwrite,
-                 "corpus": _corpus(corpus, corpus_limit, max_length),
-                 "train": {"max_steps": max_steps, "batch_size": batch_size, "lr": lr}}
-    cfg = from_dict(MLMHeadConfig, merge(_recipe(recipe, "fit_mlm_head", set_), overrides), "fit_mlm_head")
+    given = {"model": _renamed("--teacher", "--model", teacher, model),
+             "max_steps": _renamed("--steps", "--max-steps", steps, max_steps)}
+    cfg = from_dict(MLMHeadConfig, _settings(ctx, "fit_mlm_head", given=given), "fit_mlm_head")
     if not cfg.teacher:
         raise UserError("fit-mlm-head needs --model (or a recipe that sets its teacher)")
     summary = run(cfg)
@@ -396,6 +384,7 @@ def fit_mlm_head(
 
 @app.command("distill-mlm", cls=_recipe_command(("distilprune.jobs.distill:GeneralDistillConfig", "")))
 def distill_mlm(
+    ctx: typer.Context,
     teacher: Annotated[str | None, Opt(help="masked-LM teacher directory (see fit-mlm-head)")] = None,
     out: Annotated[Path | None, Opt(help="output student directory")] = None,
     student_dir: Annotated[str | None, Opt("--student", help="existing student (default: build one)")] = None,
@@ -435,20 +424,9 @@ def distill_mlm(
     from distilprune.jobs.distill import GeneralDistillConfig, general_distill
     from distilprune.models.student import parse_layer_map
 
-    max_steps = _renamed("--steps", "--max-steps", steps, max_steps)
-    overrides = {
-        "teacher": teacher, "out": str(out) if out else None, "student": student_dir,
-        "student_layers": layers, "layer_map": parse_layer_map(layer_map) if layer_map else None,
-        "overwrite": overwrite, "corpus": _corpus(corpus, corpus_limit, max_length),
-        "loss": {"alpha_ce": alpha_ce, "alpha_mlm": alpha_mlm, "alpha_cos": alpha_cos,
-                 "cos_layers": cos_layers, "temperature": temperature},
-        "train": {"max_steps": max_steps, "epochs": epochs, "batch_size": batch_size,
-                  "grad_accum": grad_accum, "lr": lr, "checkpoint_every": checkpoint_every,
-                  "resume": resume},
-        "prune": _prune_overrides(prune, final_sparsity, block_size, prune_end, prune_every, prune_scope,
-                                  prune_heads, prune_neurons, prune_criterion),
-    }
-    settings = merge(_recipe(recipe, "distill_mlm", set_), overrides)
+    settings = _settings(ctx, "distill_mlm", convert={
+        "prune": lambda method: {"method": method}, "layer_map": parse_layer_map},
+        given={"max_steps": _renamed("--steps", "--max-steps", steps, max_steps)})
     cfg = from_dict(GeneralDistillConfig, settings, "distill_mlm")
     if not cfg.teacher or not cfg.out:
         raise UserError("distill-mlm needs --teacher and --out (or a recipe that sets them)")

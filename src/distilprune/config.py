@@ -170,6 +170,12 @@ def merge(base: dict[str, Any], overrides: dict[str, Any], keep_none: bool = Fal
     return out
 
 
+def nested(key: str, value: Any) -> dict[str, Any]:
+    """``"a.b"``, ``v`` -> ``{"a": {"b": v}}``."""
+    head, _, rest = key.partition(".")
+    return {head: nested(rest, value) if rest else value}
+
+
 def dotted_overrides(assignments: list[str] | None) -> dict[str, Any]:
     """``["train.lr=1e-4", "qat=null"]`` as a nested mapping; values are read as YAML, so ``null``
     switches a setting off and ``[a, b]`` is a list."""

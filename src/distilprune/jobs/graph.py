@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from distilprune.config import from_dict, load_yaml, merge, plain, to_dict
+from distilprune.config import from_dict, load_yaml, merge, nested, plain, to_dict
 from distilprune.errors import require, require_at_least
 from distilprune.io import locked_dir
 from distilprune.jobs.staging import Stage, file_digests, run_stages, select_stages
@@ -111,12 +111,6 @@ def is_graph_recipe(data: dict[str, Any]) -> bool:
     return "stages" in data
 
 
-def _nested(key: str, value: Any) -> dict[str, Any]:
-    """``"a.b"``, ``v`` -> ``{"a": {"b": v}}``."""
-    head, _, rest = key.partition(".")
-    return {head: _nested(rest, value) if rest else value}
-
-
 def _names(source: str | list[str]) -> list[str]:
     """A ``from:`` value (one stage or a list) as a list of stage names."""
     return [source] if isinstance(source, str) else source
@@ -179,7 +173,7 @@ def _settings(spec: StageSpec, paths: dict[str, str]) -> dict[str, Any]:
     settings = copy.deepcopy(spec.settings)
     for key, source in spec.sources.items():
         value = paths[source] if isinstance(source, str) else [paths[s] for s in source]
-        settings = merge(settings, _nested(key, value))
+        settings = merge(settings, nested(key, value))
     return settings
 
 
