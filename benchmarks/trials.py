@@ -59,6 +59,11 @@ QUESTIONS = {  # in reading order; a trial not listed here follows, asked by its
     "tasks_qnli_long": "Tasks (#20): does 3x the sparse pre-training close the QNLI gap? "
                        "`tasks_qnli_unstructured`'s 80 % unstructured pre-training at 1,200 steps instead "
                        "of 400 (was 0.6164, dense 0.8149), then the same locked QNLI fine-tune",
+    "tasks_qnli_longer": "Tasks (#20): does the gain go on? The same pre-training at 2,400 steps "
+                         "(0.6164 at 400, 0.6687 at 1,200), then the same locked QNLI fine-tune",
+    "tasks_qnli_scaling": "Tasks (#20): how many sparse pre-training steps would reach 97 % of dense on "
+                          "QNLI? Every locked QNLI score above against its pre-training steps, one "
+                          "log-linear fit per pruning setting",
 }
 SHORT = {"(a) Prune OFA": "OFA", "(b) GMP on task": "GMP", "unstructured": "unstructured", "block": "1x4"}
 
@@ -77,6 +82,10 @@ def headline(payload: dict) -> str:
     """Accuracy (retention of dense) per cell, one line per variant and method."""
     if payload.get("benchmark") == "tasks":
         return tasks_headline(payload)
+    if payload.get("benchmark") == "pretrain_scaling":  # pretrain_scaling.py: one line per fit
+        return "<br>".join(f"{setting}: {f['per_doubling']:+.4f} per doubling, {payload['target']:.0%} "
+                           f"of dense at ~{f['steps_for_target']:,} steps"
+                           for setting, f in payload["fits"].items() if f).replace("%", " %")
     if payload.get("benchmark") == "recipe":  # recipe_report.py: one line per fine-tuning stage
         return "<br>".join(f"{r['stage']} {r['score']:.4f}"
                            + (f" ({r['retention']:.1%})" if r["retention"] is not None else "")

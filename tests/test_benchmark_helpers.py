@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import common  # noqa: E402
+import pretrain_scaling  # noqa: E402
 import prune  # noqa: E402
 import prune_seeds  # noqa: E402
 import speed  # noqa: E402
@@ -382,3 +383,25 @@ def test_recipe_report_takes_each_stages_retention_of_the_baseline_on_its_valida
         "b-sparse": ("b", pytest.approx(0.9)), "c": ("-", None)}
     one = recipe_report.with_retention(recipe, rows, ["a"])  # one baseline: every stage's
     assert [r["retention"] for r in one] == pytest.approx([1.0, 0.75, 0.625, 0.5625, 0.875])
+
+
+def test_pretrain_scaling_fit_recovers_a_log_linear_curve_and_its_target_steps() -> None:
+    import math
+
+    points = [{"steps": s, "score": 0.5 + 0.03 * math.log2(s / 100)} for s in (100, 400, 1600)]
+    fit = pretrain_scaling.fit(points, dense=0.8, target=0.95)
+    assert fit["per_doubling"] == pytest.approx(0.03)
+    assert fit["steps_for_target"] == round(100 * 2 ** ((0.76 - 0.5) / 0.03))  # 40,637
+    assert pretrain_scaling.fit(points[:1], 0.8, 0.95) is None  # one budget: no curve
+    flat = [{"steps": s, "score": 0.6} for s in (100, 400)]
+    assert pretrain_scaling.fit(flat, 0.8, 0.95)["steps_for_target"] is None  # never reached
+
+
+def test_pretrain_scaling_reads_the_pretraining_stage_of_a_locked_fine_tune() -> None:
+    recipe = {"stages": {
+        "sp": {"kind": "distill_mlm", "train": {"max_steps": 1200},
+               "prune": {"method": "unstructured", "criterion": "activation", "final_sparsity": 0.8}},
+        "dense": {"kind": "finetune"}}}
+    source = pretrain_scaling.pretraining
+    assert source(recipe, "sp") == {"steps": 1200, "setting": "unstructured activation 80%"}
+    assert source(recipe, "dense") is None and source(recipe, "x") is None
