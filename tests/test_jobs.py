@@ -389,10 +389,10 @@ def test_recipe_drives_finetune_and_flags_override(
     (["--no-lock-sparsity", "--no-resume", "--no-qat", "--no-overwrite"], (False, False, False, False)),
 ])
 def test_switch_flags_turn_recipe_settings_off(flags, expected, tmp_path, monkeypatch, capsys):
-    import distilprune.jobs.finetune as finetune_job
+    import distilprune.jobs.distill as distill_job
 
     seen = []
-    monkeypatch.setattr(finetune_job, "finetune", lambda cfg: seen.append(cfg) or {
+    monkeypatch.setattr(distill_job, "task_finetune", lambda cfg, **_: seen.append(cfg) or {
         "data": {"n_val": 0}, "metrics": {}})
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("finetune:\n  model: m\n  out: o\n  overwrite: true\n  lock_sparsity: true\n"
