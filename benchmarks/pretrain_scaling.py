@@ -58,12 +58,11 @@ def trial_points(trial: str) -> tuple[list[dict[str, Any]], float]:
 
 def fit(points: list[dict[str, Any]], dense: float, target: float) -> dict[str, Any] | None:
     """Least-squares ``score = a + b ln(steps)`` and the steps it puts at ``target`` x dense."""
-    steps = sorted({p["steps"] for p in points})
-    if len(steps) < 2:
+    if len({p["steps"] for p in points}) < 2:
         return None
-    a_slope, a = np.polyfit([math.log(p["steps"]) for p in points], [p["score"] for p in points], 1)
-    needed = math.exp((target * dense - a) / a_slope) if a_slope > 0 else None
-    return {"intercept": float(a), "per_doubling": float(a_slope * math.log(2)),
+    slope, intercept = np.polyfit([math.log(p["steps"]) for p in points], [p["score"] for p in points], 1)
+    needed = math.exp((target * dense - intercept) / slope) if slope > 0 else None
+    return {"intercept": float(intercept), "per_doubling": float(slope * math.log(2)),
             "steps_for_target": round(needed) if needed else None}
 
 
