@@ -419,6 +419,43 @@ def test_export_parity_and_serve(which, monkeypatch, capfd, tmp_path, files, req
             assert client.post("/predict", json={"texts": ["x"]}).status_code == 422
 
 
+@pytest.mark.parametrize("which", ["ner", "qa"])
+def test_compact_and_sparse_engine_formats_hold_both_heads(which, monkeypatch, capfd, tmp_path, files,
+                                                            request):
+    """A token classifier / QA model exported compact (fp32: bit-exact, int8: smaller) or for the
+    sparse engine reloads with its own head and answers through the same commands."""
+    from distilprune.export.source import load_source_model
+
+    model = request.getfixturevalue(f"{which}_model")
+    head = "ForTokenClassification" if which == "ner" else "ForQuestionAnswering"
+    data = files["ner_dev"] if which == "ner" else files["squad"]
+    suffix, src = (".conll", files["tokens"]) if which == "ner" else (".json", files["squad_test"])
+    exports = {"compact": ["--format", "compact"], "compact-int8": ["--format", "compact", "--int8"],
+               "sparse": ["--format", "sparse", "--data", data, "--max-length", "32"]}
+    for name, options in exports.items():
+        cli_ok(monkeypatch, capfd, "export", "--model", model, "--out", tmp_path / name, *options)
+        assert head in type(load_source_model(tmp_path / name)).__name__
+    parity = read_json(tmp_path / "sparse" / "parity.json")
+    assert parity["n_texts"] >= 2 and parity["agreement"] >= 0.5 and parity["max_abs_diff"] < 0.5
+    compact = read_json(tmp_path / "compact-int8" / "distilprune.json")["task"]
+    assert compact == ("token-classification" if which == "ner" else "question-answering")
+    size = {n: (tmp_path / n / "model.compact.safetensors").stat().st_size for n in exports if n != "sparse"}
+    assert size["compact-int8"] < size["compact"] / 2
+    for name in ("torch", *exports):
+        path = model if name == "torch" else tmp_path / name
+        cli_ok(monkeypatch, capfd, "predict", "--model", path, "--data", src, "--out",
+               tmp_path / f"{name}{suffix}")
+    predicted = {n: (tmp_path / f"{n}{suffix}").read_text() for n in ("torch", *exports)}
+    assert predicted["compact"] == predicted["torch"]  # the fp32 round trip is exact
+    if which == "ner":  # every model tags every token of the test file
+        assert all(len(p.splitlines()) == len(predicted["torch"].splitlines()) for p in predicted.values())
+    else:
+        assert all(json.loads(p).keys() == json.loads(predicted["torch"]).keys() for p in predicted.values())
+    out = cli_ok(monkeypatch, capfd, "evaluate", "--model", model, "--data", data, "--engine", "sparse",
+                 "--out", tmp_path / "e")
+    assert "f1" in out.lower()
+
+
 # ----------------------------------------------------------------------------- sparsity, distillation
 @pytest.mark.parametrize("which", ["ner", "qa"])
 def test_lock_sparsity_keeps_zeros_for_both_heads(
@@ -532,20 +569,12 @@ def test_wrong_kind_of_data_for_the_model(monkeypatch, capfd, tmp_path, files, n
     assert_user_error(
         monkeypatch, capfd, tmp_path, ["predict", "--model", qa_model, "--text", "where?"], "--text-pair"
     )
-    for fmt in ("compact", "sparse"):
-        assert_user_error(
-            monkeypatch,
-            capfd,
-            tmp_path,
-            ["export", "--model", ner_model, "--out", tmp_path / "x", "--format", fmt],
-            "exports to --format onnx",
-        )
     assert_user_error(
         monkeypatch,
         capfd,
         tmp_path,
-        ["evaluate", "--model", qa_model, "--data", files["squad"], "--engine", "sparse"],
-        "run in PyTorch or ONNX",
+        ["export", "--model", ner_model, "--out", tmp_path / "x", "--format", "deepsparse"],
+        "the deepsparse format holds classifiers",
     )
 
 
@@ -659,5 +688,6 @@ def test_recipes_parse_and_an_ner_pipeline_runs(tmp_path, files, tiny_model_fact
     out = tmp_path / "run"
     assert read_json(out / "qat" / "distilprune.json")["distillation"]["teacher"].endswith("teacher")
     assert read_json(out / "export" / "onnx-int8" / "export.json")["task"] == "token-classification"
+    assert read_json(out / "export" / "compact-int8" / "distilprune.json")["task"] == "token-classification"
     assert read_json(out / "finetune" / "distilprune.json")["sparsity"] == pytest.approx(0.5, abs=0.02)
     assert result.report.is_file()

@@ -230,9 +230,10 @@ def save_sparse_weights(model: nn.Module, folder: Path) -> dict[str, Any]:
 
 
 def load_sparse(path: str | Path) -> nn.Module:
-    """Rebuild the classifier of a sparse-engine directory with its packed layers (eval mode)."""
+    """Rebuild the model of a sparse-engine directory (a classifier, token classifier or QA model)
+    with its packed layers (eval mode)."""
     from distilprune.export.storage import expand_tensors
-    from distilprune.models.base import load_config
+    from distilprune.models.base import auto_class_of, load_config
     from distilprune.shrink import build_from_config
 
     file = Path(path) / WEIGHTS_NAME
@@ -242,7 +243,7 @@ def load_sparse(path: str | Path) -> nn.Module:
                 f"{file} is not a {FORMAT} file (format {metadata.get('format')!r})")
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     linears = json.loads(metadata["linears"])
-    model = build_from_config(load_config(path)).eval()
+    model = build_from_config(load_config(path), auto_class_of(path)).eval()
     state = expand_tensors(tensors, json.loads(metadata["manifest"]))
     missing, unexpected = model.load_state_dict(state, strict=False)
     expected = {f"{n}.{p}" for n, info in linears.items() for p in ("weight", "bias")}

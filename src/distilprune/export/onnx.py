@@ -354,7 +354,10 @@ def export_onnx(
         meta = _write_export(model, tokenizer, names, tmp, max_length, opset, int8,
                              per_channel, quantize_embeddings, texts, model_dir, qparams)
         if task != "classification":
-            parity = task_parity(model, tokenizer, names, tmp, inputs, max_length)
+            from distilprune.task_runtime import onnx_forward
+
+            parity = task_parity(model, tokenizer, names, onnx_forward(tmp / ONNX_FILENAME), inputs,
+                                 max_length)
         else:
             reference = _reference(model, qparams, quantize_embeddings)
             parity = _parity(reference, tokenizer, OnnxClassifier(tmp, threads=None), texts, 32)
@@ -373,27 +376,27 @@ def export_onnx(
     return {**meta, "path": str(out), "parity": parity}
 
 
-def task_parity(model: torch.nn.Module, tokenizer: Any, names: list[str], folder: Path,
+def task_parity(model: torch.nn.Module, tokenizer: Any, names: list[str], candidate: tuple[Any, list[str]],
                 inputs: Sequence[Any], max_length: int) -> dict[str, Any]:
-    """ONNX vs PyTorch outputs of a token-classification model (on the words of ``inputs``) or a QA
-    model (``inputs``: ``(question, context)`` pairs, or texts read as questions about the texts
-    after them), through the same runner: per-token / per-window logits, argmax agreement."""
-    from distilprune.task_runtime import make_runner, onnx_forward, torch_forward
+    """A token-classification model's (on the words of ``inputs``) or a QA model's (``inputs``:
+    ``(question, context)`` pairs, or texts read as questions about the texts after them) outputs
+    against ``candidate``'s (a forward function and the inputs it takes: an ONNX export, a packed
+    sparse model) through the same runner: per-token / per-window logits, argmax agreement."""
+    from distilprune.task_runtime import make_runner, torch_forward
 
     task = task_of_module(model)
     labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
     settings = {"max_length": max_length, "doc_stride": max(1, max_length // 4)}
     reference = make_runner(torch_forward(model, task)[0], tokenizer, names, task, settings, labels)
-    onnx_run, onnx_names = onnx_forward(folder / ONNX_FILENAME)
-    candidate = make_runner(onnx_run, tokenizer, onnx_names, task, settings, labels)
+    compared = make_runner(candidate[0], tokenizer, candidate[1], task, settings, labels)
     if task == "token-classification":
         from distilprune.tasks.ner import split_words
 
         sentences = [split_words(t if isinstance(t, str) else t[0])[0] or ["."] for t in inputs]
-        return compare_outputs(reference.logits(sentences), candidate.logits(sentences), len(inputs))
+        return compare_outputs(reference.logits(sentences), compared.logits(sentences), len(inputs))
     examples = qa_examples(inputs)
     _, ref_start, ref_end = reference.logits(examples)
-    _, cand_start, cand_end = candidate.logits(examples)
+    _, cand_start, cand_end = compared.logits(examples)
     return compare_outputs([*ref_start, *ref_end], [*cand_start, *cand_end], len(examples))
 
 

@@ -1,4 +1,4 @@
-"""Load any classifier directory we produce, for export and benchmarking.
+"""Load any model directory we produce (classifier, token classifier, QA), for export and benchmarking.
 
 Handles compact sparse/int8 directories (:mod:`distilprune.export.storage`), structurally
 shrunk models (``config.pruned_heads``, :mod:`distilprune.shrink`), plain classifiers and
@@ -22,13 +22,14 @@ ENGINES = ("auto", "torch", "sparse")
 
 
 def load_source_model(model_dir: str | Path, engine: str = "auto") -> torch.nn.Module:
-    """The classifier stored in ``model_dir`` (alias, directory or hub ID), in eval mode.
+    """The model stored in ``model_dir`` (alias, directory or hub ID), in eval mode.
 
     ``engine``: ``auto`` runs each format on its own engine (a sparse-engine directory on the
     sparse kernels, anything else in PyTorch fp32); ``sparse`` packs a plain model's encoder
     Linears for the sparse int8 kernels; ``torch`` refuses a sparse-engine directory.
     """
     from distilprune.engine.sparse import load_sparse, sparsify
+    from distilprune.export.storage import load_compact
     from distilprune.formats import ONNX_KINDS, model_kind
 
     require(engine in ENGINES, f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
@@ -42,16 +43,16 @@ def load_source_model(model_dir: str | Path, engine: str = "auto") -> torch.nn.M
     config = load_config(path)
     labels = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
     task = task_of_model(path)
-    if task != "classification":
-        require(engine != "sparse" and kind == "torch",
-                f"{model_dir}: {task} models run in PyTorch or ONNX (not compact, shrunk or sparse)")
-        return load_task_model(path, task, labels if task == "token-classification" else None).eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = load_classifier(path, num_labels=config.num_labels, label_names=labels)
+    if task == "classification":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = load_classifier(path, num_labels=config.num_labels, label_names=labels)
+    else:  # load_task_model refuses a structurally shrunk directory
+        model = (load_compact(path) if kind == "compact"
+                 else load_task_model(path, task, labels if task == "token-classification" else None))
     return sparsify(model) if engine == "sparse" else model.eval()
 
 
 def load_model_and_tokenizer(model_dir: str | Path, engine: str = "auto") -> tuple[torch.nn.Module, Any]:
-    """``(classifier in eval mode on ``engine``, its tokenizer)``."""
+    """``(model in eval mode on ``engine``, its tokenizer)``."""
     return load_source_model(model_dir, engine), load_tokenizer(model_dir)

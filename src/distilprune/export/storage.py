@@ -1,4 +1,4 @@
-"""Compact on-disk storage for sparse (and optionally int8) classifiers.
+"""Compact on-disk storage for sparse (and optionally int8) models of every task.
 
 Layout of a compact directory: ``config.json``, the tokenizer files and one
 ``model.compact.safetensors`` (safetensors only, never pickle). Its ``__metadata__`` holds
@@ -41,7 +41,7 @@ from transformers import PreTrainedTokenizerBase
 from distilprune.errors import UserError, require
 from distilprune.formats import COMPACT_WEIGHTS as WEIGHTS_NAME
 from distilprune.io import atomic_dir
-from distilprune.models.base import load_config, load_tokenizer
+from distilprune.models.base import auto_class_of, load_config, load_tokenizer
 
 FORMAT = "distilprune-compact/1"
 QMAX = 127
@@ -176,7 +176,8 @@ def _load_source(model_or_dir: nn.Module | str | Path, tokenizer: PreTrainedToke
         return model_or_dir, tokenizer
     from distilprune.shrink import load_shrunk
 
-    return load_shrunk(model_or_dir), tokenizer or load_tokenizer(model_or_dir)
+    model = load_shrunk(model_or_dir, auto_class=auto_class_of(model_or_dir))
+    return model, tokenizer or load_tokenizer(model_or_dir)
 
 
 def save_compact(
@@ -244,12 +245,13 @@ def read_compact_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_compact(path: str | Path) -> nn.Module:
-    """Rebuild a normal Hugging Face classifier (eval mode) from a compact directory."""
+    """Rebuild the normal Hugging Face model (eval mode; a classifier, token classifier or QA
+    model, as saved) from a compact directory."""
     from distilprune.shrink import build_from_config
 
     state = read_compact_state(path)
     config = load_config(path)
-    model = build_from_config(config)
+    model = build_from_config(config, auto_class_of(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     require(not missing and not unexpected,
             f"compact weights in {path} do not match the config: missing {missing[:3]}, "

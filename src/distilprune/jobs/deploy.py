@@ -130,9 +130,9 @@ def export_model(cfg: ExportConfig) -> dict[str, Any]:
     check_writable(out)
     if cfg.quantization is not None and cfg.format != "onnx":
         raise UserError(f"--quantization applies to --format onnx, not {cfg.format}")
-    if cfg.format != "onnx" and (task := task_of_model(model)) != "classification":
-        raise UserError(f"{model} is a {task} model: it exports to --format onnx (compact, sparse and "
-                        "deepsparse formats hold classifiers)")
+    if cfg.format == "deepsparse" and (task := task_of_model(model)) != "classification":
+        raise UserError(f"{model} is a {task} model: it exports to --format onnx, compact or sparse "
+                        "(the deepsparse format holds classifiers)")
     return {"onnx": _onnx, "compact": _compact, "sparse": _sparse, "deepsparse": _deepsparse}[cfg.format](
         cfg, model, out)
 
@@ -160,7 +160,7 @@ def _compact(cfg: ExportConfig, model: Path, out: Path) -> dict[str, Any]:
 def _sparse(cfg: ExportConfig, model: Path, out: Path) -> dict[str, Any]:
     from distilprune.export.sparse import export_sparse
 
-    texts, _ = texts_for(model, cfg.data, cfg.limit)
+    texts, _ = texts_for(model, cfg.data, cfg.limit, pairs=True)
     result = export_sparse(model, out, parity_texts=texts, max_length=cfg.max_length,
                            overwrite=cfg.overwrite)
     return {**result, "message": f"sparse engine -> {out}: {result['size_bytes'] / 1e6:.1f} MB, block "

@@ -400,7 +400,7 @@ def _run_export(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]
                            max_length=section.max_length or cfg.data.max_length)
         _copy_metadata(source, tmp / onnx_name(cfg))
         summary["onnx"] = {**onnx, "path": onnx_name(cfg)}
-        if section.compact and cfg.data.kind == "classification":  # compact storage: classifiers
+        if section.compact:
             name = "compact-int8" if section.int8 else "compact"
             summary["compact"] = {**save_compact(source, tmp / name, int8=section.int8), "path": name}
             _copy_metadata(source, tmp / name)

@@ -18,17 +18,34 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from distilprune.data.batching import TARGETS
 from distilprune.errors import UserError
 from distilprune.models.registry import resolve_model
 
 SUPPORTED_ARCHITECTURES = ("bert", "roberta", "distilbert", "xlnet", "mpnet")
+AUTO_CLASSES = {"classification": AutoModelForSequenceClassification,
+                "token-classification": AutoModelForTokenClassification,
+                "question-answering": AutoModelForQuestionAnswering}
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def auto_class_of(path: str | Path) -> type:
+    """The transformers Auto class of the task a saved model directory holds (its head)."""
+    from distilprune.task import task_of_model
+
+    return AUTO_CLASSES[task_of_model(path)]
 
 
 def load_pretrained(what: str, name: str | Path, loader: Callable[..., Any], **kwargs: Any) -> Any:

@@ -11,16 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import transformers
-from transformers import (
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    PreTrainedModel,
-)
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 from distilprune.errors import UserError, require
 from distilprune.formats import is_compact
 from distilprune.models.base import (
+    AUTO_CLASSES,
     SUPPORTED_ARCHITECTURES,
     check_max_length,
     count_parameters,
@@ -57,10 +53,6 @@ def require_classifier(name: str | Path, task: str = "classification") -> None:
 
     require_trained_head(name, load_config(name).architectures or [], task)  # type: ignore[arg-type]
 
-
-AUTO_CLASSES = {"classification": AutoModelForSequenceClassification,
-                "token-classification": AutoModelForTokenClassification,
-                "question-answering": AutoModelForQuestionAnswering}
 
 
 def _other_task_head(config: transformers.PretrainedConfig, task: str) -> bool:
