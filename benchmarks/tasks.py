@@ -1,5 +1,5 @@
 """One sparse pre-trained model, many tasks (#20): dense MiniLM vs the *same* Prune OFA sparse
-pre-trained MiniLM at 80 % and 90 % (1x4 blocks, mask locked), each fine-tuned with the same
+pre-trained MiniLM at 80 % and 90 % (mask locked), each fine-tuned with the same
 budget on SST-2, QNLI, WNUT-17 and SQuAD v1.1, then exported to ONNX int8. As in Prune OFA,
 the sparse models are fine-tuned by task distillation from the dense model of the same task.
 
@@ -15,11 +15,13 @@ the unlabelled test files, ``predictions_<task>_<model>.<tsv|conll|json>``.
     python benchmarks/tasks.py --tasks wnut17 sst2   # a part; rerun to add the others
     python benchmarks/tasks.py --pretrain-steps 800 --name trials/tasks_broad --tasks squad qnli
 
-``--pretrain-steps N`` makes the sparse models here (the recipe's ``sparse80`` / ``sparse90``
-stages, ``--pretrain KEY=VALUE`` changing both) instead of taking ``prune.py``'s: Prune OFA
-general distillation of MiniLM into its pruned self on a corpus that covers the tasks' domains
+``--pretrain-steps N`` makes the sparse models here (the recipe's ``head``, ``sparse80`` and
+``sparse90`` stages, ``--pretrain KEY=VALUE`` changing both pre-trainings) instead of taking
+``prune.py``'s: Prune OFA general distillation of MiniLM into its pruned self (unstructured,
+activation criterion, the schedule ending at half way) on a corpus that covers the tasks' domains
 (``broad_corpus``: SQuAD training-article paragraphs, QNLI training pairs, SST-2, WNUT-17 and the
-disaster tweets) at sequence length 128, on the every-layer hidden-state cosine.
+disaster tweets) at sequence length 128, on the every-layer hidden-state cosine. They checkpoint
+every 100 steps; a killed run continues with ``--set stages.sparse80.train.resume=true``.
 
 Validation splits: SST-2 ``dev.tsv``; WNUT-17 ``dev.conll``; QNLI 15 % of ``train.tsv``
 (seed 42, written to the work directory); SQuAD by article (``split_by_article``, seed 42), the
@@ -50,6 +52,7 @@ SPARSE_COMMAND = ("python benchmarks/prune.py --threads 1 --work benchmarks/work
                   "block:0.80 block:0.90 --variants ofa --gd-only")
 SPARSITIES = {"sparse80": 0.8, "sparse90": 0.9}
 MODELS = ("dense", *SPARSITIES)
+KINDS = ("fp32", "int8", "engine")  # PyTorch fp32, ONNX Runtime dynamic int8, the sparse int8 engine
 
 
 @dataclass
@@ -147,12 +150,11 @@ def broad_corpus(folder: Path) -> Path:
 
 
 def pretrain_stages(stages: dict[str, Any], args: argparse.Namespace, corpus: Path) -> dict[str, Any]:
-    """The recipe's sparse pre-training stages with this run's steps, corpus, MLM head (prune.py's:
-    ``distill_mlm`` requires one) and ``--pretrain`` settings."""
-    made = {}
+    """The recipe's MLM head and sparse pre-training stages with this run's steps, corpus and
+    ``--pretrain`` settings."""
+    made = {"head": stages["head"]}
     for name in SPARSITIES:
-        run = {"teacher": str(SPARSE / "minilm-l6-mlm"), "corpus": {"files": [str(corpus)]},
-               "train": {"max_steps": args.pretrain_steps}}
+        run = {"corpus": {"files": [str(corpus)]}, "train": {"max_steps": args.pretrain_steps}}
         made[name] = merge(merge(stages[name], run), dotted_overrides(args.pretrain), keep_none=True)
     return made
 
@@ -160,8 +162,8 @@ def pretrain_stages(stages: dict[str, Any], args: argparse.Namespace, corpus: Pa
 def model_stages(task: Task, model: str, dense: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """One model's stages on one task: its fine-tune (a sparse model's with the mask locked, as in
     Prune OFA task-distilled from the dense model of the same task, at the task's learning rate
-    times ``--sparse-lr-scale``), int8 ONNX export, fp32 / int8 evaluations, benchmark, test
-    predictions."""
+    times ``--sparse-lr-scale``), int8 ONNX and sparse-engine exports, their evaluations beside the
+    fp32 model's, benchmark, test predictions."""
     name, validation = f"{task.name}-{model}", str(task.validation)
     tune = copy.deepcopy(dense)
     if model != "dense":
@@ -173,13 +175,16 @@ def model_stages(task: Task, model: str, dense: dict[str, Any], args: argparse.N
             tune["model"] = str(SPARSE / f"gd-block-{SPARSITIES[model]:.2f}")
         tune["lock_sparsity"] = True
         tune["train"]["lr"] = float(f"{dense['train']['lr'] * args.sparse_lr_scale:g}")
-    onnx = f"{name}-onnx-int8"
+    onnx, engine = f"{name}-onnx-int8", f"{name}-sparse-engine"
     stages = {name: tune,
               onnx: {"kind": "export", "from": {"model": name}, "int8": True, "data": validation,
                      "limit": 200},
-              f"{name}-bench": {"kind": "benchmark", "from": {"models": [name, onnx]}, "data": validation,
-                                "threads": args.threads, "limit": 64, "batch_sizes": [1, 8], "repeats": 10}}
-    for kind, source in (("fp32", name), ("int8", onnx)):
+              engine: {"kind": "export", "from": {"model": name}, "format": "sparse", "data": validation,
+                       "limit": 200},
+              f"{name}-bench": {"kind": "benchmark", "from": {"models": [name, onnx, engine]},
+                                "data": validation, "threads": args.threads, "limit": 64,
+                                "batch_sizes": [1, 8], "repeats": 10}}
+    for kind, source in (("fp32", name), ("int8", onnx), ("engine", engine)):
         reads = {"from": {"model": source}}
         stages[f"{name}-eval-{kind}"] = {"kind": "evaluate", **reads, "data": validation}
         stages[f"{name}-predict-{kind}"] = {"kind": "predict", **reads, "data": str(task.test)}
@@ -216,16 +221,16 @@ def budget(recipe: GraphRecipe, task: Task, args: argparse.Namespace) -> str:
 def run_model(recipe: GraphRecipe, task: Task, model: str, work: Path) -> dict[str, Any]:
     """Fine-tune, evaluate (fp32 and int8 ONNX) and time one model on one task."""
     name = f"{task.name}-{model}"
-    run_graph(recipe, with_upstream(recipe, [f"{name}-eval-fp32", f"{name}-eval-int8", f"{name}-bench"]))
+    run_graph(recipe, with_upstream(recipe, [*(f"{name}-eval-{kind}" for kind in KINDS), f"{name}-bench"]))
     row: dict[str, Any] = {"task": task.name, "model": model, "metric": task.metric}
-    for kind in ("fp32", "int8"):
+    for kind in KINDS:
         metrics = json.loads((work / f"{name}-eval-{kind}" / "metrics.json").read_text())
         scale = 100 if task.name == "squad" else 1  # SQuAD's official scores are percentages
         row[kind] = metrics[task.metric] / scale
         if task.name == "squad":
             row[f"{kind}_exact_match"] = metrics["exact_match"] / scale
     bench = json.loads((work / f"{name}-bench" / "benchmark.json").read_text())["models"]
-    for result, kind in zip(bench, ("fp32", "int8"), strict=True):
+    for result, kind in zip(bench, KINDS, strict=True):
         row[f"{kind}_b1_ms"] = result["latency"]["1"]["p50_ms"]
         row[f"{kind}_b8_ms"] = result["latency"]["8"]["p50_ms"]
         row[f"{kind}_mb"] = result["size_bytes"] / 1e6
@@ -274,7 +279,7 @@ def plot(summary_: dict[str, Any], path: Path) -> None:
     ax.set_xticks([x + 0.3 for x in range(len(names))],
                   [f"{t} ({summary_[t]['metric']})" for t in names])
     ax.set_ylim(0, 1)
-    ax.set_title("MiniLM-L6: dense vs Prune OFA 1x4 sparse (mask locked), same budget")
+    ax.set_title("MiniLM-L6: dense vs Prune OFA sparse (mask locked), same budget")
     ax.legend(fontsize=8, ncol=4, loc="lower center")
     fig.tight_layout()
     save_png(fig, path, dpi=110)
@@ -287,33 +292,40 @@ def not_run(rows: list[dict[str, Any]], table: dict[str, Any]) -> str:
     return f"\nNot run yet: {', '.join(missing)}.\n" if missing else ""
 
 
-def sparse_source(args: argparse.Namespace) -> str:
-    """Where the sparse pre-trained models of this run came from, for the report."""
-    if args.pretrain_steps:
-        changed = "".join(f", {item}" for item in args.pretrain or [])
-        return (f"made here: {args.pretrain_steps} steps of `recipes/tasks.yaml`'s sparse80 / sparse90 "
-                f"(distill_mlm{changed}) on `broad_corpus` (SQuAD training paragraphs, QNLI "
-                "training pairs, SST-2, WNUT-17, tweets)")
-    return f"`benchmarks/work/prune609/gd-block-*`: 150 steps on the tweet corpus, `{SPARSE_COMMAND}`"
+def sparse_source(args: argparse.Namespace, recipe: GraphRecipe) -> str:
+    """The sparse pre-trained models of this run in words, for the report."""
+    if not args.pretrain_steps:
+        return ("80 % and 90 % 1x4-block sparsity (`benchmarks/work/prune609/gd-block-*`: 150 steps on "
+                f"the tweet corpus, `{SPARSE_COMMAND}`)")
+    prune = recipe.stages["sparse80"].settings["prune"]
+    pattern = "1x4-block" if prune["method"] == "block" else prune["method"]
+    changed = "".join(f", {item}" for item in args.pretrain or [])
+    return (f"80 % and 90 % {pattern} sparsity ({prune.get('criterion', 'magnitude')} criterion), made here: "
+            f"{args.pretrain_steps} steps of `recipes/tasks.yaml`'s sparse80 / sparse90 (distill_mlm"
+            f"{changed}) on `broad_corpus` (SQuAD training paragraphs, QNLI training pairs, SST-2, "
+            "WNUT-17, tweets)")
 
 
-def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.Namespace) -> None:
+def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.Namespace,
+           recipe: GraphRecipe) -> None:
     table = summary(rows)
     payload = {"benchmark": "tasks", "summary": table, "rows": rows, "budgets": budgets,
+               "sparse_models": sparse_source(args, recipe),
                "command": shlex.join(["python", "benchmarks/tasks.py", *sys.argv[1:]]),
                "threads": args.threads, "conditions": args.conditions}
     pct = [{"task": t, "metric": s["metric"], **{k: s[k] for k in ("dense", "sparse80", "sparse90",
                                                                    "sparse90_int8")},
             "retention80": s["retention80"], "retention90": s["retention90"]} for t, s in table.items()]
-    cols = ["task", "model", "sparsity", "fp32", "int8", "fp32_b1_ms", "int8_b1_ms", "fp32_b8_ms",
-            "int8_b8_ms", "fp32_mb", "int8_mb"]
+    cols = ["task", "model", "sparsity", *KINDS,
+            *(f"{k}_{what}" for what in ("b1_ms", "b8_ms", "mb") for k in KINDS)]
     md = ("# One sparse pre-trained model, many tasks\n\n"
-          "MiniLM-L6 (`minilm-l6`) dense vs the same model after Prune OFA general distillation at 80 % and "
-          f"90 % 1x4-block sparsity ({sparse_source(args)}), each fine-tuned with the "
+          "MiniLM-L6 (`minilm-l6`) dense vs the same model after Prune OFA general distillation at "
+          f"{sparse_source(args, recipe)}, each fine-tuned with the "
           "sparsity mask locked, the same budget (steps, batch, sequence length) as the dense model "
           "and task distillation from it (T=2, 0.5 soft + 0.5 hard) at the learning rate in Budgets; "
-          "int8 = ONNX Runtime dynamic int8 "
-          f"export. Latency: p50 ms, batch 1 and 8, {args.threads} thread(s), pre-tokenized validation "
+          "int8 = ONNX Runtime dynamic int8 export; engine = distilprune's sparse int8 engine (`export "
+          "--format sparse`: the encoder Linears on 1x4-block int8 kernels, int8 embeddings). "
+          f"Latency: p50 ms, batch 1 and 8, {args.threads} thread(s), pre-tokenized validation "
           "inputs. "
           f"Conditions: {args.conditions}.\n\n"
           "## Retention (Prune OFA paper form: task x sparsity)\n\n"
@@ -342,7 +354,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=WORK / "tasks")
     parser.add_argument("--conditions", default="2 CPUs shared with other jobs")
     parser.add_argument("--pretrain-steps", type=int,
-                        help="make the sparse models here on the broad corpus (else: prune.py's)")
+                        help="make the sparse models here on the broad corpus in this many steps "
+                             "(else: prune.py's)")
     parser.add_argument("--pretrain", action="append", metavar="KEY=VALUE",
                         help="a setting of both sparse pre-trainings, dotted (train.lr=5e-4)")
     parser.add_argument("--steps-scale", type=float, default=1.0,
@@ -357,6 +370,17 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def previous_results(path: Path, source: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The rows and budgets of an earlier run of the same results stem, to grow them; none when its
+    sparse models came from elsewhere (one table never mixes two pre-trainings)."""
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    if previous.get("sparse_models") != source:
+        if previous:
+            print(f"{path.name}: its sparse models were made otherwise; starting a new table")
+        return [], {}
+    return previous["rows"], previous["budgets"]
+
+
 def main() -> None:
     args = parse_args()
     table = tasks(args.work, args.squad_train, args.squad_val)
@@ -365,16 +389,14 @@ def main() -> None:
         return
     corpus = broad_corpus(args.work / "data") if args.pretrain_steps else None
     recipe = build_recipe(args, table, corpus)
-    previous = RESULTS / f"{args.name}.json"
-    rows = json.loads(previous.read_text())["rows"] if previous.is_file() else []
-    budgets = json.loads(previous.read_text()).get("budgets", {}) if previous.is_file() else {}
+    rows, budgets = previous_results(RESULTS / f"{args.name}.json", sparse_source(args, recipe))
     for name in args.tasks:
         task = table[name]
         budgets[name] = budget(recipe, task, args)
         for model in args.models:
             row = run_model(recipe, task, model, args.work)
             rows = [r for r in rows if (r["task"], r["model"]) != (name, model)] + [row]
-            report(rows, budgets, args)
+            report(rows, budgets, args, recipe)
         if args.name != "tasks":
             continue
         best = max((r for r in rows if r["task"] == name and r["model"] != "dense"),

@@ -267,7 +267,10 @@ def test_the_tasks_recipe_gives_each_sparse_model_the_dense_budget_with_its_mask
     bench = job_config(recipe.stages["qnli-sparse90-bench"], Path("/w"))[0]
     assert (bench.threads, bench.data, bench.limit, bench.batch_sizes) == (1, "/d/qnli-val", 64, [1, 8])
     assert recipe.stages["qnli-sparse90-bench"].sources == {
-        "models": ["qnli-sparse90", "qnli-sparse90-onnx-int8"]}
+        "models": ["qnli-sparse90", "qnli-sparse90-onnx-int8", "qnli-sparse90-sparse-engine"]}
+    engine = job_config(recipe.stages["qnli-sparse90-sparse-engine"], Path("/w"))[0]
+    assert (engine.format, engine.int8, engine.data) == ("sparse", False, "/d/qnli-val")
+    assert recipe.stages["qnli-sparse90-eval-engine"].sources == {"model": "qnli-sparse90-sparse-engine"}
     export = job_config(recipe.stages["qnli-sparse90-onnx-int8"], Path("/w"))[0]
     assert (export.int8, export.data, export.limit) == (True, "/d/qnli-val", 200)
     predict = recipe.stages["sst2-dense-predict-int8"]
@@ -278,15 +281,30 @@ def test_the_tasks_recipe_gives_each_sparse_model_the_dense_budget_with_its_mask
 def test_the_tasks_recipe_pre_trains_the_sparse_models_here_when_asked(monkeypatch) -> None:
     from distilprune.jobs.graph import job_config, with_upstream
 
-    tasks, recipe = _tasks_recipe(monkeypatch, "--pretrain-steps", "7", "--pretrain", "train.lr=1e-3",
-                                  "--pretrain", "prune.criterion=activation")
+    tasks, recipe = _tasks_recipe(monkeypatch, "--pretrain-steps", "7", "--pretrain", "train.lr=3e-4",
+                                  "--pretrain", "prune.criterion=magnitude")
     for name, sparsity in (("sparse80", 0.8), ("sparse90", 0.9)):
-        made = job_config(recipe.stages[name], Path("/w"))[0]
+        made = job_config(recipe.stages[name], Path("/w"), {"head": "/w/head"})[0]
         assert (made.train.max_steps, made.train.lr, made.prune.criterion, made.prune.final_sparsity) == (
-            7, 1e-3, "activation", sparsity)
-        assert made.corpus.files == ["/d/corpus.txt"] and made.teacher == str(tasks.SPARSE / "minilm-l6-mlm")
+            7, 3e-4, "magnitude", sparsity)
+        assert made.corpus.files == ["/d/corpus.txt"] and made.teacher == "/w/head"
+    assert job_config(recipe.stages["head"], Path("/w"))[0].teacher == "minilm-l6"
     assert with_upstream(recipe, ["qnli-sparse80-eval-int8"]) == [
-        "sparse80", "qnli-dense", "qnli-sparse80", "qnli-sparse80-onnx-int8", "qnli-sparse80-eval-int8"]
+        "head", "sparse80", "qnli-dense", "qnli-sparse80", "qnli-sparse80-onnx-int8",
+        "qnli-sparse80-eval-int8"]
+    assert tasks.sparse_source(tasks.parse_args(), recipe).startswith(
+        "80 % and 90 % unstructured sparsity (magnitude criterion), made here: 7 steps")
+
+
+def test_a_tasks_table_grows_only_over_the_same_sparse_models(tmp_path) -> None:
+    import tasks
+
+    path = tmp_path / "tasks.json"
+    assert tasks.previous_results(path, "here") == ([], {})
+    earlier = {"rows": [{"task": "sst2"}], "budgets": {"sst2": "b"}, "sparse_models": "here"}
+    path.write_text(json.dumps(earlier))
+    assert tasks.previous_results(path, "here") == ([{"task": "sst2"}], {"sst2": "b"})
+    assert tasks.previous_results(path, "elsewhere") == ([], {})
 
 
 def test_the_benchmark_recipes_parse_and_their_finetunes_run_on_the_shared_split() -> None:
