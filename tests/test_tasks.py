@@ -424,7 +424,9 @@ def test_compact_and_sparse_engine_formats_hold_both_heads(which, monkeypatch, c
                                                             request):
     """A token classifier / QA model exported compact (fp32: bit-exact, int8: smaller) or for the
     sparse engine reloads with its own head and answers through the same commands."""
+    from distilprune.errors import UserError
     from distilprune.export.source import load_source_model
+    from distilprune.models.loading import load_classifier
 
     model = request.getfixturevalue(f"{which}_model")
     head = "ForTokenClassification" if which == "ner" else "ForQuestionAnswering"
@@ -435,6 +437,8 @@ def test_compact_and_sparse_engine_formats_hold_both_heads(which, monkeypatch, c
     for name, options in exports.items():
         cli_ok(monkeypatch, capfd, "export", "--model", model, "--out", tmp_path / name, *options)
         assert head in type(load_source_model(tmp_path / name)).__name__
+    with pytest.raises(UserError, match="not a classifier"):
+        load_classifier(tmp_path / "compact")
     parity = read_json(tmp_path / "sparse" / "parity.json")
     assert parity["n_texts"] >= 2 and parity["agreement"] >= 0.5 and parity["max_abs_diff"] < 0.5
     compact = read_json(tmp_path / "compact-int8" / "distilprune.json")["task"]

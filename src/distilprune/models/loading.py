@@ -104,9 +104,13 @@ def load_classifier(
     :func:`distilprune.shrink.load_shrunk`.
     """
     from distilprune.export.storage import load_compact
+    from distilprune.task import task_of_module
 
     if is_compact(resolve_model(name)):
-        return load_compact(resolve_model(name)).float()
+        model = load_compact(resolve_model(name))
+        require(task_of_module(model) == "classification",
+                f"{name} is a compact {task_of_module(model)} model, not a classifier")
+        return model.float()
     require_weights(name)
     config = load_config(name)
     config.num_labels = num_labels
