@@ -21,7 +21,7 @@ the unlabelled test files, ``predictions_<task>_<model>.<tsv|conll|json>``.
 activation criterion, the schedule ending at half way) on a corpus that covers the tasks' domains
 (``broad_corpus``: SQuAD training-article paragraphs, QNLI training pairs, SST-2, WNUT-17 and the
 disaster tweets) at sequence length 128, on the every-layer hidden-state cosine. They checkpoint
-every 100 steps; a killed run continues with ``--set stages.sparse80.train.resume=true``.
+every 100 steps; a killed run continues with ``--pretrain train.resume=true``.
 
 Validation splits: SST-2 ``dev.tsv``; WNUT-17 ``dev.conll``; QNLI 15 % of ``train.tsv``
 (seed 42, written to the work directory); SQuAD by article (``split_by_article``, seed 42), the
@@ -44,6 +44,7 @@ from common import DATA, RESULTS, ROOT, WORK, graph_recipe, run_main, write_resu
 
 from distilprune.config import dotted_overrides, load_yaml, merge
 from distilprune.jobs.graph import GraphRecipe, run_graph, with_upstream
+from distilprune.jobs.staging import UNHASHED
 from distilprune.reporting.formatting import markdown_table
 
 RECIPE = ROOT / "benchmarks" / "recipes" / "tasks.yaml"
@@ -299,7 +300,8 @@ def sparse_source(args: argparse.Namespace, recipe: GraphRecipe) -> str:
                 f"the tweet corpus, `{SPARSE_COMMAND}`)")
     prune = recipe.stages["sparse80"].settings["prune"]
     pattern = "1x4-block" if prune["method"] == "block" else prune["method"]
-    changed = "".join(f", {item}" for item in args.pretrain or [])
+    changed = "".join(f", {item}" for item in args.pretrain or []  # not how or where it runs
+                      if item.partition("=")[0].rpartition(".")[2] not in UNHASHED)
     return (f"80 % and 90 % {pattern} sparsity ({prune.get('criterion', 'magnitude')} criterion), made here: "
             f"{args.pretrain_steps} steps of `recipes/tasks.yaml`'s sparse80 / sparse90 (distill_mlm"
             f"{changed}) on `broad_corpus` (SQuAD training paragraphs, QNLI training pairs, SST-2, "

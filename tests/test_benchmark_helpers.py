@@ -292,8 +292,11 @@ def test_the_tasks_recipe_pre_trains_the_sparse_models_here_when_asked(monkeypat
     assert with_upstream(recipe, ["qnli-sparse80-eval-int8"]) == [
         "head", "sparse80", "qnli-dense", "qnli-sparse80", "qnli-sparse80-onnx-int8",
         "qnli-sparse80-eval-int8"]
-    assert tasks.sparse_source(tasks.parse_args(), recipe).startswith(
-        "80 % and 90 % unstructured sparsity (magnitude criterion), made here: 7 steps")
+    source = tasks.sparse_source(tasks.parse_args(), recipe)
+    assert source.startswith("80 % and 90 % unstructured sparsity (magnitude criterion), made here: 7 steps")
+    assert "train.lr=3e-4" in source
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--pretrain", "train.resume=true"])
+    assert tasks.sparse_source(tasks.parse_args(), recipe) == source  # resuming is the same pre-training
 
 
 def test_a_tasks_table_grows_only_over_the_same_sparse_models(tmp_path) -> None:
