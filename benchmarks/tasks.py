@@ -220,7 +220,7 @@ def budget(recipe: GraphRecipe, task: Task, args: argparse.Namespace) -> str:
 
 
 def run_model(recipe: GraphRecipe, task: Task, model: str, work: Path) -> dict[str, Any]:
-    """Fine-tune, evaluate (fp32 and int8 ONNX) and time one model on one task."""
+    """Fine-tune, evaluate and time one model on one task in every kind (:data:`KINDS`)."""
     name = f"{task.name}-{model}"
     run_graph(recipe, with_upstream(recipe, [*(f"{name}-eval-{kind}" for kind in KINDS), f"{name}-bench"]))
     row: dict[str, Any] = {"task": task.name, "model": model, "metric": task.metric}

@@ -104,13 +104,12 @@ def load_classifier(
     :func:`distilprune.shrink.load_shrunk`.
     """
     from distilprune.export.storage import load_compact
-    from distilprune.task import task_of_module
+    from distilprune.task import task_of_model
 
-    if is_compact(resolve_model(name)):
-        model = load_compact(resolve_model(name))
-        require(task_of_module(model) == "classification",
-                f"{name} is a compact {task_of_module(model)} model, not a classifier")
-        return model.float()
+    if is_compact(path := resolve_model(name)):
+        task = task_of_model(path)  # recorded in the directory: refused before its weights are read
+        require(task == "classification", f"{name} is a compact {task} model, not a classifier")
+        return load_compact(path).float()
     require_weights(name)
     config = load_config(name)
     config.num_labels = num_labels
