@@ -7,6 +7,10 @@ directory) at two commits (seeded runs repeat exactly).
 
     python benchmarks/before_after.py BEFORE_DIR AFTER_DIR --note "how the runs were made"
     python benchmarks/before_after.py OLD NEW --stages mpnet-mlm student-gd --name distill_before_after
+    python benchmarks/before_after.py --make-tiny DIR   # then: distilprune run DIR/tiny-pipeline.yaml
+
+``--make-tiny`` writes a tiny random BERT, the first 200 disaster tweets and a pipeline recipe of a
+few steps a stage (the test suite's) into DIR: a before / after run of every stage in a minute.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import run_main, write_results
+from common import DISASTER_TRAIN, run_main, write_results
 from safetensors.torch import load_file
 
 from distilprune.reporting.formatting import markdown_table
@@ -62,16 +66,59 @@ def rows(before: Path, after: Path, stages: list[str]) -> list[dict]:
     return out
 
 
+def make_tiny(folder: Path) -> Path:
+    """A tiny random BERT, 200 labelled tweets and ``tiny-pipeline.yaml`` in ``folder``."""
+    import csv
+
+    import yaml
+
+    from distilprune.models.tiny import build_tiny_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with DISASTER_TRAIN.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))[:200]
+    data = folder / "tweets200.csv"
+    with data.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    model = build_tiny_model("bert", folder / "tiny-bert", [r["text"] for r in rows], num_layers=4)
+
+    def train(steps: int) -> dict:
+        return {"max_steps": steps, "batch_size": 8, "lr": 1e-3, "patience": None, "eval_every": steps,
+                "log_every": 1, "warmup_ratio": 0.0}
+
+    prune = {"method": "block", "block_size": 4, "final_sparsity": 0.5, "end_fraction": 0.5, "frequency": 1}
+    recipe = {"threads": 1, "data": {"train": str(data), "max_length": 32, "val_fraction": 0.25},
+              "teacher": {"model": str(model), "train": train(6)}, "student": {"layers": 2},
+              "mlm_head": {"steps": 3, "batch_size": 8},
+              "distill": {"corpus": {"files": [str(data)], "max_length": 32, "heldout": 8}, "train": train(8),
+                          "prune": prune},
+              "finetune": {"train": train(6), "task_distillation": True}, "qat": {"steps": 3, "lr": 1e-4},
+              "export": {"parity_texts": 16},
+              "benchmark": {"models": ["teacher", "baseline", "student", "compressed"], "repeats": 2,
+                            "warmup": 1, "batch_sizes": [1, 8], "limit": 40}}
+    path = folder / "tiny-pipeline.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("before", type=Path)
-    parser.add_argument("after", type=Path)
+    parser.add_argument("before", type=Path, nargs="?")
+    parser.add_argument("after", type=Path, nargs="?")
+    parser.add_argument("--make-tiny", type=Path, metavar="DIR", help="write a tiny model, data and recipe")
     parser.add_argument("--note", default="")
     parser.add_argument("--name", default="redesign_before_after")
     parser.add_argument("--stages", nargs="+", default=list(STAGES),
                         help="stage directories to compare (default: the pipeline's)")
     parser.add_argument("--title", default="Before / after the redesign (#18)")
     args = parser.parse_args()
+    if args.make_tiny:
+        print(f"wrote {make_tiny(args.make_tiny)}")
+        return
+    if args.after is None:
+        parser.error("give the BEFORE and AFTER run directories (or --make-tiny DIR)")
     table = rows(args.before, args.after, args.stages)
     payload = {"note": args.note, "all_same": all(r["same"] for r in table), "rows": table}
     md = (f"# {args.title}\n\n{args.note}\n\n"

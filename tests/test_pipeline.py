@@ -74,9 +74,9 @@ def encoder_sparsity(model_dir: Path) -> float:
     return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
 
 
-def check_outputs(out: Path, final: str) -> None:
+def check_outputs(out: Path, final: str, stages: tuple[str, ...] = STAGES) -> None:
     """Every stage directory with its stage.json, the exports and the model card."""
-    for stage in STAGES:
+    for stage in stages:
         assert (out / stage / "stage.json").is_file(), stage
     assert (out / "export" / "onnx-int8" / "model.onnx").is_file()
     assert json.loads((out / "export" / "onnx-int8" / "export.json").read_text())["int8"] is True
@@ -105,7 +105,7 @@ def test_pipeline_runs_resumes_and_reruns_downstream_only(tiny_model_factory, ti
     first = run_pipeline(config(recipe))
     assert first.status == dict.fromkeys(STAGES, "ran")
     check_outputs(out, "qat")
-    assert first.records["mlm_head"]["summary"]["fitted"] is True  # tiny bert has no MLM head
+    assert "masked_accuracy" in first.records["mlm_head"]["summary"]  # tiny bert has no MLM head: fitted
     assert stage_json(out, "student")["summary"]["student_layers"] == 2
     # the final (QAT) student keeps the Prune-OFA sparsity, in 1x4 blocks
     qat = first.records["qat"]["summary"]
@@ -152,10 +152,10 @@ def test_pipeline_mpnet_pass_through_stages_and_forced_cascade(tiny_model_factor
     recipe["export"]["compact"] = False
 
     first = run_pipeline(config(recipe))
-    assert first.status == dict.fromkeys(STAGES, "ran")
-    check_outputs(out, "finetune")
-    assert first.records["qat"]["summary"] == {"enabled": False}
-    assert not (out / "qat" / "model.safetensors").exists()
+    ran = tuple(s for s in STAGES if s != "qat")  # QAT disabled: the export reads the fine-tune
+    assert first.status == dict.fromkeys(ran, "ran")
+    check_outputs(out, "finetune", ran)
+    assert not (out / "qat").exists()
     assert "distillation" not in first.records["finetune"]["summary"]
     assert encoder_sparsity(out / "finetune") == pytest.approx(0.5, abs=0.03)
     assert first.records["export"]["summary"]["onnx"]["source"] == str(out / "finetune")
@@ -163,9 +163,36 @@ def test_pipeline_mpnet_pass_through_stages_and_forced_cascade(tiny_model_factor
     # forcing one stage re-runs it; downstream stages consumed the old output and follow
     forced = run_pipeline(config(recipe), stages="export", force=True)
     assert forced.status["export"] == "ran"
-    assert {s for s, v in forced.status.items() if v == "not selected"} == set(STAGES) - {"export"}
+    assert {s for s, v in forced.status.items() if v == "not selected"} == set(ran) - {"export"}
     resumed = run_pipeline(config(recipe))
     assert [s for s, v in resumed.status.items() if v == "ran"] == ["benchmark", "report"]
+    with pytest.raises(UserError, match="^stage 'qat' is not part of this recipe: qat.enabled is false$"):
+        run_pipeline(config(recipe), stages="qat")
+
+
+def test_the_pipeline_is_a_stage_graph_of_the_stages_it_needs(tiny_csv, tmp_path):
+    """Each stage is a graph kind wired by from:; without an MLM head to fit, the student and the
+    distillation read the teacher model itself; without task distillation, nothing reads the
+    fine-tuned teacher but the benchmark."""
+    from distilprune.jobs.pipeline import pipeline_graph
+
+    recipe = {"out": str(tmp_path / "run"), "teacher": {"model": "some-teacher"},
+              "data": {"train": str(tiny_csv)}, "mlm_head": {"enabled": False},
+              "finetune": {"task_distillation": False}}
+    graph = pipeline_graph(config(recipe))
+    assert {n: s.kind for n, s in graph.stages.items()} == {
+        "teacher": "finetune", "student": "student", "distill": "distill_mlm", "finetune": "finetune",
+        "qat": "finetune", "export": "pipeline_export", "benchmark": "pipeline_benchmark",
+        "report": "pipeline_report"}
+    assert {n: s.sources for n, s in graph.stages.items()} == {
+        "teacher": {}, "student": {}, "distill": {"student": "student"}, "finetune": {"model": "distill"},
+        "qat": {"model": "finetune"}, "export": {"model": "qat"},
+        "benchmark": {"teacher": "teacher", "student": "qat", "compressed": "export"},
+        "report": {"stages": ["teacher", "student", "distill", "finetune", "qat", "export", "benchmark"]}}
+    assert graph.stages["student"].settings["teacher"] == "some-teacher"
+    assert graph.stages["distill"].settings["teacher"] == "some-teacher"
+    assert graph.stages["qat"].settings["lock_sparsity"] and graph.stages["qat"].settings["qat"] is not None
+    assert "loss" not in graph.stages["finetune"].settings  # no task distillation, no loss weights
 
 
 # ----------------------------------------------------------------------------- recipe and stage errors

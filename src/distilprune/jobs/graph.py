@@ -75,6 +75,10 @@ KINDS = {
     "predict": Kind("distilprune.jobs.inference:PredictConfig", "distilprune.jobs.inference:predict", True),
     "benchmark": Kind("distilprune.jobs.deploy:BenchmarkConfig", "distilprune.jobs.deploy:benchmark_models",
                       True),
+    # the Prune OFA pipeline's own stages (jobs/pipeline.py compiles its recipe into a graph)
+    **{f"pipeline_{stage}": Kind(f"distilprune.jobs.pipeline:{stage.title()}StageConfig",
+                                 f"distilprune.jobs.pipeline:{stage}_stage")
+       for stage in ("export", "benchmark", "report")},
 }
 
 

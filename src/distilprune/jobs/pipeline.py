@@ -4,34 +4,33 @@ teacher fine-tune -> (MLM head fit, when the teacher has none) -> student init -
 general distillation (Prune OFA) -> mask-locked fine-tune (optionally task-distilled) -> QAT
 int8 (mask locked) -> ONNX int8 + compact export -> benchmark -> report.
 
-Every stage writes ``<out>/<stage>/`` atomically; :mod:`distilprune.jobs.staging` then records
-the hash of the recipe parts it depends on (its own section, data/corpus file digests and the
-upstream stages' hashes) plus the run ids of the upstream outputs it consumed. A stage is skipped
-when its record matches: a rerun continues where it stopped, and a changed section re-runs that
-stage and everything downstream.
+The recipe is compiled into a stage graph (:func:`pipeline_graph`) and run by
+:mod:`distilprune.jobs.graph`, as any ``stages:`` recipe is: every stage writes ``<out>/<stage>/``
+atomically and records the hash of what it depends on (its settings, data/corpus file digests and
+the upstream stages' hashes) plus the run ids of the upstream outputs it consumed. A stage is
+skipped when its record matches: a rerun continues where it stopped, and a changed section re-runs
+that stage and everything downstream. The export, benchmark and report stages are the pipeline's
+own kinds (``pipeline_export``, ``pipeline_benchmark``, ``pipeline_report``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distilprune.config import load_run_recipe, to_dict
 from distilprune.errors import require, require_at_least
-from distilprune.io import atomic_dir, locked_dir
-from distilprune.jobs.common import METADATA_FILE, DataConfig, data_digests, prepare_data
+from distilprune.io import atomic_dir
+from distilprune.jobs.common import DataConfig, prepare_data
 from distilprune.jobs.distill import CorpusConfig, DistillLoss, TaskLoss
-from distilprune.jobs.staging import Stage, file_digests, run_stages, select_stages
+from distilprune.jobs.graph import GraphRecipe, StageSpec, plan, run_graph
+from distilprune.jobs.staging import select_stages
 from distilprune.prune import PruneConfig
 from distilprune.quantize import QATConfig
 from distilprune.train import TrainConfig
-
-log = logging.getLogger("distilprune.pipeline")
 
 STAGES = ("teacher", "mlm_head", "student", "distill", "finetune", "qat", "export", "benchmark",
           "report")
@@ -210,212 +209,152 @@ def preflight(cfg: PipelineConfig) -> None:
         read_rows(task, path)
 
 
-# ----------------------------------------------------------------------------- hashing
-def _data_inputs(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"data": to_dict(cfg.data), "files": data_digests(cfg.data)}
+# ----------------------------------------------------------------------------- the stage graph
+def needs_mlm_head(cfg: PipelineConfig) -> bool:
+    """Whether the pipeline fits an MLM head (``mlm_head.enabled``; ``null``: when the teacher has
+    no pretrained one)."""
+    if cfg.mlm_head.enabled is not None:
+        return cfg.mlm_head.enabled
+    from distilprune.models.loading import load_masked_lm
+
+    return not load_masked_lm(cfg.teacher.model)[1]
 
 
-def _corpus_inputs(cfg: PipelineConfig) -> dict[str, Any]:
-    from distilprune.data.corpus import default_corpus_files
-    from distilprune.models.registry import cache_dir
-
-    files = cfg.distill.corpus.files or default_corpus_files(cache_dir() / "data")
-    return {"corpus": to_dict(cfg.distill.corpus), "files": file_digests(files, "corpus file")}
-
-
-def upstream_of(cfg: PipelineConfig, stage: str) -> tuple[str, ...]:
-    """The stages whose outputs ``stage`` consumes."""
-    kd = ("teacher",) if cfg.finetune.task_distillation else ()
-    return {
-        "teacher": (), "mlm_head": (), "student": ("mlm_head",),
-        "distill": ("mlm_head", "student"), "finetune": ("distill", *kd),
-        "qat": ("finetune", *kd), "export": ("finetune", "qat"),
-        "benchmark": ("teacher", "finetune", "qat", "export"), "report": STAGES[:-1],
-    }[stage]
+def omitted_stages(cfg: PipelineConfig) -> dict[str, str]:
+    """The stages of :data:`STAGES` this recipe does without, each with the reason."""
+    omitted = {}
+    if not needs_mlm_head(cfg):
+        omitted["mlm_head"] = ("mlm_head.enabled is false" if cfg.mlm_head.enabled is False
+                               else "the teacher has a pretrained MLM head")
+    if not cfg.qat.enabled:
+        omitted["qat"] = "qat.enabled is false"
+    return omitted
 
 
-def stage_inputs(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
-    """The recipe parts (and file digests) ``stage`` depends on, besides its upstream stages."""
-    if stage == "teacher":
-        return {"teacher": to_dict(cfg.teacher), **_data_inputs(cfg)}
-    if stage == "mlm_head":
-        if cfg.mlm_head.enabled is False:
-            return {"enabled": False}
-        return {"model": cfg.teacher.model, "mlm_head": to_dict(cfg.mlm_head), **_corpus_inputs(cfg)}
-    if stage == "qat" and not cfg.qat.enabled:
-        return {"enabled": False}
-    if stage == "distill":
-        return {"distill": to_dict(cfg.distill), **_corpus_inputs(cfg)}
-    if stage in ("finetune", "qat"):
-        section = {"finetune": to_dict(cfg.finetune), "qat": to_dict(cfg.qat) if stage == "qat" else None}
-        return {**section, **_data_inputs(cfg)}
-    if stage == "export":
-        return {"export": to_dict(cfg.export), "max_length": cfg.data.max_length, **_data_inputs(cfg)}
-    if stage == "benchmark":
-        return {"benchmark": to_dict(cfg.benchmark), **_data_inputs(cfg)}
-    if stage == "report":
-        return {"recipe": to_dict(cfg)}
-    return {stage: to_dict(getattr(cfg, stage))}
+def pipeline_graph(cfg: PipelineConfig, omitted: dict[str, str] | None = None) -> GraphRecipe:
+    """The pipeline as a stage graph (:mod:`distilprune.jobs.graph`): each stage of :data:`STAGES`
+    that the recipe needs (see :func:`omitted_stages`) is a graph kind, wired by ``from:`` to the
+    stages it reads."""
+    omitted = omitted_stages(cfg) if omitted is None else omitted
+    specs: dict[str, StageSpec] = {}
 
+    def stage(name: str, kind: str, settings: dict[str, Any], **sources: str | list[str]) -> None:
+        specs[name] = StageSpec(name, kind, settings, sources)
 
-def plan_stages(cfg: PipelineConfig) -> dict[str, Stage]:
-    """Every stage with its inputs: its recipe parts chained with its upstream stages' hashes."""
-    made: dict[str, Stage] = {}
-    for name in STAGES:
-        upstream = upstream_of(cfg, name)
-        inputs = {**stage_inputs(cfg, name), "upstream": {u: made[u].hash for u in upstream}}
-        made[name] = Stage(name, stage_dir(cfg, name), inputs, upstream)
-    return made
+    data, teacher = to_dict(cfg.data), cfg.teacher.model
+    stage("teacher", "finetune", {"model": teacher, "data": data, "train": to_dict(cfg.teacher.train)})
+    mlm_teacher: dict[str, str] = {"teacher": teacher}  # a setting, or from: the fitted head
+    if "mlm_head" not in omitted:
+        head = cfg.mlm_head
+        train = TrainConfig(max_steps=head.steps, lr=head.lr, batch_size=head.batch_size, patience=None,
+                            seed=cfg.distill.train.seed)
+        stage("mlm_head", "fit_mlm_head", {"teacher": teacher, "corpus": to_dict(cfg.distill.corpus),
+                                           "train": to_dict(train)})
+        mlm_teacher = {}
+    wired = {} if mlm_teacher else {"teacher": "mlm_head"}
+    stage("student", "student", {**mlm_teacher, "layers": cfg.student.layers,
+                                 "layer_map": cfg.student.layer_map}, **wired)
+    stage("distill", "distill_mlm", {**mlm_teacher, **to_dict(cfg.distill)}, **wired, student="student")
+    kd = {"teacher": "teacher"} if cfg.finetune.task_distillation else {}
+    locked = {"data": data, "lock_sparsity": True, **({"loss": to_dict(cfg.finetune.loss)} if kd else {})}
+    stage("finetune", "finetune", {**locked, "train": to_dict(cfg.finetune.train)}, model="distill", **kd)
+    final = "finetune"
+    if "qat" not in omitted:
+        train = dataclasses.replace(cfg.finetune.train, max_steps=cfg.qat.steps, lr=cfg.qat.lr,
+                                    patience=None, eval_every=cfg.qat.steps)
+        quant = to_dict(cfg.qat.quant_config())
+        stage("qat", "finetune", {**locked, "train": to_dict(train), "qat": quant}, model="finetune", **kd)
+        final = "qat"
+    stage("export", "pipeline_export", {"data": data, "export": to_dict(cfg.export)}, model=final)
+    stage("benchmark", "pipeline_benchmark", {"data": data, "benchmark": to_dict(cfg.benchmark)},
+          teacher="teacher", student=final, compressed="export")
+    stage("report", "pipeline_report", {"recipe": to_dict(cfg)}, stages=list(specs))
+    return GraphRecipe(cfg.out, specs, cfg.threads)
 
 
 def stage_hashes(cfg: PipelineConfig) -> dict[str, str]:
-    """Expected hash of every stage."""
-    return {name: stage.hash for name, stage in plan_stages(cfg).items()}
+    """Expected hash of every stage the recipe runs."""
+    return {name: stage.hash for name, stage in plan(pipeline_graph(cfg)).items()}
 
 
-# ----------------------------------------------------------------------------- stage outputs
-def stage_dir(cfg: PipelineConfig, stage: str) -> Path:
-    """``<out>/<stage>``."""
-    return Path(cfg.out) / stage
+# ----------------------------------------------------------------------------- the pipeline's own kinds
+@dataclass
+class ExportStageConfig:
+    """The ``export`` stage: ``model`` to ONNX (int8 with ``export.int8``) and to compact storage,
+    both in ``out``, the ONNX parity checked on the validation split of ``data``."""
+
+    model: str = ""
+    out: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    export: ExportSection = field(default_factory=ExportSection)
+    overwrite: bool = False
 
 
-def model_path(cfg: PipelineConfig, records: dict[str, dict], stage: str) -> str:
-    """The model a stage hands on (pass-through stages hand on their input)."""
-    if stage == "mlm_head" and not records["mlm_head"]["summary"].get("fitted"):
-        return cfg.teacher.model
-    if stage == "qat" and not cfg.qat.enabled:
-        return str(stage_dir(cfg, "finetune"))
-    if stage == "export":
-        return str(stage_dir(cfg, "export") / onnx_name(cfg))
-    return str(stage_dir(cfg, stage))
-
-
-def onnx_name(cfg: PipelineConfig) -> str:
+def onnx_name(section: ExportSection) -> str:
     """Folder of the ONNX export inside the export stage."""
-    return "onnx-int8" if cfg.export.int8 else "onnx"
+    return "onnx-int8" if section.int8 else "onnx"
 
 
-def _empty_stage(cfg: PipelineConfig, stage: str) -> None:
-    with atomic_dir(stage_dir(cfg, stage), overwrite=True):
-        pass
+def export_stage(cfg: ExportStageConfig) -> dict[str, Any]:
+    """Run the ``export`` stage; returns what each export reported."""
+    from distilprune.export import export_onnx
+    from distilprune.export.storage import save_compact
+    from distilprune.jobs.deploy import copy_metadata
+
+    section, onnx = cfg.export, onnx_name(cfg.export)
+    texts, _ = _val_texts(cfg.data, section.parity_texts)
+    summary: dict[str, Any] = {"source": cfg.model, "compact": None}
+    with atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
+        result = export_onnx(cfg.model, tmp / onnx, int8=section.int8, parity_texts=texts,
+                             max_length=section.max_length or cfg.data.max_length)
+        copy_metadata(Path(cfg.model), tmp / onnx)
+        summary["onnx"] = {**result, "path": onnx}
+        if section.compact:
+            name = "compact-int8" if section.int8 else "compact"
+            summary["compact"] = {**save_compact(cfg.model, tmp / name, int8=section.int8), "path": name}
+            copy_metadata(Path(cfg.model), tmp / name)
+    return summary
 
 
-def _val_texts(cfg: PipelineConfig, limit: int | None) -> tuple[list, list[int] | None]:
+def _val_texts(data: DataConfig, limit: int | None) -> tuple[list, list[int] | None]:
     """The first ``limit`` validation inputs (text pairs and QA inputs as tuples) and labels (none
     for NER / QA: their scores are the stages' own metrics)."""
-    if (task := cfg.data.kind) != "classification":
+    if (task := data.kind) != "classification":
         from distilprune.jobs.tasks import validation_texts
 
-        return validation_texts(task, cfg.data, limit), None
-    val = prepare_data(cfg.data).val
+        return validation_texts(task, data, limit), None
+    val = prepare_data(data).val
     n = len(val) if limit is None else min(limit, len(val))
     texts = val.texts[:n] if val.pairs is None else list(zip(val.texts[:n], val.pairs[:n], strict=True))
     return texts, (val.labels or [])[:n]
 
 
-# ----------------------------------------------------------------------------- stage runners
-def _run_teacher(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
-    from distilprune.jobs.finetune import FinetuneConfig, finetune
+@dataclass
+class BenchmarkStageConfig:
+    """The ``benchmark`` stage: ``benchmark.models`` by role (``teacher``, ``student``, ``compressed``:
+    the export stage's ONNX; ``baseline``: TF-IDF + logistic regression fitted on the training
+    split) side by side on the validation split of ``data``."""
 
-    return finetune(FinetuneConfig(model=cfg.teacher.model, out=str(stage_dir(cfg, "teacher")),
-                                   data=cfg.data, train=cfg.teacher.train, overwrite=True))
-
-
-def _run_mlm_head(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
-    from distilprune.jobs.distill import MLMHeadConfig, fit_mlm_head
-    from distilprune.models.loading import load_masked_lm
-
-    section, needed = cfg.mlm_head, cfg.mlm_head.enabled
-    if needed is None:
-        needed = not load_masked_lm(cfg.teacher.model)[1]
-    if not needed:
-        _empty_stage(cfg, "mlm_head")
-        return {"fitted": False, "reason": "the teacher has a pretrained MLM head"}
-    train = TrainConfig(max_steps=section.steps, lr=section.lr, batch_size=section.batch_size,
-                        patience=None, seed=cfg.distill.train.seed)
-    summary = fit_mlm_head(MLMHeadConfig(teacher=cfg.teacher.model, out=str(stage_dir(cfg, "mlm_head")),
-                                         corpus=cfg.distill.corpus, train=train, overwrite=True))
-    return {**summary, "fitted": True}
+    out: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    benchmark: BenchmarkSection = field(default_factory=BenchmarkSection)
+    teacher: str = ""
+    student: str = ""
+    compressed: str = ""  # an export stage's folder
+    overwrite: bool = False
 
 
-def _run_student(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
-    from distilprune.jobs.distill import StudentConfig, make_student
-
-    return make_student(StudentConfig(model_path(cfg, records, "mlm_head"), str(stage_dir(cfg, "student")),
-                                      cfg.student.layers, cfg.student.layer_map, overwrite=True))
-
-
-def _run_distill(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
-    from distilprune.jobs.distill import GeneralDistillConfig, general_distill
-
-    section = cfg.distill
-    return general_distill(GeneralDistillConfig(
-        teacher=model_path(cfg, records, "mlm_head"), out=str(stage_dir(cfg, "distill")),
-        student=str(stage_dir(cfg, "student")), corpus=section.corpus, loss=section.loss,
-        train=section.train, prune=section.prune, overwrite=True))
-
-
-def _locked_finetune(cfg: PipelineConfig, records: dict[str, dict], source: str, stage: str,
-                     train: TrainConfig, qat: QATConfig | None) -> dict[str, Any]:
-    """Mask-locked fine-tuning of ``source`` into ``stage`` (task-distilled when configured)."""
-    from distilprune.jobs.distill import task_finetune
-    from distilprune.jobs.finetune import FinetuneConfig
-
-    ft = FinetuneConfig(model=source, out=str(stage_dir(cfg, stage)), data=cfg.data, train=train,
-                        lock_sparsity=True, qat=qat, overwrite=True)
-    teacher = model_path(cfg, records, "teacher") if cfg.finetune.task_distillation else None
-    return task_finetune(ft, teacher, cfg.finetune.loss)
-
-
-def _run_finetune(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
-    return _locked_finetune(cfg, records, model_path(cfg, records, "distill"), "finetune",
-                            cfg.finetune.train, None)
-
-
-def _run_qat(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
-    if not cfg.qat.enabled:
-        _empty_stage(cfg, "qat")
-        return {"enabled": False}
-    train = dataclasses.replace(cfg.finetune.train, max_steps=cfg.qat.steps, lr=cfg.qat.lr,
-                                patience=None, eval_every=cfg.qat.steps)
-    summary = _locked_finetune(cfg, records, model_path(cfg, records, "finetune"), "qat", train,
-                               cfg.qat.quant_config())
-    return {**summary, "enabled": True}
-
-
-def _copy_metadata(source: str, target: Path) -> None:
-    if (Path(source) / METADATA_FILE).is_file():
-        shutil.copy2(Path(source) / METADATA_FILE, target / METADATA_FILE)
-
-
-def _run_export(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
-    from distilprune.export import export_onnx
-    from distilprune.export.storage import save_compact
-
-    source, section = model_path(cfg, records, "qat"), cfg.export
-    texts, _ = _val_texts(cfg, section.parity_texts)
-    summary: dict[str, Any] = {"source": source, "compact": None}
-    with atomic_dir(stage_dir(cfg, "export"), overwrite=True) as tmp:
-        onnx = export_onnx(source, tmp / onnx_name(cfg), int8=section.int8, parity_texts=texts,
-                           max_length=section.max_length or cfg.data.max_length)
-        _copy_metadata(source, tmp / onnx_name(cfg))
-        summary["onnx"] = {**onnx, "path": onnx_name(cfg)}
-        if section.compact:
-            name = "compact-int8" if section.int8 else "compact"
-            summary["compact"] = {**save_compact(source, tmp / name, int8=section.int8), "path": name}
-            _copy_metadata(source, tmp / name)
-    return summary
-
-
-def _run_benchmark(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
+def benchmark_stage(cfg: BenchmarkStageConfig) -> dict[str, Any]:
+    """Run the ``benchmark`` stage into ``out/benchmark.{json,md,png}``; returns the report."""
     from distilprune.benchmark.baseline import benchmark_baseline
     from distilprune.benchmark.speed import benchmark_models
+    from distilprune.jobs.staging import read_record
     from distilprune.reporting.benchmark import write_report
 
     section = cfg.benchmark
-    paths = {"teacher": model_path(cfg, records, "teacher"), "student": model_path(cfg, records, "qat"),
-             "compressed": model_path(cfg, records, "export")}
-    texts, labels = _val_texts(cfg, section.limit)
+    onnx = (read_record(cfg.compressed) or {}).get("summary", {}).get("onnx", {}).get("path", "")
+    paths = {"teacher": cfg.teacher, "student": cfg.student, "compressed": str(Path(cfg.compressed) / onnx)}
+    texts, labels = _val_texts(cfg.data, section.limit)
     settings = {"threads": section.threads, "batch_sizes": section.batch_sizes,
                 "seq_len": section.seq_len or cfg.data.max_length, "repeats": section.repeats,
                 "warmup": section.warmup}
@@ -428,27 +367,32 @@ def _run_benchmark(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, A
             results.append(benchmark_baseline(train.texts, train.labels, texts, labels, **settings))
         else:
             results.append(next(measured))
-    with atomic_dir(stage_dir(cfg, "benchmark"), overwrite=True) as tmp:
-        files = [tmp / f"benchmark.{ext}" for ext in ("json", "md", "png")]
-        report = write_report(results, *files)
-    report["files"] = {ext: f"benchmark.{ext}" for ext in ("json", "md", "png")}
-    report["roles"] = list(section.models)
-    return report
+    with atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
+        report = write_report(results, *(tmp / f"benchmark.{ext}" for ext in ("json", "md", "png")))
+    return {**report, "files": {ext: f"benchmark.{ext}" for ext in ("json", "md", "png")},
+            "roles": list(section.models)}
 
 
-def _run_report(cfg: PipelineConfig, records: dict[str, dict]) -> dict[str, Any]:
+@dataclass
+class ReportStageConfig:
+    """The ``report`` stage: the model card of the pipeline ``recipe`` from the records of its
+    ``stages`` (their folders)."""
+
+    out: str = ""
+    recipe: PipelineConfig = field(default_factory=PipelineConfig)
+    stages: list[str] = field(default_factory=list)
+    overwrite: bool = False
+
+
+def report_stage(cfg: ReportStageConfig) -> dict[str, Any]:
+    """Write ``out/report.{md,html}`` (and its figures); returns the file names."""
+    from distilprune.jobs.staging import read_record
     from distilprune.reporting.pipeline import write_report
 
-    with atomic_dir(stage_dir(cfg, "report"), overwrite=True) as tmp:
-        files = write_report(tmp, cfg, records)
+    records = {Path(folder).name: read_record(folder) or {} for folder in cfg.stages}
+    with atomic_dir(cfg.out, overwrite=cfg.overwrite) as tmp:
+        files = write_report(tmp, cfg.recipe, records)
     return {"files": {k: Path(v).name for k, v in files.items()}}
-
-
-RUNNERS: dict[str, Callable[[PipelineConfig, dict[str, dict]], dict[str, Any]]] = {
-    "teacher": _run_teacher, "mlm_head": _run_mlm_head, "student": _run_student,
-    "distill": _run_distill, "finetune": _run_finetune, "qat": _run_qat, "export": _run_export,
-    "benchmark": _run_benchmark, "report": _run_report,
-}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -466,44 +410,33 @@ class PipelineResult:
         return self.out / "report" / "report.md"
 
 
-def parse_stages(stages: str | Sequence[str] | None) -> list[str]:
+def parse_stages(stages: str | Sequence[str] | None) -> list[str] | None:
     """``"distill,finetune"`` (or a list; ``-`` may replace ``_``) -> validated stage names."""
-    return select_stages(STAGES, stages, lambda name: name.replace("-", "_"))
+    return None if stages is None else select_stages(STAGES, stages, lambda name: name.replace("-", "_"))
 
 
 def run_pipeline(cfg: PipelineConfig, stages: str | Sequence[str] | None = None,
                  force: bool = False) -> PipelineResult:
-    """Run the selected stages (default all) in order, skipping those already up to date.
+    """Run the selected stages (default all) of :func:`pipeline_graph` in order, skipping those
+    already up to date.
 
     ``force`` re-runs the selected stages even when up to date (downstream stages then re-run
     too, since they consumed an older output). A selected stage whose upstream is missing or
-    out of date, and not selected, is a :class:`UserError`. ``cfg.out`` is locked for the run.
+    out of date, and not selected, is a :class:`UserError`, as is one the recipe does without.
+    ``cfg.out`` is locked for the run.
     """
     cfg.validate()
     selected = parse_stages(stages)
     preflight(cfg)
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
-    with locked_dir(cfg.out):  # a second run of the recipe fails now, not mid-stage
-        planned = plan_stages(cfg)  # hashes the data and corpus files once for both passes
-        _run_stages(cfg, planned, selected, force, dry=True)  # a bad selection fails before any work
-        return _run_stages(cfg, planned, selected, force)
-
-
-def _run_stages(cfg: PipelineConfig, planned: dict[str, Stage], selected: list[str], force: bool,
-                dry: bool = False) -> PipelineResult:
-    """:func:`run_pipeline`'s loop over the ``planned`` stages (``cfg.out`` locked); ``dry`` runs
-    and logs nothing, it only checks that every stage to run will have its upstream outputs."""
-    status, records = run_stages(planned, lambda stage, records: RUNNERS[stage](cfg, records),
-                                 selected, force, dry)
-    return PipelineResult(Path(cfg.out), status, records)
+    omitted = omitted_stages(cfg)
+    for name in selected or ():
+        require(name not in omitted, f"stage {name!r} is not part of this recipe: {omitted.get(name)}")
+    return run_graph(pipeline_graph(cfg, omitted), selected, force)
 
 
 __all__ = [
     "STAGES", "BenchmarkSection", "DistillSection", "ExportSection", "FinetuneSection",
     "MLMHeadSection", "PipelineConfig", "PipelineResult", "QATSection", "StudentSection",
-    "TeacherSection", "load_recipe", "parse_stages", "run_pipeline", "stage_hashes",
-    "upstream_of",
+    "TeacherSection", "load_recipe", "omitted_stages", "parse_stages", "pipeline_graph", "run_pipeline",
+    "stage_hashes",
 ]

@@ -4,8 +4,9 @@ A stage is an output folder plus the inputs that decide its result (config secti
 digests, upstream hashes). When the work finishes, ``<out>/stage.json`` is written last: the
 hash of those inputs, the inputs themselves (so a mismatch can name what changed), a run id,
 the run ids of the upstream outputs it consumed, timings and the work's summary. A stage whose
-record matches is skipped; the pipeline (``jobs/pipeline.py``), the study's grid of fine-tunes
-(``jobs/study.py``) and the benchmark scripts (``benchmarks/common.py``) all stage through here.
+record matches is skipped; the stage graph (``jobs/graph.py``: ``stages:`` recipes, the Prune OFA
+pipeline compiled into one, the benchmark recipes) and the study's grid of fine-tunes
+(``jobs/study.py``) stage through here.
 """
 
 from __future__ import annotations

@@ -148,8 +148,6 @@ def _stage_result(stage: str, summary: dict[str, Any]) -> str:
         return f"ONNX {size} MB, agreement {num(parity.get('agreement'))}"
     if stage == "benchmark":
         return f"{len(summary.get('models', []))} models benchmarked"
-    if summary.get("fitted") is False or summary.get("enabled") is False:
-        return "not needed / disabled (pass-through)"
     return ""
 
 
