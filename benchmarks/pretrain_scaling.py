@@ -6,8 +6,9 @@ each fit reaches the retention target.
     python benchmarks/pretrain_scaling.py --name trials/tasks_qnli_scaling --target 0.97 \\
         tasks_qnli_diagnosis tasks_qnli_unstructured tasks_qnli_long tasks_qnli_longer
 
-Reads ``results/trials/<trial>.json`` (written by ``recipe_report.py``) and each trial's recipe;
-writes ``results/<name>.{json,md,png}``. Runs nothing.
+Reads ``results/trials/<trial>.json`` (written by ``recipe_report.py`` with the trial's recipe, or
+by ``tasks.py --pretrain-steps N``: its ``--task`` rows, pre-trained by ``recipes/tasks.yaml``'s
+sparse80 / sparse90); writes ``results/<name>.{json,md,png}``. Runs nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +40,34 @@ def pretraining(recipe: dict[str, Any], stage: str) -> dict[str, Any] | None:
     return {"steps": spec["train"]["max_steps"], "setting": setting}
 
 
-def trial_points(trial: str) -> tuple[list[dict[str, Any]], float]:
+def tasks_points(trial: str, payload: dict[str, Any], task: str) -> tuple[list[dict[str, Any]], float]:
+    """The sparse rows of one task of a ``tasks.py --pretrain-steps N`` result as points (fp32 scores),
+    and its dense row's score."""
+    argv = shlex.split(payload["command"])
+    require("--pretrain-steps" in argv, f"trials/{trial}: its sparse models were not pre-trained by tasks.py")
+    changed = [item for flag, item in zip(argv, argv[1:], strict=False) if flag == "--pretrain"
+               and item.partition("=")[0].rpartition(".")[2] not in ("resume", "checkpoint_every")]
+    require(not changed, f"trials/{trial}: pre-trained with --pretrain {changed[0] if changed else ''}: "
+                         "its setting is not recipes/tasks.yaml's")
+    recipe = load_yaml(ROOT / "benchmarks" / "recipes" / "tasks.yaml")
+    steps = int(argv[argv.index("--pretrain-steps") + 1])
+    rows = {row["model"]: row for row in payload["rows"] if row["task"] == task}
+    require("dense" in rows, f"trials/{trial}: no dense {task} row")
+    dense, points = rows["dense"]["fp32"], []
+    for model, row in rows.items():
+        if (source := pretraining(recipe, model)) is not None:
+            points.append({"trial": trial, "stage": f"{task}-{model}", **source, "steps": steps,
+                           "score": row["fp32"], "retention": row["fp32"] / dense})
+    return points, dense
+
+
+def trial_points(trial: str, task: str = "qnli") -> tuple[list[dict[str, Any]], float]:
     """The locked fine-tunes of one trial as points, and its dense baseline's score."""
     path = result_path(f"trials/{trial}", ".json")
     require_file(path, "trial results")
     payload = json.loads(path.read_text())
+    if payload.get("benchmark") == "tasks":
+        return tasks_points(trial, payload, task)
     recipe = load_yaml(ROOT / payload["recipe"])
     rows = {row["stage"]: row for row in payload["rows"]}
     baseline = payload["baseline"]  # one stage name (older results) or a list of them
@@ -96,10 +121,11 @@ def main() -> None:
     parser.add_argument("trials", nargs="+", help="trial names under results/trials/")
     parser.add_argument("--name", required=True, help="results/<name>.{json,md,png}")
     parser.add_argument("--target", type=float, default=0.97, help="retention target (share of dense)")
+    parser.add_argument("--task", default="qnli", help="the task of tasks.py results to read")
     args = parser.parse_args()
     points, denses, seen = [], set(), set()
     for trial in args.trials:
-        found, dense = trial_points(trial)
+        found, dense = trial_points(trial, args.task)
         denses.add(round(dense, 6))
         for point in found:  # trials that share a work directory list the same stage again
             if (key := (point["stage"], point["steps"], point["score"])) not in seen:

@@ -426,3 +426,25 @@ def test_pretrain_scaling_reads_the_pretraining_stage_of_a_locked_fine_tune() ->
     source = pretrain_scaling.pretraining
     assert source(recipe, "sp") == {"steps": 1200, "setting": "unstructured activation 80%"}
     assert source(recipe, "dense") is None and source(recipe, "x") is None
+
+
+def test_pretrain_scaling_reads_a_tasks_table_at_its_pretraining_steps() -> None:
+    """A ``tasks.py --pretrain-steps N`` result: its sparse rows of the task at N steps of
+    recipes/tasks.yaml's setting; a run whose pre-training was set otherwise is refused."""
+    from distilprune.errors import UserError
+
+    command = "python benchmarks/tasks.py --pretrain-steps 4000 --tasks qnli --models sparse80 dense"
+    rows = [{"task": "qnli", "model": m, "fp32": f} for m, f in (("sparse80", 0.78), ("dense", 0.8))]
+    rows.append({"task": "sst2", "model": "sparse80", "fp32": 0.9})
+    points, dense = pretrain_scaling.tasks_points("t", {"command": command, "rows": rows}, "qnli")
+    assert dense == 0.8 and len(points) == 1
+    assert points[0] | {"retention": 0} == {"trial": "t", "stage": "qnli-sparse80", "steps": 4000,
+                                            "setting": "unstructured activation 80%", "score": 0.78,
+                                            "retention": 0}
+    assert points[0]["retention"] == pytest.approx(0.975)
+    resumed = {"command": command + " --pretrain train.resume=true", "rows": rows}
+    assert pretrain_scaling.tasks_points("t", resumed, "qnli")[0] == points  # how it ran: same point
+    for other in (command + " --pretrain prune.criterion=magnitude",
+                  command.replace(" --pretrain-steps 4000", "")):
+        with pytest.raises(UserError, match="trials/t: "):
+            pretrain_scaling.tasks_points("t", {"command": other, "rows": rows}, "qnli")
