@@ -266,11 +266,24 @@ def with_upstream(recipe: GraphRecipe, names: Sequence[str]) -> list[str]:
     return [name for name in recipe.stages if name in needed]
 
 
-def run_graph(recipe: GraphRecipe, stages: str | Sequence[str] | None = None, force: bool = False):
-    """Run the selected stages (default all) in order, skipping those up to date; the output root
-    is locked for the run. Returns a :class:`~distilprune.jobs.pipeline.PipelineResult`."""
-    from distilprune.jobs.pipeline import PipelineResult
+@dataclasses.dataclass
+class PipelineResult:
+    """What a run did: ``status[stage]`` is ``ran``, ``skipped`` (up to date) or ``not selected``."""
 
+    out: Path
+    status: dict[str, str]
+    records: dict[str, dict]
+
+    @property
+    def report(self) -> Path:
+        """The markdown model card (a Prune OFA pipeline's)."""
+        return self.out / "report" / "report.md"
+
+
+def run_graph(recipe: GraphRecipe, stages: str | Sequence[str] | None = None,
+              force: bool = False) -> PipelineResult:
+    """Run the selected stages (default all) in order, skipping those up to date; the output root
+    is locked for the run."""
     selected = select(recipe, stages)
     if recipe.threads:
         import torch

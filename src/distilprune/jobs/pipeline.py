@@ -26,7 +26,7 @@ from distilprune.errors import require, require_at_least
 from distilprune.io import atomic_dir
 from distilprune.jobs.common import DataConfig, prepare_data
 from distilprune.jobs.distill import CorpusConfig, DistillLoss, TaskLoss
-from distilprune.jobs.graph import GraphRecipe, StageSpec, plan, run_graph
+from distilprune.jobs.graph import GraphRecipe, PipelineResult, StageSpec, plan, run_graph
 from distilprune.jobs.staging import select_stages
 from distilprune.prune import PruneConfig
 from distilprune.quantize import QATConfig
@@ -396,20 +396,6 @@ def report_stage(cfg: ReportStageConfig) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- driver
-@dataclass
-class PipelineResult:
-    """What a run did: ``status[stage]`` is ``ran``, ``skipped`` (up to date) or ``not selected``."""
-
-    out: Path
-    status: dict[str, str]
-    records: dict[str, dict]
-
-    @property
-    def report(self) -> Path:
-        """The markdown model card."""
-        return self.out / "report" / "report.md"
-
-
 def parse_stages(stages: str | Sequence[str] | None) -> list[str] | None:
     """``"distill,finetune"`` (or a list; ``-`` may replace ``_``) -> validated stage names."""
     return None if stages is None else select_stages(STAGES, stages, lambda name: name.replace("-", "_"))
