@@ -61,6 +61,9 @@ QUESTIONS = {  # in reading order; a trial not listed here follows, asked by its
                        "of 400 (was 0.6164, dense 0.8149), then the same locked QNLI fine-tune",
     "tasks_qnli_longer": "Tasks (#20): does the gain go on? The same pre-training at 2,400 steps "
                          "(0.6164 at 400, 0.6687 at 1,200), then the same locked QNLI fine-tune",
+    "tasks_qnli_4000": "Tasks (#20): the fourth point of the curve: the same pre-training at 4,000 steps "
+                       "(0.7552 at 2,400, the fit put 97 % at ~4,600), made by `tasks.py --pretrain-steps "
+                       "4000`, then the same locked QNLI fine-tune",
     "tasks_qnli_scaling": "Tasks (#20): how many sparse pre-training steps would reach 97 % of dense on "
                           "QNLI? Every locked QNLI score above against its pre-training steps, one "
                           "log-linear fit per pruning setting",
