@@ -458,3 +458,26 @@ def test_a_student_of_a_headless_teacher_is_the_same_on_every_run(headless_model
         students.append(load_file(out / "model.safetensors"))
     assert students[0].keys() == students[1].keys()
     assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])
+
+
+def test_pruned_mlm_distillation_repeats_exactly(headless_model, tmp_path, monkeypatch, capsys):
+    """The tasks benchmark's sparse pre-training (cosine on every layer, activation-pruned, masks
+    updated as it goes) gives the same weights and masks on every seeded run, whatever torch's global
+    RNG: a table grown over several sessions can re-make the same sparse model."""
+    corpus = corpus_file(tmp_path / "corpus.txt")
+    mlm = tmp_path / "mlm"
+    cli_ok(monkeypatch, capsys, "fit-mlm-head", "--model", headless_model, "--corpus", corpus, "--out", mlm,
+           *TRAIN)
+    runs = []
+    for rng_state in (1, 2):
+        torch.manual_seed(rng_state)
+        out = tmp_path / f"sparse{rng_state}"
+        cli_ok(monkeypatch, capsys, "distill-mlm", "--teacher", mlm, "--corpus", corpus, "--out", out,
+               "--layers", "2", "--alpha-ce", "0", "--alpha-mlm", "0", "--cos-layers", "all",
+               "--prune", "unstructured", "--prune-criterion", "activation", "--final-sparsity", "0.5",
+               "--prune-end", "0.5", "--prune-every", "1", "--max-steps", "4", "--batch-size", "8",
+               "--max-length", "32")
+        runs.append(load_file(out / "model.safetensors"))
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert any(bool((w == 0).any()) for k, w in runs[0].items() if PRUNABLE.search(k) and w.ndim == 2)
