@@ -25,6 +25,7 @@ from common import ROOT, result_path, run_main, write_results
 
 from distilprune.config import load_yaml
 from distilprune.errors import require, require_file
+from distilprune.jobs.staging import UNHASHED
 from distilprune.reporting.formatting import markdown_table
 
 
@@ -46,7 +47,7 @@ def tasks_points(trial: str, payload: dict[str, Any], task: str) -> tuple[list[d
     argv = shlex.split(payload["command"])
     require("--pretrain-steps" in argv, f"trials/{trial}: its sparse models were not pre-trained by tasks.py")
     changed = [item for flag, item in zip(argv, argv[1:], strict=False) if flag == "--pretrain"
-               and item.partition("=")[0].rpartition(".")[2] not in ("resume", "checkpoint_every")]
+               and item.partition("=")[0].rpartition(".")[2] not in UNHASHED]  # tasks.py's rule
     require(not changed, f"trials/{trial}: pre-trained with --pretrain {changed[0] if changed else ''}: "
                          "its setting is not recipes/tasks.yaml's")
     recipe = load_yaml(ROOT / "benchmarks" / "recipes" / "tasks.yaml")

@@ -243,15 +243,15 @@ def pipeline_graph(cfg: PipelineConfig, omitted: dict[str, str] | None = None) -
 
     data, teacher = to_dict(cfg.data), cfg.teacher.model
     stage("teacher", "finetune", {"model": teacher, "data": data, "train": to_dict(cfg.teacher.train)})
-    mlm_teacher: dict[str, str] = {"teacher": teacher}  # a setting, or from: the fitted head
+    # the masked-LM teacher: the teacher model itself (a setting), or the fitted head (from: mlm_head)
+    mlm_teacher, wired = {"teacher": teacher}, {}
     if "mlm_head" not in omitted:
         head = cfg.mlm_head
         train = TrainConfig(max_steps=head.steps, lr=head.lr, batch_size=head.batch_size, patience=None,
                             seed=cfg.distill.train.seed)
         stage("mlm_head", "fit_mlm_head", {"teacher": teacher, "corpus": to_dict(cfg.distill.corpus),
                                            "train": to_dict(train)})
-        mlm_teacher = {}
-    wired = {} if mlm_teacher else {"teacher": "mlm_head"}
+        mlm_teacher, wired = {}, {"teacher": "mlm_head"}
     stage("student", "student", {**mlm_teacher, "layers": cfg.student.layers,
                                  "layer_map": cfg.student.layer_map}, **wired)
     stage("distill", "distill_mlm", {**mlm_teacher, **to_dict(cfg.distill)}, **wired, student="student")
