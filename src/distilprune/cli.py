@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,21 +67,69 @@ def _root(version: Annotated[bool, Opt("--version", callback=_print_version, is_
                                        help="print the version and exit")] = False) -> None:
     """Distil, prune, quantize and export transformer text classifiers for CPUs."""
 
-PruneMethod = Annotated[str | None, Opt("--prune", metavar=_choices("unstructured", "block", "structured"),
-                                        help="prune while training (structured: whole heads / FFN neurons)")]
-PruneHeads = Annotated[float | None, Opt(help="--prune structured: share of all attention heads to remove")]
-PruneNeurons = Annotated[float | None, Opt(help="--prune structured: FFN neurons removed per layer")]
-FinalSparsity = Annotated[float | None, Opt(help="final sparsity of the pruned weights")]
-BlockSize = Annotated[int | None, Opt(help="block size for --prune block (1xN along the input)")]
-PruneEnd = Annotated[float | None, Opt(help="fraction of steps at which final sparsity is reached")]
-PruneEvery = Annotated[int | None, Opt(help="update masks every N steps")]
 Engine = Annotated[str, Opt(metavar=_choices("auto", "torch", "sparse"),
                             help="auto: the model's own format; sparse: int8 block-sparse kernels on every "
                                  "encoder Linear")]
-PruneScope = Annotated[str | None, Opt(metavar=_choices("layer", "global"),
-                                       help="layer: every tensor equally sparse; global: one threshold")]
-PruneCriterion = Annotated[str | None, Opt(metavar=_choices("magnitude", "activation"),
-                                           help="rank weights by |w|, or by |w| x input norm (Wanda)")]
+
+
+def _pruning(*decls: str, **kwargs: Any) -> Any:
+    return Opt(*decls, rich_help_panel="Pruning while training", **kwargs)
+
+
+def _checkpoints(**kwargs: Any) -> Any:
+    return Opt(rich_help_panel="Checkpoints", **kwargs)
+
+
+# Options several recipe commands share (added by :func:`_with_options`), by parameter name.
+PRUNE_OPTIONS = {
+    "prune": Annotated[str | None, _pruning("--prune",
+                                            metavar=_choices("unstructured", "block", "structured"),
+                                            help="prune while training (structured: whole heads / FFN "
+                                                 "neurons)")],
+    "final_sparsity": Annotated[float | None, _pruning(help="final sparsity of the pruned weights")],
+    "block_size": Annotated[int | None, _pruning(help="block size for --prune block (1xN along the input)")],
+    "prune_end": Annotated[float | None, _pruning(help="fraction of steps at which final sparsity is "
+                                                       "reached")],
+    "prune_every": Annotated[int | None, _pruning(help="update masks every N steps")],
+    "prune_scope": Annotated[str | None, _pruning(metavar=_choices("layer", "global"),
+                                                  help="layer: every tensor equally sparse; global: one "
+                                                       "threshold")],
+    "prune_criterion": Annotated[str | None, _pruning(metavar=_choices("magnitude", "activation"),
+                                                      help="rank weights by |w|, or by |w| x input norm "
+                                                           "(Wanda)")],
+    "prune_heads": Annotated[float | None, _pruning(help="--prune structured: share of all attention heads "
+                                                         "to remove")],
+    "prune_neurons": Annotated[float | None, _pruning(help="--prune structured: FFN neurons removed per "
+                                                           "layer")],
+}
+CHECKPOINT_OPTIONS = {
+    "checkpoint_every": Annotated[int | None, _checkpoints(help="save a resumable checkpoint every N steps")],
+    "resume": Annotated[bool | None, _checkpoints(help="continue from OUT.checkpoint (after a crash or "
+                                                       "kill)")],
+}
+
+
+def _with_options(*groups: dict[str, Any]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Add the options of ``groups`` (parameter name -> ``Annotated`` type, default None) to a
+    recipe command after its own. The command does not take them as arguments: like every recipe
+    option, they reach its config through ``ctx.params`` (:func:`_settings`)."""
+    added = {name: hint for group in groups for name, hint in group.items()}
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+
+        @functools.wraps(command)
+        def run(**values: Any) -> None:
+            command(**{name: values[name] for name in signature.parameters})
+
+        run.__signature__ = signature.replace(parameters=[  # type: ignore[attr-defined]
+            *signature.parameters.values(),
+            *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=hint)
+              for name, hint in added.items())])
+        run.__annotations__ = {**command.__annotations__, **added}
+        return run
+
+    return decorate
 
 
 def _recipe(path: Path | None, section: str, assignments: list[str] | None = None) -> dict[str, Any]:
@@ -255,6 +305,7 @@ def models_install(
 # ----------------------------------------------------------------------------- finetune
 @app.command(cls=_recipe_command(("distilprune.jobs.finetune:FinetuneConfig", ""),
                                   ("distilprune.jobs.distill:TaskLoss", "loss."), extra_keys=("teacher",)))
+@_with_options(PRUNE_OPTIONS, CHECKPOINT_OPTIONS)
 def finetune(
     ctx: typer.Context,
     model: Annotated[str | None, Opt(help="alias (minilm-l6, mpnet-base), model dir or hub ID")] = None,
@@ -288,19 +339,8 @@ def finetune(
     max_length: Annotated[int | None, Opt()] = None,
     seed: Annotated[int | None, Opt()] = None,
     patience: Annotated[int | None, Opt(help="early-stopping patience in evaluations")] = None,
-    checkpoint_every: Annotated[int | None, Opt(help="save a resumable checkpoint every N steps")] = None,
-    resume: Annotated[bool | None, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = None,
     lock_sparsity: Annotated[bool | None, Opt(help="keep every zero weight exactly zero")] = None,
     qat: Annotated[bool | None, Opt(help="quantization-aware training (int8 weights + activations)")] = None,
-    prune: PruneMethod = None,
-    final_sparsity: FinalSparsity = None,
-    block_size: BlockSize = None,
-    prune_end: PruneEnd = None,
-    prune_every: PruneEvery = None,
-    prune_scope: PruneScope = None,
-    prune_criterion: PruneCriterion = None,
-    prune_heads: PruneHeads = None,
-    prune_neurons: PruneNeurons = None,
     teacher: Annotated[str | None, Opt(help="task distillation: fine-tuned teacher directory")] = None,
     temperature: Annotated[float | None, Opt(help="task distillation temperature")] = None,
     alpha_soft: Annotated[float | None, Opt(help="task distillation soft-target weight")] = None,
@@ -383,6 +423,7 @@ def fit_mlm_head(
 
 
 @app.command("distill-mlm", cls=_recipe_command(("distilprune.jobs.distill:GeneralDistillConfig", "")))
+@_with_options(PRUNE_OPTIONS, CHECKPOINT_OPTIONS)
 def distill_mlm(
     ctx: typer.Context,
     teacher: Annotated[str | None, Opt(help="masked-LM teacher directory (see fit-mlm-head)")] = None,
@@ -404,17 +445,6 @@ def distill_mlm(
     batch_size: Annotated[int | None, Opt()] = None,
     grad_accum: Annotated[int | None, Opt()] = None,
     lr: Annotated[float | None, Opt()] = None,
-    prune: PruneMethod = None,
-    final_sparsity: FinalSparsity = None,
-    block_size: BlockSize = None,
-    prune_end: PruneEnd = None,
-    prune_every: PruneEvery = None,
-    prune_scope: PruneScope = None,
-    prune_criterion: PruneCriterion = None,
-    prune_heads: PruneHeads = None,
-    prune_neurons: PruneNeurons = None,
-    checkpoint_every: Annotated[int | None, Opt(help="save a resumable checkpoint every N steps")] = None,
-    resume: Annotated[bool | None, Opt(help="continue from OUT.checkpoint (after a crash or kill)")] = None,
     recipe: Annotated[Path | None, _recipe_option("distill_mlm")] = None,
     set_: SetOption = None,
     overwrite: Annotated[bool | None, Opt()] = None,
