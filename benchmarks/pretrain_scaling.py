@@ -83,13 +83,17 @@ def trial_points(trial: str, task: str = "qnli") -> tuple[list[dict[str, Any]], 
 
 
 def fit(points: list[dict[str, Any]], dense: float, target: float) -> dict[str, Any] | None:
-    """Least-squares ``score = a + b ln(steps)`` and the steps it puts at ``target`` x dense."""
-    if len({p["steps"] for p in points}) < 2:
+    """Least-squares ``score = a + b ln(steps)`` and the steps it puts at ``target`` x dense; with
+    three budgets or more, ``recent``: the same over the two largest (a curve that flattens)."""
+    budgets = sorted({p["steps"] for p in points})
+    if len(budgets) < 2:
         return None
     slope, intercept = np.polyfit([math.log(p["steps"]) for p in points], [p["score"] for p in points], 1)
     needed = math.exp((target * dense - intercept) / slope) if slope > 0 else None
+    largest = [p for p in points if p["steps"] in budgets[-2:]]
+    recent = fit(largest, dense, target) if len(budgets) > 2 else None
     return {"intercept": float(intercept), "per_doubling": float(slope * math.log(2)),
-            "steps_for_target": round(needed) if needed else None}
+            "steps_for_target": round(needed) if needed else None, "recent": recent}
 
 
 def plot(points: list[dict[str, Any]], fits: dict[str, Any], dense: float, target: float, path: Path) -> None:
@@ -145,20 +149,26 @@ def main() -> None:
     print(render(payload))
 
 
+def _fit_cells(line: dict[str, Any]) -> dict[str, str]:
+    steps = line["steps_for_target"]
+    return {"score per doubling": f"{line['per_doubling']:+.4f}", "steps for target": f"{steps:,}" if steps
+            else "never"}
+
+
 def render(payload: dict[str, Any]) -> str:
     target, dense = payload["target"], payload["dense"]
     points = [{"pruning": p["setting"], "pre-training steps": f"{p['steps']:,}", "score": f"{p['score']:.4f}",
                "of dense": f"{p['retention']:.1%}", "trial/stage": f"{p['trial']}/{p['stage']}"}
               for p in sorted(payload["points"], key=lambda p: (p["setting"], p["steps"]))]
-    fits = [{"pruning": s, "score per doubling": f"{f['per_doubling']:+.4f}",
-             "steps for target": f"{f['steps_for_target']:,}" if f["steps_for_target"] else "never"}
-            for s, f in payload["fits"].items() if f]
+    lines = [(s, "all budgets", f) for s, f in payload["fits"].items() if f]
+    lines += [(s, "the two largest", f["recent"]) for s, _, f in lines if f.get("recent")]
+    fits = [{"pruning": s, "fit over": over, **_fit_cells(f)} for s, over, f in lines]
     return "\n".join([
         f"# {payload['name']}: locked score vs sparse pre-training steps", "",
         f"Dense: {dense:.4f}; target: {target:.0%} of dense ({target * dense:.4f}).", "",
         markdown_table(points, list(points[0])),
         f"Fit per pruning setting (score = a + b ln steps; the steps at which it reaches {target:.0%}):", "",
-        markdown_table(fits, ["pruning", "score per doubling", "steps for target"]),
+        markdown_table(fits, ["pruning", "fit over", "score per doubling", "steps for target"]),
         f"![scaling]({Path(payload['name']).name}.png)", "",
         f"Command: `{payload['command']}`", ""])
 

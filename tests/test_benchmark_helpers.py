@@ -416,6 +416,12 @@ def test_pretrain_scaling_fit_recovers_a_log_linear_curve_and_its_target_steps()
     assert pretrain_scaling.fit(points[:1], 0.8, 0.95) is None  # one budget: no curve
     flat = [{"steps": s, "score": 0.6} for s in (100, 400)]
     assert pretrain_scaling.fit(flat, 0.8, 0.95)["steps_for_target"] is None  # never reached
+    assert fit["recent"]["per_doubling"] == pytest.approx(0.03)  # a straight line: the same slope
+    flattening = [*points[:2], {"steps": 1600, "score": points[1]["score"] + 0.01}]
+    recent = pretrain_scaling.fit(flattening, 0.8, 0.95)["recent"]
+    assert recent["per_doubling"] == pytest.approx(0.005)  # +0.01 over 400 -> 1,600: two doublings
+    assert recent["steps_for_target"] > fit["steps_for_target"]
+    assert pretrain_scaling.fit(points[:2], 0.8, 0.95)["recent"] is None  # two budgets: one fit
 
 
 def test_pretrain_scaling_reads_the_pretraining_stage_of_a_locked_fine_tune() -> None:
