@@ -13,7 +13,7 @@ import yaml
 from conftest import run_cli
 
 from distilprune.errors import UserError
-from distilprune.jobs.graph import load_graph, parse_graph, run_graph
+from distilprune.jobs.graph import load_graph, parse_graph, plan, run_graph
 
 TRAIN = {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "patience": None, "log_every": 1, "warmup_ratio": 0.0}
 
@@ -74,6 +74,21 @@ def test_the_cli_runs_a_graph_recipe_and_a_subset_of_its_stages(tmp_path, tiny_m
                               "--set", "stages.dense.train.max_steps=1")
     assert code == 0, stderr
     assert stage_record(out, "dense")["inputs"]["config"]["train"]["max_steps"] == 1
+
+
+def test_a_stage_hash_follows_its_input_files_not_how_their_paths_are_spelt(tmp_path, tiny_csv):
+    def hashes(csv: Path) -> dict[str, str]:
+        recipe = graph(tmp_path / "run", tmp_path / "model", csv)  # corpus and data files
+        recipe["stages"] |= deploy_graph(tmp_path / "run", tmp_path / "model", csv)["stages"]  # data file
+        return {name: stage.hash for name, stage in plan(parse_graph(recipe, "unused")).items()}
+
+    (tmp_path / "linked").symlink_to(tiny_csv.parent, target_is_directory=True)
+    direct = hashes(tiny_csv)
+    assert hashes(tmp_path / "linked" / tiny_csv.name) == direct  # through a symlink: the same stages
+    assert hashes(tiny_csv.parent / ".." / tiny_csv.parent.name / tiny_csv.name) == direct
+    changed = tmp_path / "changed.csv"
+    changed.write_text(tiny_csv.read_text() + tiny_csv.read_text().splitlines()[-1] + "\n")
+    assert set(hashes(changed).values()).isdisjoint(direct.values())  # other contents: every stage
 
 
 def deploy_graph(out: Path, model: Path, csv: Path) -> dict:

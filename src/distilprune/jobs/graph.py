@@ -217,6 +217,23 @@ def _input_files(cfg: Any) -> tuple[list[str], str]:
     return file_digests(files, "corpus file"), "corpus"
 
 
+def _real_input_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the paths of its input files (``data``, ``corpus.files``) absolute and through
+    symlinks, as a stage hash takes them: one file spelt two ways (``benchmarks/work/x`` linked to
+    ``/cache/x``, a relative or absolute path) is one input; its contents are hashed beside."""
+    def real(path: str | None) -> str | None:
+        return str(Path(path).resolve()) if path else path
+
+    config, data, corpus = {**config}, config.get("data"), config.get("corpus")
+    if isinstance(data, dict):  # a fine-tune's DataConfig
+        config["data"] = {**data, **{key: real(data.get(key)) for key in ("train", "validation")}}
+    elif isinstance(data, str):  # export, evaluate, predict, benchmark
+        config["data"] = real(data)
+    if isinstance(corpus, dict) and corpus.get("files"):
+        config["corpus"] = {**corpus, "files": [real(f) for f in corpus["files"]]}
+    return config
+
+
 def plan(recipe: GraphRecipe) -> dict[str, Stage]:
     """Every stage with its inputs: kind, settings (``from:`` keys as the upstream hash), file
     digests and upstream hashes."""
@@ -226,8 +243,8 @@ def plan(recipe: GraphRecipe) -> dict[str, Stage]:
         hashes = {u: planned[u].hash for u in upstream}
         cfg, extra = job_config(spec, out, {u: f"stage:{h}" for u, h in hashes.items()})
         files, what = _input_files(cfg)
-        inputs = {"kind": spec.kind, "config": to_dict(cfg), **{k: plain(v) for k, v in extra.items()},
-                  what: files, "upstream": hashes}
+        inputs = {"kind": spec.kind, "config": _real_input_paths(to_dict(cfg)),
+                  **{k: plain(v) for k, v in extra.items()}, what: files, "upstream": hashes}
         planned[name] = Stage(name, out / name, inputs, upstream)
     return planned
 
