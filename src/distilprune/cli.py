@@ -67,16 +67,19 @@ def _root(version: Annotated[bool, Opt("--version", callback=_print_version, is_
                                        help="print the version and exit")] = False) -> None:
     """Distil, prune, quantize and export transformer text classifiers for CPUs."""
 
+
 Engine = Annotated[str, Opt(metavar=_choices("auto", "torch", "sparse"),
                             help="auto: the model's own format; sparse: int8 block-sparse kernels on every "
                                  "encoder Linear")]
 
 
 def _pruning(*decls: str, **kwargs: Any) -> Any:
+    """An option of the "Pruning while training" panel of ``--help``."""
     return Opt(*decls, rich_help_panel="Pruning while training", **kwargs)
 
 
 def _checkpoints(**kwargs: Any) -> Any:
+    """An option of the "Checkpoints" panel of ``--help``."""
     return Opt(rich_help_panel="Checkpoints", **kwargs)
 
 
