@@ -67,6 +67,12 @@ QUESTIONS = {  # in reading order; a trial not listed here follows, asked by its
     "tasks_qnli_scaling": "Tasks (#20): how many sparse pre-training steps would reach 97 % of dense on "
                           "QNLI? Every locked QNLI score above against its pre-training steps, one "
                           "log-linear fit per pruning setting",
+    "tasks_u4000": "Tasks (#20): QNLI on the 4,000-step sparse model through `tasks.py` itself (its int8 "
+                   "ONNX and sparse-engine rows beside the fp32 ones)",
+    "tasks_block150": "Tasks (#20), the first table: the sparse models were `prune.py`'s 1x4-block Prune OFA "
+                      "models (150 steps of general distillation on the tweet corpus)",
+    "tasks_wnut_budget": "Tasks (#20): is the fine-tuning budget what holds the sparse model back on "
+                         "WNUT-17 (0.434 vs dense 0.562 after 500 steps)? Twice the steps for both",
 }
 SHORT = {"(a) Prune OFA": "OFA", "(b) GMP on task": "GMP", "unstructured": "unstructured", "block": "1x4"}
 
