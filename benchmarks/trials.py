@@ -89,7 +89,7 @@ def tasks_headline(payload: dict) -> str:
 
 def headline(payload: dict) -> str:
     """Accuracy (retention of dense) per cell, one line per variant and method."""
-    if payload.get("benchmark") == "tasks":
+    if payload.get("benchmark") == "tasks" or "summary" in payload:  # older tasks.py results: no key
         return tasks_headline(payload)
     if payload.get("benchmark") == "pretrain_scaling":  # pretrain_scaling.py: one line per fit
         return "<br>".join(f"{setting}: {f['per_doubling']:+.4f} per doubling, {payload['target']:.0%} "

@@ -16,6 +16,7 @@ import pretrain_scaling  # noqa: E402
 import prune  # noqa: E402
 import prune_seeds  # noqa: E402
 import speed  # noqa: E402
+import trials  # noqa: E402
 
 
 def _finished(out: Path, steps: int, teacher: Path, seed: int, accuracy: float) -> None:
@@ -454,3 +455,10 @@ def test_pretrain_scaling_reads_a_tasks_table_at_its_pretraining_steps() -> None
                   command.replace(" --pretrain-steps 4000", "")):
         with pytest.raises(UserError, match="trials/t: "):
             pretrain_scaling.tasks_points("t", {"command": other, "rows": rows}, "qnli")
+
+
+def test_the_trials_index_lists_every_committed_trial_with_its_headline() -> None:
+    index = trials.table()  # what `python benchmarks/trials.py` writes; raised on an older tasks result
+    for path in sorted(trials.TRIALS.glob("*.json")):
+        row = next(line for line in index.splitlines() if line.startswith(f"| [{path.stem}]("))
+        assert row.count(" | ") == 3 and "| - |" not in row, row  # a question, a headline, a command
