@@ -94,9 +94,11 @@ def test_every_recipe_setting_shows_its_key(command):
     ("finetune", "prune_every", "prune.frequency"),
     ("fit-mlm-head", "lr", "train.lr"),  # the job's own default (1e-3), not TrainConfig's
     ("fit-mlm-head", "max_length", "corpus.max_length"),
+    ("fit-mlm-head", "epochs", "train.epochs"),  # one "Training" group for the three commands
     ("distill-mlm", "lr", "train.lr"),
     ("distill-mlm", "alpha_ce", "loss.alpha_ce"),
     ("distill-mlm", "cos_layers", "loss.cos_layers"),
+    ("distill-mlm", "batch_size", "train.batch_size"),
 ])
 def test_recipe_defaults_are_the_configs_defaults(command, option, key):
     import importlib

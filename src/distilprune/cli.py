@@ -83,6 +83,11 @@ def _checkpoints(**kwargs: Any) -> Any:
     return Opt(rich_help_panel="Checkpoints", **kwargs)
 
 
+def _training(**kwargs: Any) -> Any:
+    """An option of the "Training" panel of ``--help``."""
+    return Opt(rich_help_panel="Training", **kwargs)
+
+
 # Options several recipe commands share (added by :func:`_with_options`), by parameter name.
 PRUNE_OPTIONS = {
     "prune": Annotated[str | None, _pruning("--prune",
@@ -104,6 +109,14 @@ PRUNE_OPTIONS = {
                                                          "to remove")],
     "prune_neurons": Annotated[float | None, _pruning(help="--prune structured: FFN neurons removed per "
                                                            "layer")],
+}
+TRAINING_OPTIONS = {
+    "epochs": Annotated[float | None, _training()],
+    "max_steps": Annotated[int | None, _training(help="optimizer steps (wins over --epochs)")],
+    "batch_size": Annotated[int | None, _training()],
+    "lr": Annotated[float | None, _training()],
+    "max_length": Annotated[int | None, _training(help="tokens per text")],
+    "overwrite": Annotated[bool | None, _training(help="replace an existing output directory")],
 }
 CHECKPOINT_OPTIONS = {
     "checkpoint_every": Annotated[int | None, _checkpoints(help="save a resumable checkpoint every N steps")],
@@ -308,7 +321,7 @@ def models_install(
 # ----------------------------------------------------------------------------- finetune
 @app.command(cls=_recipe_command(("distilprune.jobs.finetune:FinetuneConfig", ""),
                                   ("distilprune.jobs.distill:TaskLoss", "loss."), extra_keys=("teacher",)))
-@_with_options(PRUNE_OPTIONS, CHECKPOINT_OPTIONS)
+@_with_options(TRAINING_OPTIONS, PRUNE_OPTIONS, CHECKPOINT_OPTIONS)
 def finetune(
     ctx: typer.Context,
     model: Annotated[str | None, Opt(help="alias (minilm-l6, mpnet-base), model dir or hub ID")] = None,
@@ -335,11 +348,6 @@ def finetune(
     doc_stride: Annotated[int | None, Opt(help="QA: context tokens shared by consecutive windows")] = None,
     max_answer_length: Annotated[int | None, Opt(help="QA: longest answer in tokens")] = None,
     n_best: Annotated[int | None, Opt(help="QA: start/end candidates per window")] = None,
-    epochs: Annotated[float | None, Opt()] = None,
-    max_steps: Annotated[int | None, Opt()] = None,
-    lr: Annotated[float | None, Opt()] = None,
-    batch_size: Annotated[int | None, Opt()] = None,
-    max_length: Annotated[int | None, Opt()] = None,
     seed: Annotated[int | None, Opt()] = None,
     patience: Annotated[int | None, Opt(help="early-stopping patience in evaluations")] = None,
     lock_sparsity: Annotated[bool | None, Opt(help="keep every zero weight exactly zero")] = None,
@@ -348,7 +356,6 @@ def finetune(
     temperature: Annotated[float | None, Opt(help="task distillation temperature")] = None,
     alpha_soft: Annotated[float | None, Opt(help="task distillation soft-target weight")] = None,
     alpha_hard: Annotated[float | None, Opt(help="task distillation hard-label weight")] = None,
-    overwrite: Annotated[bool | None, Opt(help="replace an existing output directory")] = None,
 ) -> None:
     """Fine-tune a classifier (optionally pruned, mask-locked or distilled from --teacher)."""
     from distilprune.data.preprocess import parse_steps
@@ -395,19 +402,15 @@ CorpusFiles = Annotated[
 
 
 @app.command("fit-mlm-head", cls=_recipe_command(("distilprune.jobs.distill:MLMHeadConfig", "")))
+@_with_options(TRAINING_OPTIONS)
 def fit_mlm_head(
     ctx: typer.Context,
     out: Annotated[Path, Opt(help="output masked-LM directory")],
     model: Annotated[str | None, Opt(help="encoder without an MLM head (alias or directory)")] = None,
     corpus: CorpusFiles = None,
     corpus_limit: Annotated[int | None, Opt(help="use at most N texts")] = None,
-    max_length: Annotated[int | None, Opt()] = None,
-    max_steps: Annotated[int | None, Opt(help="optimizer steps (default one epoch)")] = None,
-    batch_size: Annotated[int | None, Opt()] = None,
-    lr: Annotated[float | None, Opt()] = None,
     recipe: Annotated[Path | None, _recipe_option("fit_mlm_head")] = None,
     set_: SetOption = None,
-    overwrite: Annotated[bool | None, Opt()] = None,
     teacher: Annotated[str | None, _hidden("--teacher")] = None,
     steps: Annotated[int | None, _hidden("--steps")] = None,
 ) -> None:
@@ -416,7 +419,7 @@ def fit_mlm_head(
     from distilprune.jobs.distill import fit_mlm_head as run
 
     given = {"model": _renamed("--teacher", "--model", teacher, model),
-             "max_steps": _renamed("--steps", "--max-steps", steps, max_steps)}
+             "max_steps": _renamed("--steps", "--max-steps", steps, ctx.params["max_steps"])}
     cfg = from_dict(MLMHeadConfig, _settings(ctx, "fit_mlm_head", given=given), "fit_mlm_head")
     if not cfg.teacher:
         raise UserError("fit-mlm-head needs --model (or a recipe that sets its teacher)")
@@ -426,7 +429,7 @@ def fit_mlm_head(
 
 
 @app.command("distill-mlm", cls=_recipe_command(("distilprune.jobs.distill:GeneralDistillConfig", "")))
-@_with_options(PRUNE_OPTIONS, CHECKPOINT_OPTIONS)
+@_with_options(TRAINING_OPTIONS, PRUNE_OPTIONS, CHECKPOINT_OPTIONS)
 def distill_mlm(
     ctx: typer.Context,
     teacher: Annotated[str | None, Opt(help="masked-LM teacher directory (see fit-mlm-head)")] = None,
@@ -436,21 +439,15 @@ def distill_mlm(
     layer_map: Annotated[str | None, Opt(help="teacher layers to copy, e.g. 0,2,4,7,9,11")] = None,
     corpus: CorpusFiles = None,
     corpus_limit: Annotated[int | None, Opt()] = None,
-    max_length: Annotated[int | None, Opt()] = None,
     alpha_ce: Annotated[float | None, Opt(help="soft-target KL weight (α)")] = None,
     alpha_mlm: Annotated[float | None, Opt(help="masked-LM weight (β)")] = None,
     alpha_cos: Annotated[float | None, Opt(help="hidden-state cosine weight (γ)")] = None,
     cos_layers: Annotated[str | None, Opt(metavar=_choices("last", "all"),
                                           help="cosine on the last layer or every layer")] = None,
     temperature: Annotated[float | None, Opt()] = None,
-    max_steps: Annotated[int | None, Opt()] = None,
-    epochs: Annotated[float | None, Opt()] = None,
-    batch_size: Annotated[int | None, Opt()] = None,
     grad_accum: Annotated[int | None, Opt()] = None,
-    lr: Annotated[float | None, Opt()] = None,
     recipe: Annotated[Path | None, _recipe_option("distill_mlm")] = None,
     set_: SetOption = None,
-    overwrite: Annotated[bool | None, Opt()] = None,
     steps: Annotated[int | None, _hidden("--steps")] = None,
 ) -> None:
     """General (masked-LM) distillation with the triple loss; Prune OFA with --prune."""
@@ -459,7 +456,7 @@ def distill_mlm(
 
     settings = _settings(ctx, "distill_mlm", convert={
         "prune": lambda method: {"method": method}, "layer_map": parse_layer_map},
-        given={"max_steps": _renamed("--steps", "--max-steps", steps, max_steps)})
+        given={"max_steps": _renamed("--steps", "--max-steps", steps, ctx.params["max_steps"])})
     cfg = from_dict(GeneralDistillConfig, settings, "distill_mlm")
     if not cfg.teacher or not cfg.out:
         raise UserError("distill-mlm needs --teacher and --out (or a recipe that sets them)")
