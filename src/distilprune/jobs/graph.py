@@ -199,38 +199,45 @@ def job_config(spec: StageSpec, out: Path, paths: dict[str, str] | None = None) 
     return cfg, extra
 
 
-def _input_files(cfg: Any) -> tuple[list[str], str]:
-    """The data or corpus files a job reads (their digests go into its stage hash); none for a
-    job that reads only models (``student``)."""
-    if not hasattr(cfg, "data") and not hasattr(cfg, "corpus"):
-        return [], "files"
+def _input_paths(cfg: Any) -> dict[str, str | list[str] | None]:
+    """The config keys (dotted) that name the files a job reads, with their values: a fine-tune's
+    ``data.train`` / ``data.validation``, the ``data`` file of export, evaluate, ..., a
+    distillation's ``corpus.files``; none for a job that reads only models (``student``)."""
+    from distilprune.jobs.common import DataConfig
+
+    if isinstance(getattr(cfg, "data", None), DataConfig):
+        return {"data.train": cfg.data.train, "data.validation": cfg.data.validation}
     if hasattr(cfg, "data"):
-        from distilprune.jobs.common import DataConfig, data_digests
-
-        if isinstance(cfg.data, DataConfig):  # finetune
-            return data_digests(cfg.data), "data"
-        return file_digests([cfg.data] if cfg.data else [], "data file"), "data"  # export, evaluate, ...
-    from distilprune.data.corpus import default_corpus_files
-    from distilprune.models.registry import cache_dir
-
-    files = cfg.corpus.files or default_corpus_files(cache_dir() / "data")
-    return file_digests(files, "corpus file"), "corpus"
+        return {"data": cfg.data}
+    return {"corpus.files": cfg.corpus.files} if hasattr(cfg, "corpus") else {}
 
 
-def _real_input_paths(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with the paths of its input files (``data``, ``corpus.files``) absolute and through
-    symlinks, as a stage hash takes them: one file spelt two ways (``benchmarks/work/x`` linked to
-    ``/cache/x``, a relative or absolute path) is one input; its contents are hashed beside."""
-    def real(path: str | None) -> str | None:
+def _input_files(paths: dict[str, str | list[str] | None]) -> tuple[list[str], str]:
+    """The digests of the files at ``paths`` (:func:`_input_paths`; they go into a stage hash) and
+    what they are (``data``, ``corpus``); the default corpus where ``corpus.files`` is empty."""
+    if not paths:
+        return [], "files"
+    what = next(iter(paths)).partition(".")[0]
+    files = [f for value in paths.values() for f in ([value] if isinstance(value, str) else value or []) if f]
+    if what == "corpus" and not files:
+        from distilprune.data.corpus import default_corpus_files
+        from distilprune.models.registry import cache_dir
+
+        files = default_corpus_files(cache_dir() / "data")
+    return file_digests(files, f"{what} file"), what
+
+
+def _real_input_paths(config: dict[str, Any], paths: dict[str, str | list[str] | None]) -> dict[str, Any]:
+    """``config`` with its input files' ``paths`` absolute and through symlinks, as a stage hash
+    takes them: one file spelt two ways (``benchmarks/work/x`` linked to ``/cache/x``, a relative or
+    absolute path) is one input; its contents are hashed beside."""
+    def real(path: str) -> str:
         return str(Path(path).resolve()) if path else path
 
-    config, data, corpus = {**config}, config.get("data"), config.get("corpus")
-    if isinstance(data, dict):  # a fine-tune's DataConfig
-        config["data"] = {**data, **{key: real(data.get(key)) for key in ("train", "validation")}}
-    elif isinstance(data, str):  # export, evaluate, predict, benchmark
-        config["data"] = real(data)
-    if isinstance(corpus, dict) and corpus.get("files"):
-        config["corpus"] = {**corpus, "files": [real(f) for f in corpus["files"]]}
+    for key, value in paths.items():
+        if value:
+            resolved = list(map(real, value)) if isinstance(value, list) else real(value)
+            config = merge(config, nested(key, resolved))
     return config
 
 
@@ -242,8 +249,9 @@ def plan(recipe: GraphRecipe) -> dict[str, Stage]:
         upstream = spec.upstream()
         hashes = {u: planned[u].hash for u in upstream}
         cfg, extra = job_config(spec, out, {u: f"stage:{h}" for u, h in hashes.items()})
-        files, what = _input_files(cfg)
-        inputs = {"kind": spec.kind, "config": _real_input_paths(to_dict(cfg)),
+        paths = _input_paths(cfg)
+        files, what = _input_files(paths)
+        inputs = {"kind": spec.kind, "config": _real_input_paths(to_dict(cfg), paths),
                   **{k: plain(v) for k, v in extra.items()}, what: files, "upstream": hashes}
         planned[name] = Stage(name, out / name, inputs, upstream)
     return planned
