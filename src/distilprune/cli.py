@@ -73,19 +73,12 @@ Engine = Annotated[str, Opt(metavar=_choices("auto", "torch", "sparse"),
                                  "encoder Linear")]
 
 
-def _pruning(*decls: str, **kwargs: Any) -> Any:
-    """An option of the "Pruning while training" panel of ``--help``."""
-    return Opt(*decls, rich_help_panel="Pruning while training", **kwargs)
+def _in_panel(panel: str) -> Callable[..., Any]:
+    """``Opt`` for the options shown under their own ``panel`` heading in ``--help``."""
+    return functools.partial(Opt, rich_help_panel=panel)
 
 
-def _checkpoints(**kwargs: Any) -> Any:
-    """An option of the "Checkpoints" panel of ``--help``."""
-    return Opt(rich_help_panel="Checkpoints", **kwargs)
-
-
-def _training(**kwargs: Any) -> Any:
-    """An option of the "Training" panel of ``--help``."""
-    return Opt(rich_help_panel="Training", **kwargs)
+_pruning, _checkpoints, _training = map(_in_panel, ("Pruning while training", "Checkpoints", "Training"))
 
 
 # Options several recipe commands share (added by :func:`_with_options`), by parameter name.
