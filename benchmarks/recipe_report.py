@@ -66,22 +66,30 @@ def with_retention(recipe: GraphRecipe, rows: dict[str, dict | None], baselines:
     for name, row in rows.items():
         if row is not None:
             base = baseline_of(recipe, name, baselines)
+            if base and rows[base]["metric"] != row["metric"]:
+                raise SystemExit(f"{name} is scored on {row['metric']}, its baseline {base} on "
+                                 f"{rows[base]['metric']}: name one --baseline per validation file")
             ratio = row["score"] / rows[base]["score"] if base else None
             done.append(row | {"baseline": base or "-", "retention": ratio})
     return done
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``--baseline`` may be repeated: one per validation file)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", type=Path)
-    parser.add_argument("--baseline", required=True, nargs="+",
+    parser.add_argument("--baseline", required=True, nargs="+", action="extend",
                         help="the stage(s) the retention is relative to (one per validation file)")
     parser.add_argument("--name", required=True, help="results stem (e.g. trials/tasks_qnli_diagnosis)")
     parser.add_argument("--run", action="store_true", help="run the recipe first")
     parser.add_argument("--note", default="", help="a paragraph for the report (what else was measured)")
     parser.add_argument("--set", dest="assignments", action="append", metavar="KEY=VALUE",
                         help="override a recipe key, dotted (stages.qnli-dense.train.lr=1e-4)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     recipe = load_graph(args.recipe, dotted_overrides(args.assignments))
     if unknown := [b for b in args.baseline if b not in recipe.stages]:
         raise SystemExit(f"{args.recipe}: no stage named {unknown[0]!r}")

@@ -71,6 +71,8 @@ QUESTIONS = {  # in reading order; a trial not listed here follows, asked by its
                    "ONNX and sparse-engine rows beside the fp32 ones)",
     "tasks_block150": "Tasks (#20), the first table: the sparse models were `prune.py`'s 1x4-block Prune OFA "
                       "models (150 steps of general distillation on the tweet corpus)",
+    "tasks_budget_2x": "Tasks (#20): does twice the table's fine-tuning steps close the gap on QNLI and "
+                       "SQuAD too (840 / 1,200 x 16 steps for dense and the locked sparse80 alike)?",
     "tasks_wnut_budget": "Tasks (#20): is the fine-tuning budget what holds the sparse model back on "
                          "WNUT-17 (0.434 vs dense 0.562 after 500 steps)? Twice the steps for both",
 }

@@ -397,7 +397,7 @@ def test_recipe_report_takes_each_stages_retention_of_the_baseline_on_its_valida
     recipe = parse_graph({"stages": {"a": stage("a.tsv"), "a-sparse": stage("a.tsv", "a"),
                                      "b": stage("b.tsv"), "b-sparse": stage("b.tsv", "b"),
                                      "c": stage("c.tsv")}}, "out")
-    rows = {name: {"stage": name, "score": score} for name, score in
+    rows = {name: {"stage": name, "score": score, "metric": "accuracy"} for name, score in
             (("a", 0.8), ("a-sparse", 0.6), ("b", 0.5), ("b-sparse", 0.45), ("c", 0.7))}
     done = {r["stage"]: r for r in recipe_report.with_retention(recipe, rows | {"late": None}, ["a", "b"])}
     assert {n: (r["baseline"], r["retention"]) for n, r in done.items()} == {
@@ -405,6 +405,17 @@ def test_recipe_report_takes_each_stages_retention_of_the_baseline_on_its_valida
         "b-sparse": ("b", pytest.approx(0.9)), "c": ("-", None)}
     one = recipe_report.with_retention(recipe, rows, ["a"])  # one baseline: every stage's
     assert [r["retention"] for r in one] == pytest.approx([1.0, 0.75, 0.625, 0.5625, 0.875])
+    rows["b-sparse"]["metric"] = "f1"  # a ratio of two metrics is refused, not printed
+    with pytest.raises(SystemExit, match="b-sparse is scored on f1"):
+        recipe_report.with_retention(recipe, rows, ["a"])
+
+
+def test_recipe_report_keeps_every_repeated_baseline_flag() -> None:
+    import recipe_report
+
+    args = recipe_report.build_parser().parse_args(
+        ["r.yaml", "--baseline", "a", "--baseline", "b", "c", "--name", "n"])
+    assert args.baseline == ["a", "b", "c"]
 
 
 def test_pretrain_scaling_fit_recovers_a_log_linear_curve_and_its_target_steps() -> None:
