@@ -308,12 +308,22 @@ def sparse_source(args: argparse.Namespace, recipe: GraphRecipe) -> str:
             "WNUT-17, tweets)")
 
 
-def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.Namespace,
-           recipe: GraphRecipe) -> None:
+def command() -> str:
+    return shlex.join(["python", "benchmarks/tasks.py", *sys.argv[1:]])
+
+
+def commands_section(commands: dict[str, str]) -> str:
+    """The command that made the table, or each task's when they differ."""
+    if len(set(commands.values())) == 1:
+        return f"Command: `{next(iter(commands.values()))}`"
+    return "Commands:\n\n" + "\n".join(f"- {task}: `{line}`" for task, line in commands.items())
+
+
+def report(rows: list[dict[str, Any]], budgets: dict[str, Any], commands: dict[str, str],
+           args: argparse.Namespace, recipe: GraphRecipe) -> None:
     table = summary(rows)
     payload = {"benchmark": "tasks", "summary": table, "rows": rows, "budgets": budgets,
-               "sparse_models": sparse_source(args, recipe),
-               "command": shlex.join(["python", "benchmarks/tasks.py", *sys.argv[1:]]),
+               "sparse_models": sparse_source(args, recipe), "command": command(), "commands": commands,
                "threads": args.threads, "conditions": args.conditions}
     pct = [{"task": t, "metric": s["metric"], **{k: s[k] for k in ("dense", "sparse80", "sparse90",
                                                                    "sparse90_int8")},
@@ -336,7 +346,7 @@ def report(rows: list[dict[str, Any]], budgets: dict[str, Any], args: argparse.N
           + "\n## Every model\n\n" + markdown_table(rows, cols)
           + not_run(rows, table)
           + "\n## Budgets\n\n" + "\n".join(f"- {t}: {b}" for t, b in budgets.items()) + "\n\n"
-          f"Command: `{payload['command']}`\n\n"
+          f"{commands_section(commands)}\n\n"
           f"![scores]({Path(args.name).name}.png)\n")
     write_results(args.name, payload, md)
     plot(table, RESULTS / f"{args.name}.png")
@@ -372,15 +382,26 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def previous_results(path: Path, source: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The rows and budgets of an earlier run of the same results stem, to grow them; none when its
-    sparse models came from elsewhere (one table never mixes two pre-trainings)."""
+def previous_results(path: Path, source: str) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, str]]:
+    """The rows, budgets and commands (by task) of an earlier run of the same results stem, to grow
+    them; none when its sparse models came from elsewhere (one table never mixes two pre-trainings)."""
     previous = json.loads(path.read_text()) if path.is_file() else {}
     if previous.get("sparse_models") != source:
         if previous:
             print(f"{path.name}: its sparse models were made otherwise; starting a new table")
-        return [], {}
-    return previous["rows"], previous["budgets"]
+        return [], {}, {}
+    commands = previous.get("commands") or dict.fromkeys(previous["budgets"], previous["command"])
+    return previous["rows"], previous["budgets"], commands
+
+
+def keep_same_budget(rows: list[dict[str, Any]], budgets: dict[str, str], task: str,
+                     now: str) -> list[dict[str, Any]]:
+    """``rows`` without ``task``'s when they were made with another budget than ``now`` (one task's
+    rows never mix two budgets: its dense model is every sparse model's teacher and reference)."""
+    if budgets.get(task, now) == now:
+        return rows
+    print(f"{task}: its budget changed; its earlier rows are dropped")
+    return [r for r in rows if r["task"] != task]
 
 
 def main() -> None:
@@ -391,14 +412,15 @@ def main() -> None:
         return
     corpus = broad_corpus(args.work / "data") if args.pretrain_steps else None
     recipe = build_recipe(args, table, corpus)
-    rows, budgets = previous_results(RESULTS / f"{args.name}.json", sparse_source(args, recipe))
+    rows, budgets, commands = previous_results(RESULTS / f"{args.name}.json", sparse_source(args, recipe))
     for name in args.tasks:
         task = table[name]
-        budgets[name] = budget(recipe, task, args)
+        rows = keep_same_budget(rows, budgets, name, budget(recipe, task, args))
+        budgets[name], commands[name] = budget(recipe, task, args), command()
         for model in args.models:
             row = run_model(recipe, task, model, args.work)
             rows = [r for r in rows if (r["task"], r["model"]) != (name, model)] + [row]
-            report(rows, budgets, args, recipe)
+            report(rows, budgets, commands, args, recipe)
         if args.name != "tasks":
             continue
         best = max((r for r in rows if r["task"] == name and r["model"] != "dense"),

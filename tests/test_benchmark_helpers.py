@@ -304,11 +304,27 @@ def test_a_tasks_table_grows_only_over_the_same_sparse_models(tmp_path) -> None:
     import tasks
 
     path = tmp_path / "tasks.json"
-    assert tasks.previous_results(path, "here") == ([], {})
-    earlier = {"rows": [{"task": "sst2"}], "budgets": {"sst2": "b"}, "sparse_models": "here"}
+    assert tasks.previous_results(path, "here") == ([], {}, {})
+    earlier = {"rows": [{"task": "sst2"}], "budgets": {"sst2": "b"}, "sparse_models": "here", "command": "c"}
     path.write_text(json.dumps(earlier))
-    assert tasks.previous_results(path, "here") == ([{"task": "sst2"}], {"sst2": "b"})
-    assert tasks.previous_results(path, "elsewhere") == ([], {})
+    assert tasks.previous_results(path, "here") == ([{"task": "sst2"}], {"sst2": "b"}, {"sst2": "c"})
+    assert tasks.previous_results(path, "elsewhere") == ([], {}, {})
+
+
+def test_a_task_whose_budget_changed_loses_its_earlier_rows_and_keeps_its_own_command() -> None:
+    """A re-run at another budget (``--steps-scale 2``) must not leave the task's other models at the
+    old one beside it; other tasks' rows stay, each task with the command that made it."""
+    import tasks
+
+    rows = [{"task": "sst2", "model": "dense"}, {"task": "qnli", "model": "dense"},
+            {"task": "qnli", "model": "sparse90"}]
+    budgets = {"sst2": "600 steps", "qnli": "420 steps"}
+    assert tasks.keep_same_budget(rows, budgets, "qnli", "420 steps") == rows
+    assert tasks.keep_same_budget(rows, budgets, "squad", "600 steps") == rows  # a new task
+    assert tasks.keep_same_budget(rows, budgets, "qnli", "840 steps") == rows[:1]
+    assert tasks.commands_section({"sst2": "a", "qnli": "a"}) == "Command: `a`"
+    section = tasks.commands_section({"sst2": "a", "qnli": "b"})
+    assert section.splitlines()[2:] == ["- sst2: `a`", "- qnli: `b`"]
 
 
 def test_the_benchmark_recipes_parse_and_their_finetunes_run_on_the_shared_split() -> None:
