@@ -43,6 +43,7 @@ from typing import Any
 from common import DATA, RESULTS, ROOT, WORK, graph_recipe, run_main, write_results
 
 from distilprune.config import dotted_overrides, load_yaml, merge
+from distilprune.errors import require
 from distilprune.jobs.graph import GraphRecipe, run_graph, with_upstream
 from distilprune.jobs.staging import UNHASHED
 from distilprune.reporting.formatting import markdown_table
@@ -53,6 +54,7 @@ SPARSE_COMMAND = ("python benchmarks/prune.py --threads 1 --work benchmarks/work
                   "block:0.80 block:0.90 --variants ofa --gd-only")
 SPARSITIES = {"sparse80": 0.8, "sparse90": 0.9}
 MODELS = ("dense", *SPARSITIES)
+TASKS = ("sst2", "qnli", "wnut17", "squad")  # the order of the tables
 KINDS = ("fp32", "int8", "engine")  # PyTorch fp32, ONNX Runtime dynamic int8, the sparse int8 engine
 
 
@@ -320,10 +322,13 @@ def commands_section(commands: dict[str, str]) -> str:
 
 
 def report(rows: list[dict[str, Any]], budgets: dict[str, Any], commands: dict[str, str],
-           args: argparse.Namespace, recipe: GraphRecipe) -> None:
+           args: argparse.Namespace, recipe: GraphRecipe, latest: str | None = None) -> None:
+    """Write results/NAME.{json,md,png}; ``latest``: the command of the last run (this one's)."""
     table = summary(rows)
+    budgets, commands = ({t: by[t] for t in TASKS if t in by} for by in (budgets, commands))
     payload = {"benchmark": "tasks", "summary": table, "rows": rows, "budgets": budgets,
-               "sparse_models": sparse_source(args, recipe), "command": command(), "commands": commands,
+               "sparse_models": sparse_source(args, recipe), "command": latest or command(),
+               "commands": commands,
                "threads": args.threads, "conditions": args.conditions}
     pct = [{"task": t, "metric": s["metric"], **{k: s[k] for k in ("dense", "sparse80", "sparse90",
                                                                    "sparse90_int8")},
@@ -354,8 +359,7 @@ def report(rows: list[dict[str, Any]], budgets: dict[str, Any], commands: dict[s
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", choices=("wnut17", "sst2", "qnli", "squad"),
-                        default=["wnut17", "sst2", "qnli", "squad"])
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--models", nargs="+", choices=MODELS, default=["dense", "sparse90", "sparse80"],
                         help="the sparse models are task-distilled from the dense one (made first)")
     parser.add_argument("--sparse-lr-scale", type=float, default=2.0,
@@ -377,6 +381,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-only", action="store_true",
                         help="write the validation splits and the broad corpus to WORK/data and stop "
                              "(what the recipes under benchmarks/recipes/tasks_* read)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite results/NAME.{md,png} from NAME.json, running nothing")
     parser.add_argument("--set", dest="assignments", action="append", metavar="KEY=VALUE",
                         help="override any key of the built recipe, dotted (stages.sst2-dense.train.lr=1e-4)")
     return parser.parse_args()
@@ -392,6 +398,11 @@ def previous_results(path: Path, source: str) -> tuple[list[dict[str, Any]], dic
         return [], {}, {}
     commands = previous.get("commands") or dict.fromkeys(previous["budgets"], previous["command"])
     return previous["rows"], previous["budgets"], commands
+
+
+def in_table_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows by task (:data:`TASKS`), then model (:data:`MODELS`), however the runs came."""
+    return sorted(rows, key=lambda r: (TASKS.index(r["task"]), MODELS.index(r["model"])))
 
 
 def keep_same_budget(rows: list[dict[str, Any]], budgets: dict[str, str], task: str,
@@ -413,13 +424,18 @@ def main() -> None:
     corpus = broad_corpus(args.work / "data") if args.pretrain_steps else None
     recipe = build_recipe(args, table, corpus)
     rows, budgets, commands = previous_results(RESULTS / f"{args.name}.json", sparse_source(args, recipe))
+    if args.report_only:
+        require(bool(rows), f"--report-only: no results/{args.name}.json made with these sparse models")
+        previous = json.loads((RESULTS / f"{args.name}.json").read_text())
+        args.conditions = previous["conditions"]
+        return report(in_table_order(rows), budgets, commands, args, recipe, previous["command"])
     for name in args.tasks:
         task = table[name]
         rows = keep_same_budget(rows, budgets, name, budget(recipe, task, args))
         budgets[name], commands[name] = budget(recipe, task, args), command()
         for model in args.models:
             row = run_model(recipe, task, model, args.work)
-            rows = [r for r in rows if (r["task"], r["model"]) != (name, model)] + [row]
+            rows = in_table_order([r for r in rows if (r["task"], r["model"]) != (name, model)] + [row])
             report(rows, budgets, commands, args, recipe)
         if args.name != "tasks":
             continue

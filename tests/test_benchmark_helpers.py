@@ -489,3 +489,12 @@ def test_the_trials_index_lists_every_committed_trial_with_its_headline() -> Non
     for path in sorted(trials.TRIALS.glob("*.json")):
         row = next(line for line in index.splitlines() if line.startswith(f"| [{path.stem}]("))
         assert row.count(" | ") == 3 and "| - |" not in row, row  # a question, a headline, a command
+
+
+def test_the_tasks_tables_keep_one_order_whatever_order_the_runs_came_in() -> None:
+    import tasks
+
+    rows = [{"task": t, "model": m} for t, m in (("squad", "sparse90"), ("qnli", "dense"), ("squad", "dense"),
+                                                 ("sst2", "sparse80"))]
+    assert [(r["task"], r["model"]) for r in tasks.in_table_order(rows)] == [
+        ("sst2", "sparse80"), ("qnli", "dense"), ("squad", "dense"), ("squad", "sparse90")]
