@@ -14,6 +14,10 @@ the unlabelled test files, ``predictions_<task>_<model>.<tsv|conll|json>``.
     python benchmarks/tasks.py                       # all tasks (hours on 2 CPUs)
     python benchmarks/tasks.py --tasks wnut17 sst2   # a part; rerun to add the others
     python benchmarks/tasks.py --pretrain-steps 800 --name trials/tasks_broad --tasks squad qnli
+    python benchmarks/tasks.py --steps-scale 2 --tasks qnli   # QNLI's rows replaced at twice its steps
+
+Each task's rows share one budget: re-running a task at another one replaces all of its rows, and
+the table lists each task's budget and command. ``--report-only`` rewrites the table from its json.
 
 ``--pretrain-steps N`` makes the sparse models here (the recipe's ``head``, ``sparse80`` and
 ``sparse90`` stages, ``--pretrain KEY=VALUE`` changing both pre-trainings) instead of taking
