@@ -435,8 +435,9 @@ def main() -> None:
         return report(in_table_order(rows), budgets, commands, args, recipe, previous["command"])
     for name in args.tasks:
         task = table[name]
-        rows = keep_same_budget(rows, budgets, name, budget(recipe, task, args))
-        budgets[name], commands[name] = budget(recipe, task, args), command()
+        now = budget(recipe, task, args)
+        rows = keep_same_budget(rows, budgets, name, now)
+        budgets[name], commands[name] = now, command()
         for model in args.models:
             row = run_model(recipe, task, model, args.work)
             rows = in_table_order([r for r in rows if (r["task"], r["model"]) != (name, model)] + [row])
