@@ -392,16 +392,18 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def previous_results(path: Path, source: str) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, str]]:
-    """The rows, budgets and commands (by task) of an earlier run of the same results stem, to grow
-    them; none when its sparse models came from elsewhere (one table never mixes two pre-trainings)."""
+def previous_results(path: Path, source: str) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, str],
+                                                    dict[str, Any]]:
+    """The rows, budgets, commands (by task) and whole payload of an earlier run of the same results
+    stem, to grow them; none when its sparse models came from elsewhere (one table never mixes two
+    pre-trainings)."""
     previous = json.loads(path.read_text()) if path.is_file() else {}
     if previous.get("sparse_models") != source:
         if previous:
             print(f"{path.name}: its sparse models were made otherwise; starting a new table")
-        return [], {}, {}
+        return [], {}, {}, {}
     commands = previous.get("commands") or dict.fromkeys(previous["budgets"], previous["command"])
-    return previous["rows"], previous["budgets"], commands
+    return previous["rows"], previous["budgets"], commands, previous
 
 
 def in_table_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -427,10 +429,10 @@ def main() -> None:
         return
     corpus = broad_corpus(args.work / "data") if args.pretrain_steps else None
     recipe = build_recipe(args, table, corpus)
-    rows, budgets, commands = previous_results(RESULTS / f"{args.name}.json", sparse_source(args, recipe))
+    rows, budgets, commands, previous = previous_results(RESULTS / f"{args.name}.json",
+                                                         sparse_source(args, recipe))
     if args.report_only:
         require(bool(rows), f"--report-only: no results/{args.name}.json made with these sparse models")
-        previous = json.loads((RESULTS / f"{args.name}.json").read_text())
         args.conditions = previous["conditions"]
         return report(in_table_order(rows), budgets, commands, args, recipe, previous["command"])
     for name in args.tasks:

@@ -304,11 +304,11 @@ def test_a_tasks_table_grows_only_over_the_same_sparse_models(tmp_path) -> None:
     import tasks
 
     path = tmp_path / "tasks.json"
-    assert tasks.previous_results(path, "here") == ([], {}, {})
+    assert tasks.previous_results(path, "here") == ([], {}, {}, {})
     earlier = {"rows": [{"task": "sst2"}], "budgets": {"sst2": "b"}, "sparse_models": "here", "command": "c"}
     path.write_text(json.dumps(earlier))
-    assert tasks.previous_results(path, "here") == ([{"task": "sst2"}], {"sst2": "b"}, {"sst2": "c"})
-    assert tasks.previous_results(path, "elsewhere") == ([], {}, {})
+    assert tasks.previous_results(path, "here") == ([{"task": "sst2"}], {"sst2": "b"}, {"sst2": "c"}, earlier)
+    assert tasks.previous_results(path, "elsewhere") == ([], {}, {}, {})
 
 
 def test_a_task_whose_budget_changed_loses_its_earlier_rows_and_keeps_its_own_command() -> None:
