@@ -75,6 +75,8 @@ QUESTIONS = {  # in reading order; a trial not listed here follows, asked by its
                        "SQuAD too (840 / 1,200 x 16 steps for dense and the locked sparse80 alike)?",
     "tasks_wnut_budget": "Tasks (#20): is the fine-tuning budget what holds the sparse model back on "
                          "WNUT-17 (0.434 vs dense 0.562 after 500 steps)? Twice the steps for both",
+    "tasks_wnut_lr": "Tasks (#20): WNUT-17 at 80 % flattens at F1 0.50-0.51 whatever the steps; is it the "
+                     "locked fine-tune's learning rate? 1,000 steps at lr x 4 (4e-4) instead of x 2",
 }
 SHORT = {"(a) Prune OFA": "OFA", "(b) GMP on task": "GMP", "unstructured": "unstructured", "block": "1x4"}
 
