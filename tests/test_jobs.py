@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, SAMPLE_TEXTS
+from conftest import ARCHITECTURES, SAMPLE_TEXTS, run_cli
 from safetensors.torch import load_file
 
 from distilprune import cli
@@ -481,3 +481,34 @@ def test_pruned_mlm_distillation_repeats_exactly(headless_model, tmp_path, monke
     assert runs[0].keys() == runs[1].keys()
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert any(bool((w == 0).any()) for k, w in runs[0].items() if PRUNABLE.search(k) and w.ndim == 2)
+
+
+def test_locked_continued_pretraining_keeps_the_zeros_and_trains_the_rest(
+    headless_model, tmp_path, monkeypatch, capsys
+):
+    """``distill-mlm --student SPARSE --lock-sparsity``: a sparse model's pre-training continues
+    (here on the hidden-state MSE alone) with exactly its zeros kept; without --student it refuses."""
+    corpus = corpus_file(tmp_path / "corpus.txt")
+    mlm, sparse, more = tmp_path / "mlm", tmp_path / "sparse", tmp_path / "more"
+    small = ["--corpus", corpus, "--batch-size", "8", "--max-length", "32", "--alpha-ce", "0",
+             "--alpha-mlm", "0", "--cos-layers", "all"]
+    cli_ok(monkeypatch, capsys, "fit-mlm-head", "--model", headless_model, "--corpus", corpus, "--out", mlm,
+           *TRAIN)
+    cli_ok(monkeypatch, capsys, "distill-mlm", "--teacher", mlm, "--out", sparse, "--layers", "2",
+           "--prune", "unstructured", "--final-sparsity", "0.5", "--max-steps", "3", *small)
+    cli_ok(monkeypatch, capsys, "distill-mlm", "--teacher", mlm, "--student", sparse, "--out", more,
+           "--lock-sparsity", "--alpha-cos", "0", "--alpha-mse", "1", "--max-steps", "3", "--lr", "1e-2",
+           *small)
+    before, after = encoder_weights(sparse), encoder_weights(more)
+    assert before.keys() == after.keys() and before
+    assert all(torch.equal(before[k] == 0, after[k] == 0) for k in before)
+    assert sum(int((w == 0).sum()) for w in before.values()) > 0
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    losses = read_json(more / "train_log.json")["losses"]
+    assert losses and all(entry["mse"] > 0 and "cos" not in entry for entry in losses)
+    assert read_json(more / "sparsity.json")["prunable"]["sparsity"] == pytest.approx(0.5, abs=0.03)
+
+    code, _, err = run_cli(monkeypatch, capsys, "distill-mlm", "--teacher", mlm, "--out", tmp_path / "x",
+                           "--lock-sparsity", *small)
+    assert code == 2 and "give --student" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()

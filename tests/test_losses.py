@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from distilprune.distill import (
     hidden_cosine_loss,
     hidden_layer_pairs,
+    hidden_mse_loss,
     layerwise_cosine_loss,
+    layerwise_mse_loss,
     mask_tokens,
     mlm_loss,
     soft_target_ce,
@@ -101,6 +103,22 @@ def test_hidden_cosine_loss():
         hidden_cosine_loss(logits(2, 5, 4), h, mask)
 
 
+def test_hidden_mse_loss_sees_scale_and_skips_padding():
+    h = logits(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert hidden_mse_loss(h.clone(), h, mask).abs() < 1e-6
+    rows = h[mask.bool()]
+    assert torch.allclose(hidden_mse_loss(2.0 * h, h, mask), (rows**2).mean())  # unlike the cosine
+    noisy = h.clone()
+    noisy[0, 3:] = 100.0  # padded positions are ignored
+    assert hidden_mse_loss(noisy, h, mask).abs() < 1e-6
+    student = h.clone().requires_grad_()
+    hidden_mse_loss(student + 1.0, h, mask).backward()
+    assert student.grad[0, 3:].abs().sum() == 0 and student.grad[mask.bool()].abs().sum() > 0
+    with pytest.raises(UserError, match="MSE loss needs equal hidden sizes"):
+        hidden_mse_loss(logits(2, 5, 4), h, mask)
+
+
 def test_hidden_layer_pairs():
     assert hidden_layer_pairs(6, 12) == [(6, 12)]
     assert hidden_layer_pairs(6, 12, "all") == [(1, 2), (2, 4), (3, 6), (4, 8), (5, 10), (6, 12)]
@@ -118,6 +136,14 @@ def test_layerwise_cosine_loss_averages_the_pairs():
     assert torch.allclose(layerwise_cosine_loss(student, states, [(1, 1), (3, 3)], mask), torch.tensor(1.0))
     expected = (hidden_cosine_loss(states[2], states[3], mask) + 2.0) / 2
     assert torch.allclose(layerwise_cosine_loss(student, states, [(2, 3), (1, 1)], mask), expected)
+
+
+def test_layerwise_mse_loss_averages_the_pairs():
+    states = [logits(2, 5, 8, seed=k) for k in range(3)]
+    student = [s.clone() for s in states]
+    student[2] = states[2] + 3.0  # every coordinate off by 3: squared error 9
+    assert layerwise_mse_loss(student, states, [(1, 1)]).abs() < 1e-6
+    assert torch.allclose(layerwise_mse_loss(student, states, [(1, 1), (2, 2)]), torch.tensor(4.5))
 
 
 def test_mlm_loss_ignores_unlabelled_positions():
@@ -189,9 +215,10 @@ def test_mask_tokens_from_tokenizer():
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "xlnet", "mpnet"])
-def test_mlm_distillation_on_the_cosine_alone_skips_the_head_not_the_loss(arch):
+def test_mlm_distillation_on_the_hidden_terms_alone_skips_the_head_not_the_loss(arch):
     """With α_ce = α_mlm = 0 the encoders run without their vocabulary projection; the cosine
-    term (and so the loss and its gradient) is the one the full objective computes."""
+    term (and so the loss and its gradient) is the one the full objective computes; the
+    hidden-state MSE runs alone or beside it."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     from distilprune.distill.objectives import DynamicMasker, MLMDistillationObjective
@@ -223,3 +250,9 @@ def test_mlm_distillation_on_the_cosine_alone_skips_the_head_not_the_loss(arch):
     _, _, reference = run(alpha_ce=1e-12, alpha_mlm=0.0, alpha_cos=1.0)  # through the head
     assert len(cos_grads) == len(reference)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(cos_grads, reference, strict=True))
+    # TinyBERT's hidden-state MSE on the same layers: alone, and added to the cosine
+    mse_loss, mse_logged, mse_grads = run(alpha_ce=0.0, alpha_mlm=0.0, alpha_cos=0.0, alpha_mse=1.0)
+    assert set(mse_logged) == {"loss", "mse"} and mse_loss.item() > 0 and mse_grads
+    both, both_logged, _ = run(alpha_ce=0.0, alpha_mlm=0.0, alpha_cos=1.0, alpha_mse=0.5)
+    assert both.item() == pytest.approx(cos_loss.item() + 0.5 * mse_loss.item(), rel=1e-5)
+    assert set(both_logged) == {"loss", "cos", "mse"}

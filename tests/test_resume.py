@@ -27,7 +27,7 @@ KILLER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
 
     original = job.compression_hooks
-    job.compression_hooks = lambda cfg: [*original(cfg), Kill()]
+    job.compression_hooks = lambda *args: [*original(*args), Kill()]
     distill_train = distill_job.train
     distill_job.train = lambda model, loader, objective, cfg, hooks=(), **kw: distill_train(
         model, loader, objective, cfg, [*hooks, Kill()], **kw)

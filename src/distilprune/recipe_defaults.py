@@ -182,6 +182,7 @@ DEFAULTS = {
         'loss.alpha_ce': 5.0,
         'loss.alpha_mlm': 2.0,
         'loss.alpha_cos': 1.0,
+        'loss.alpha_mse': 0.0,
         'loss.temperature': 2.0,
         'loss.mlm_probability': 0.15,
         'loss.restrict_ce_to_mask': False,
@@ -217,6 +218,7 @@ DEFAULTS = {
         'prune.exclude': None,
         'prune.heads': 0.0,
         'prune.neurons': 0.0,
+        'lock_sparsity': False,
         'overwrite': False,
     },
 }

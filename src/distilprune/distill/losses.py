@@ -6,7 +6,8 @@ positions that count (e.g. non-padding or masked tokens). Teacher tensors are de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -75,21 +76,42 @@ def soft_target_ce(
     return ce * temperature**2
 
 
+def _hidden_rows(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
+                 attention_mask: torch.Tensor | None, term: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The non-padding token rows of student and (detached) teacher hidden states, whose sizes
+    must match for the hidden-state ``term``."""
+    if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
+        raise UserError(
+            f"the hidden-state {term} loss needs equal hidden sizes, but the student has "
+            f"{student_hidden.shape[-1]} and the teacher {teacher_hidden.shape[-1]}")
+    s = _select(student_hidden, attention_mask)
+    return s, _select(teacher_hidden.detach(), attention_mask).to(s.dtype)
+
+
 def hidden_cosine_loss(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``mean(1 − cos(h_s, h_t))`` over non-padding tokens (``CosineEmbeddingLoss``, target 1)."""
-    if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
-        raise UserError(
-            f"the hidden-state cosine loss needs equal hidden sizes, but the student has "
-            f"{student_hidden.shape[-1]} and the teacher {teacher_hidden.shape[-1]}")
-    s = _select(student_hidden, attention_mask)
-    t = _select(teacher_hidden.detach(), attention_mask).to(s.dtype)
+    s, t = _hidden_rows(student_hidden, teacher_hidden, attention_mask, "cosine")
     if s.shape[0] == 0:
         return _zero(student_hidden)
     return (1.0 - F.cosine_similarity(s, t, dim=-1)).mean()
+
+
+def hidden_mse_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean squared error of the hidden states over non-padding tokens (TinyBERT's hidden-state
+    loss): unlike the cosine it also sees the direction and size of every coordinate, not only
+    the angle, which a few large-valued coordinates dominate."""
+    s, t = _hidden_rows(student_hidden, teacher_hidden, attention_mask, "MSE")
+    if s.shape[0] == 0:
+        return _zero(student_hidden)
+    return F.mse_loss(s, t)
 
 
 COS_LAYERS = ("last", "all")
@@ -115,15 +137,21 @@ def hidden_layer_pairs(student_layers: int, teacher_layers: int,
     return [(m, m * teacher_layers // student_layers) for m in range(1, student_layers + 1)]
 
 
-def layerwise_cosine_loss(
+def layerwise_loss(
+    hidden_loss: Callable[..., torch.Tensor],
     student_states: Sequence[torch.Tensor],
     teacher_states: Sequence[torch.Tensor],
     pairs: Sequence[tuple[int, int]],
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean of :func:`hidden_cosine_loss` over the ``pairs`` of hidden-state indices."""
-    losses = [hidden_cosine_loss(student_states[s], teacher_states[t], attention_mask) for s, t in pairs]
+    """Mean of ``hidden_loss`` (:func:`hidden_cosine_loss`, :func:`hidden_mse_loss`) over the
+    ``pairs`` of ``(student, teacher)`` hidden-state indices."""
+    losses = [hidden_loss(student_states[s], teacher_states[t], attention_mask) for s, t in pairs]
     return torch.stack(losses).mean()
+
+
+layerwise_cosine_loss = partial(layerwise_loss, hidden_cosine_loss)
+layerwise_mse_loss = partial(layerwise_loss, hidden_mse_loss)
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from torch import nn
 
 from distilprune.distill.losses import (
     layerwise_cosine_loss,
+    layerwise_mse_loss,
     mask_tokens,
     mlm_loss,
     soft_target_kl,
@@ -138,19 +139,21 @@ class DynamicMasker:
 class MLMDistillationObjective:
     """DistilBERT's triple loss on dynamically masked text (no NSP).
 
-    ``L = alpha_ce·KL(student‖teacher at T)·T² + alpha_mlm·MLM + alpha_cos·(1 − cos(h_s, h_t))``.
+    ``L = alpha_ce·KL(student‖teacher at T)·T² + alpha_mlm·MLM + alpha_cos·(1 − cos(h_s, h_t))
+    + alpha_mse·MSE(h_s, h_t)``.
     The soft-target term covers every non-padding token (``restrict_ce_to_mask=False``, as
-    DistilBERT's default) or only the masked ones. The cosine term averages over the
-    ``hidden_pairs`` of ``hidden_states`` indices (default: the last layers).
+    DistilBERT's default) or only the masked ones. The hidden-state terms (cosine; TinyBERT's MSE)
+    average over the ``hidden_pairs`` of ``hidden_states`` indices (default: the last layers).
     """
 
     def __init__(self, teacher: nn.Module, masker: DynamicMasker, alpha_ce: float = 5.0,
                  alpha_mlm: float = 2.0, alpha_cos: float = 1.0, temperature: float = 2.0,
-                 restrict_ce_to_mask: bool = False, hidden_pairs: Pairs | None = None):
+                 restrict_ce_to_mask: bool = False, hidden_pairs: Pairs | None = None,
+                 alpha_mse: float = 0.0):
         self.hidden_pairs = hidden_pairs or LAST
         self.teacher = teacher.eval()
         self.masker = masker
-        self.weights = {"ce": alpha_ce, "mlm": alpha_mlm, "cos": alpha_cos}
+        self.weights = {"ce": alpha_ce, "mlm": alpha_mlm, "cos": alpha_cos, "mse": alpha_mse}
         self.temperature = temperature
         self.restrict_ce_to_mask = restrict_ce_to_mask
 
@@ -162,8 +165,8 @@ class MLMDistillationObjective:
         input_ids, labels = self.masker(batch["input_ids"])
         attention_mask = batch["attention_mask"]
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        want_hidden = self.weights["cos"] > 0
-        # on the hidden-state cosine alone, the vocabulary projection (a third of the work) is skipped
+        want_hidden = self.weights["cos"] > 0 or self.weights["mse"] > 0
+        # on the hidden-state terms alone, the vocabulary projection (a third of the work) is skipped
         want_logits = self.weights["ce"] > 0 or self.weights["mlm"] > 0
         student = _body(model, want_logits)(**inputs, output_hidden_states=want_hidden)
         with torch.no_grad():
@@ -173,9 +176,10 @@ class MLMDistillationObjective:
             positions = labels != -100 if self.restrict_ce_to_mask else attention_mask.bool()
             terms["ce"] = soft_target_kl(student.logits, teacher.logits, self.temperature, positions)
             terms["mlm"] = mlm_loss(student.logits, labels)
-        if want_hidden:
-            terms["cos"] = layerwise_cosine_loss(
-                student.hidden_states, teacher.hidden_states, self.hidden_pairs, attention_mask)
+        for name, layerwise in (("cos", layerwise_cosine_loss), ("mse", layerwise_mse_loss)):
+            if self.weights[name] > 0:
+                terms[name] = layerwise(student.hidden_states, teacher.hidden_states, self.hidden_pairs,
+                                        attention_mask)
         loss = sum(self.weights[k] * v for k, v in terms.items())
         return loss, {"loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
 

@@ -34,13 +34,14 @@ class FinetuneConfig:
         require_at_least("eval_batch_size", self.eval_batch_size, 1)
 
 
-def compression_hooks(cfg: FinetuneConfig) -> list[Hook]:
+def compression_hooks(lock_sparsity: bool, prune: PruneConfig | None = None,
+                      qat: QATConfig | None = None) -> list[Hook]:
     """Mask locking (sparse transfer), gradual pruning and/or int8 QAT (applied last)."""
-    hooks: list[Hook] = [LockSparsityHook()] if cfg.lock_sparsity else []
-    if cfg.prune:
-        hooks.append(PruningHook(cfg.prune))
-    if cfg.qat:
-        hooks.append(QATHook(cfg.qat))
+    hooks: list[Hook] = [LockSparsityHook()] if lock_sparsity else []
+    if prune:
+        hooks.append(PruningHook(prune))
+    if qat:
+        hooks.append(QATHook(qat))
     return hooks
 
 

@@ -37,7 +37,7 @@ from distilprune.jobs.common import (
     save_model_dir,
     save_on_main_process,
 )
-from distilprune.jobs.compression import finalize_compression
+from distilprune.jobs.compression import compression_hooks, finalize_compression
 from distilprune.jobs.finetune import FinetuneConfig, check_output_dir, finetune
 from distilprune.models.loading import (
     check_max_length,
@@ -55,7 +55,6 @@ from distilprune.models.student import build_student, num_layers_of
 from distilprune.progress import progress_bar
 from distilprune.prune import (
     PruneConfig,
-    PruningHook,
     sparsity_report,
     write_sparsity_json,
 )
@@ -196,11 +195,13 @@ def fit_mlm_head(cfg: MLMHeadConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- general distillation
 @dataclass
 class DistillLoss:
-    """DistilBERT's triple loss weights (α·CE, β·MLM, γ·cosine) and temperature."""
+    """DistilBERT's triple loss weights (α·CE, β·MLM, γ·cosine) and temperature, plus an optional
+    hidden-state MSE (TinyBERT) on the same layers as the cosine."""
 
     alpha_ce: float = 5.0
     alpha_mlm: float = 2.0
     alpha_cos: float = 1.0
+    alpha_mse: float = 0.0
     temperature: float = 2.0
     mlm_probability: float = 0.15
     restrict_ce_to_mask: bool = False
@@ -209,7 +210,7 @@ class DistillLoss:
     def __post_init__(self) -> None:
         check_cos_layers(self.cos_layers)
         check_loss_weights(self.temperature, alpha_ce=self.alpha_ce, alpha_mlm=self.alpha_mlm,
-                           alpha_cos=self.alpha_cos)
+                           alpha_cos=self.alpha_cos, alpha_mse=self.alpha_mse)
         require(0 < self.mlm_probability < 1,
                 f"mlm_probability must be between 0 and 1, got {self.mlm_probability:g}")
 
@@ -235,7 +236,12 @@ class GeneralDistillConfig:
     loss: DistillLoss = field(default_factory=DistillLoss)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=2e-4, patience=None))
     prune: PruneConfig | None = None
+    lock_sparsity: bool = False  # keep the zeros of a sparse --student zero (continued pre-training)
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        require(not self.lock_sparsity or self.student,
+                "lock_sparsity keeps the zeros of an existing sparse student: give --student")
 
 
 def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
@@ -259,8 +265,9 @@ def general_distill(cfg: GeneralDistillConfig) -> dict[str, Any]:
         alpha_ce=cfg.loss.alpha_ce, alpha_mlm=cfg.loss.alpha_mlm, alpha_cos=cfg.loss.alpha_cos,
         temperature=cfg.loss.temperature, restrict_ce_to_mask=cfg.loss.restrict_ce_to_mask,
         hidden_pairs=hidden_layer_pairs(num_layers_of(student), num_layers_of(teacher), cfg.loss.cos_layers),
+        alpha_mse=cfg.loss.alpha_mse,
     )
-    hooks = [PruningHook(cfg.prune)] if cfg.prune else []
+    hooks = compression_hooks(cfg.lock_sparsity, cfg.prune)
     result = train(student, loader, objective, cfg.train, hooks, description="distill",
                    fingerprint=run_fingerprint(to_dict(cfg), cfg.corpus.files))
     shrink = finalize_compression(student, cfg.prune)
@@ -284,7 +291,7 @@ def _save_general(cfg: GeneralDistillConfig, student, teacher, tokenizer, heldou
         save_model_dir(tmp, student, tokenizer, summary)
         write_json(tmp / "train_log.json", {"losses": result.losses})
         save_losses_plot(result, tmp / "loss.png", "general distillation")
-        if cfg.prune:
+        if cfg.prune or cfg.lock_sparsity:
             write_sparsity_json(report, tmp / "sparsity.json")
             plot_sparsity_heatmap(report, tmp / "sparsity.png")
 

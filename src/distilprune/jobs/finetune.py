@@ -90,7 +90,7 @@ def finetune(cfg: FinetuneConfig, make_objective: ObjectiveFactory | None = None
         return {k: metrics[k] for k in ("accuracy", "f1", "f1_macro")}
 
     settings = {"config": to_dict(cfg), "metadata": metadata, "labels": label_names}
-    compression = compression_hooks(cfg)
+    compression = compression_hooks(cfg.lock_sparsity, cfg.prune, cfg.qat)
     result = train(model, loader, objective, cfg.train, [*compression, *hooks],
                    validate, description=f"finetune {Path(cfg.model).name}",
                    fingerprint=run_fingerprint(settings, [cfg.data.train, cfg.data.validation]))

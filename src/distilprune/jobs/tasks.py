@@ -198,7 +198,7 @@ def finetune_task(cfg: FinetuneConfig, hooks: Sequence[Hook] = (), metadata: dic
 
     settings = {"config": to_dict(cfg), "metadata": metadata, "labels": data.labels, "teacher": teacher}
     result = train(model, loader, _objective(task, teacher_model, loss), train_cfg,
-                   [*compression_hooks(cfg), *hooks], validate,
+                   [*compression_hooks(cfg.lock_sparsity, cfg.prune, cfg.qat), *hooks], validate,
                    description=f"finetune {Path(cfg.model).name}",
                    fingerprint=run_fingerprint(settings, [cfg.data.train, cfg.data.validation]))
     shrink = finalize_compression(model, cfg.prune)
