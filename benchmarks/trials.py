@@ -77,6 +77,13 @@ QUESTIONS = {  # in reading order; a trial not listed here follows, asked by its
                          "WNUT-17 (0.434 vs dense 0.562 after 500 steps)? Twice the steps for both",
     "tasks_wnut_lr": "Tasks (#20): WNUT-17 at 80 % flattens at F1 0.50-0.51 whatever the steps; is it the "
                      "locked fine-tune's learning rate? 1,000 steps at lr x 4 (4e-4) instead of x 2",
+    "hidden_fidelity": "Tasks (#20): how closely do the sparse pre-trained models reproduce the dense "
+                       "teacher's hidden states, layer by layer, beyond the cosine they were trained on "
+                       "(held-out corpus texts)?",
+    "tasks_wnut_mse": "Tasks (#20): does continuing sparse80's pre-training (1,200 steps, mask locked) with "
+                      "TinyBERT's hidden-state MSE beside the cosine lift WNUT-17 (0.492 at 1,000 steps)?",
+    "tasks_wnut_layers": "Tasks (#20): which layers' pruning costs WNUT-17 at 80 %? sparse80 with its last "
+                         "layer dense again, and the dense model with only sparse80's last layer",
 }
 SHORT = {"(a) Prune OFA": "OFA", "(b) GMP on task": "GMP", "unstructured": "unstructured", "block": "1x4"}
 
@@ -99,6 +106,12 @@ def headline(payload: dict) -> str:
         return "<br>".join(f"{setting}: {f['per_doubling']:+.4f} per doubling, {payload['target']:.0%} "
                            f"of dense at ~{f['steps_for_target']:,} steps"
                            for setting, f in payload["fits"].items() if f).replace("%", " %")
+    if payload.get("benchmark") == "hidden_fidelity":  # hidden_fidelity.py: one line per model
+        return "<br>".join(f"{name}: median per-coordinate R² layers 1-{len(layers) - 1} "
+                           f"{min(m['r2_median_coordinate'] for m in layers[:-1]):.2f}-"
+                           f"{max(m['r2_median_coordinate'] for m in layers[:-1]):.2f}, last layer "
+                           f"{layers[-1]['r2_median_coordinate']:.2f}"
+                           for name, layers in payload["models"].items())
     if payload.get("benchmark") == "recipe":  # recipe_report.py: one line per fine-tuning stage
         return "<br>".join(f"{r['stage']} {r['score']:.4f}"
                            + (f" ({r['retention']:.1%})" if r["retention"] is not None else "")

@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import common  # noqa: E402
+import graft_layers  # noqa: E402
+import hidden_fidelity  # noqa: E402
 import pretrain_scaling  # noqa: E402
 import prune  # noqa: E402
 import prune_seeds  # noqa: E402
@@ -498,3 +500,43 @@ def test_the_tasks_tables_keep_one_order_whatever_order_the_runs_came_in() -> No
                                                  ("sst2", "sparse80"))]
     assert [(r["task"], r["model"]) for r in tasks.in_table_order(rows)] == [
         ("sst2", "sparse80"), ("qnli", "dense"), ("squad", "dense"), ("squad", "sparse90")]
+
+
+def test_hidden_fidelity_sees_what_the_cosine_misses() -> None:
+    """One large coordinate keeps the cosine near 1 while every other coordinate is wrong: the
+    per-coordinate R² shows it; identical states score perfectly, the teacher's mean scores 0."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(500, 16, generator=g)
+    teacher[:, 0] += 50.0
+    perfect = hidden_fidelity.fidelity(teacher.clone(), teacher)
+    assert perfect["cos_loss"] == pytest.approx(0, abs=1e-6)
+    assert perfect["r2_pooled"] == pytest.approx(1) and perfect["r2_median_coordinate"] == pytest.approx(1)
+    assert hidden_fidelity.fidelity(teacher.mean(0).expand_as(teacher), teacher)["r2_median_coordinate"] \
+        == pytest.approx(0, abs=1e-5)
+    noisy = teacher.clone()
+    noisy[:, 1:] = torch.randn(500, 15, generator=g)  # every coordinate but the large one unrelated
+    scores = hidden_fidelity.fidelity(noisy, teacher)
+    assert scores["cos_loss"] < 0.02 and scores["r2_median_coordinate"] < -0.5
+    assert scores["r2_linear_map"] < 0.1  # unrelated coordinates: no map recovers them
+    rotated = (teacher - 3.0) @ torch.linalg.qr(torch.randn(16, 16, generator=g))[0] * 0.1
+    scores = hidden_fidelity.fidelity(rotated, teacher)  # nothing lost, only rotated and rescaled
+    assert scores["r2_median_coordinate"] < 0.5 and scores["r2_linear_map"] == pytest.approx(1, abs=1e-3)
+
+
+def test_graft_takes_the_named_layers_from_the_donor_and_refuses_a_mismatch() -> None:
+    import torch
+
+    from distilprune.errors import UserError
+
+    base = {f"bert.encoder.layer.{i}.output.dense.weight": torch.zeros(2, 2) for i in range(3)}
+    base["bert.embeddings.word_embeddings.weight"] = torch.zeros(4, 2)
+    donor = {name: torch.ones_like(t) for name, t in base.items()}
+    out = graft_layers.grafted(base, donor, [2])
+    assert {n for n, t in out.items() if bool(t.any())} == {"bert.encoder.layer.2.output.dense.weight"}
+    with pytest.raises(UserError, match="no weights of layers"):
+        graft_layers.grafted(base, donor, [7])
+    donor["bert.encoder.layer.1.output.dense.weight"] = torch.ones(3, 2)
+    with pytest.raises(UserError, match="shape"):
+        graft_layers.grafted(base, donor, [1])
