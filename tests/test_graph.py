@@ -13,7 +13,7 @@ import yaml
 from conftest import run_cli
 
 from distilprune.errors import UserError
-from distilprune.jobs.graph import load_graph, parse_graph, plan, run_graph
+from distilprune.jobs.graph import load_graph, parse_graph, plan, run_graph, without_later_defaults
 
 TRAIN = {"max_steps": 2, "batch_size": 8, "lr": 1e-3, "patience": None, "log_every": 1, "warmup_ratio": 0.0}
 
@@ -89,6 +89,33 @@ def test_a_stage_hash_follows_its_input_files_not_how_their_paths_are_spelt(tmp_
     changed = tmp_path / "changed.csv"
     changed.write_text(tiny_csv.read_text() + tiny_csv.read_text().splitlines()[-1] + "\n")
     assert set(hashes(changed).values()).isdisjoint(direct.values())  # other contents: every stage
+
+
+def test_settings_added_later_leave_the_hash_of_older_stages_alone_until_used(tmp_path, tiny_csv):
+    """``distill_mlm`` gained ``lock_sparsity`` and ``loss.alpha_mse``: at their old-behaviour values
+    they are not in the stage inputs (the stages made before them keep their hash, and so do the
+    stages after them); set, they are, and the stage and everything downstream change."""
+    recipe = graph(tmp_path / "run", tmp_path / "model", tiny_csv)
+    before = plan(parse_graph(recipe, "unused"))
+    config = before["sparse"].inputs["config"]
+    assert "lock_sparsity" not in config and "alpha_mse" not in config["loss"]
+    assert "alpha_cos" in config["loss"]
+    assert before["locked"].inputs["config"]["lock_sparsity"] is True  # other kinds keep theirs
+    assert "lock_sparsity" in before["dense"].inputs["config"]
+    recipe["stages"]["sparse"]["loss"] = {"alpha_mse": 1.0}
+    after = plan(parse_graph(recipe, "unused"))
+    assert after["sparse"].inputs["config"]["loss"]["alpha_mse"] == 1.0
+    assert after["sparse"].hash != before["sparse"].hash and after["locked"].hash != before["locked"].hash
+    assert after["dense"].hash == before["dense"].hash
+
+
+def test_without_later_defaults_drops_only_the_old_behaviour_values() -> None:
+    config = {"lock_sparsity": False, "loss": {"alpha_mse": 0.0, "alpha_cos": 1.0}, "prune": None}
+    assert without_later_defaults("distill_mlm", config) == {"loss": {"alpha_cos": 1.0}, "prune": None}
+    assert config["loss"]["alpha_mse"] == 0.0  # the caller's copy untouched
+    kept = {"lock_sparsity": True, "loss": {"alpha_mse": 0.5}}
+    assert without_later_defaults("distill_mlm", kept) == kept
+    assert without_later_defaults("finetune", config) == config
 
 
 def deploy_graph(out: Path, model: Path, csv: Path) -> dict:

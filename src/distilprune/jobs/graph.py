@@ -241,6 +241,27 @@ def _real_input_paths(config: dict[str, Any], paths: dict[str, str | list[str] |
     return config
 
 
+# Settings a kind gained after stages of it were made, with the value that keeps the old behaviour.
+# While a stage holds that value the setting is left out of its inputs, so the stages made before
+# it existed keep their hash (and their downstream stages theirs) instead of being made again.
+LATER_SETTINGS: dict[str, dict[str, Any]] = {
+    "distill_mlm": {"lock_sparsity": False, "loss.alpha_mse": 0.0},
+}
+
+
+def without_later_defaults(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the :data:`LATER_SETTINGS` of ``kind`` that hold their old-behaviour value."""
+    config = copy.deepcopy(config)
+    for dotted, value in LATER_SETTINGS.get(kind, {}).items():
+        *parents, key = dotted.split(".")
+        holder = config
+        for part in parents:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and key in holder and holder[key] == value:
+            del holder[key]
+    return config
+
+
 def plan(recipe: GraphRecipe) -> dict[str, Stage]:
     """Every stage with its inputs: kind, settings (``from:`` keys as the upstream hash), file
     digests and upstream hashes."""
@@ -251,7 +272,8 @@ def plan(recipe: GraphRecipe) -> dict[str, Stage]:
         cfg, extra = job_config(spec, out, {u: f"stage:{h}" for u, h in hashes.items()})
         paths = _input_paths(cfg)
         files, what = _input_files(paths)
-        inputs = {"kind": spec.kind, "config": _real_input_paths(to_dict(cfg), paths),
+        config = without_later_defaults(spec.kind, _real_input_paths(to_dict(cfg), paths))
+        inputs = {"kind": spec.kind, "config": config,
                   **{k: plain(v) for k, v in extra.items()}, what: files, "upstream": hashes}
         planned[name] = Stage(name, out / name, inputs, upstream)
     return planned
