@@ -12,7 +12,6 @@ Layers are numbered from 0, as in the weight names (``encoder.layer.5.``).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 from pathlib import Path
@@ -21,15 +20,15 @@ from common import run_main
 from safetensors.torch import load_file, save_file
 
 from distilprune.errors import require, require_file
-from distilprune.io import atomic_dir
+from distilprune.io import atomic_dir, read_json, write_json
 
 
 def grafted(base: dict, donor: dict, layers: list[int]) -> dict:
     """``base`` with every tensor of the ``layers`` taken from ``donor`` (same names and shapes)."""
     pattern = re.compile(rf"\.layers?\.({'|'.join(map(str, layers))})\.")
-    chosen = [name for name in base if pattern.search(name)]
+    chosen = {name for name in base if pattern.search(name)}
     require(bool(chosen), f"no weights of layers {layers} in the base model")
-    for name in chosen:
+    for name in sorted(chosen):
         require(name in donor and donor[name].shape == base[name].shape,
                 f"the donor has no weight {name} of shape {tuple(base[name].shape)}")
     return {name: (donor[name] if name in chosen else tensor).contiguous() for name, tensor in base.items()}
@@ -51,9 +50,9 @@ def main() -> None:
             "stage.json", "sparsity.*", "train_log.json", "loss.png", "README.md"))  # the base's run
         save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
         meta_path = tmp / "distilprune.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = read_json(meta_path) if meta_path.is_file() else {}
         meta["grafted"] = {"base": str(args.base), "donor": str(args.donor), "layers": args.layers}
-        meta_path.write_text(json.dumps(meta, indent=2))
+        write_json(meta_path, meta)
 
 
 if __name__ == "__main__":

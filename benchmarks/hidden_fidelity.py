@@ -28,6 +28,7 @@ import torch
 from common import result_path, run_main, write_results
 
 from distilprune.errors import require, require_file
+from distilprune.io import save_png
 from distilprune.jobs.distill import CorpusConfig, corpus_texts
 from distilprune.models.base import load_tokenizer
 from distilprune.models.loading import load_for_student
@@ -125,8 +126,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main() -> None:
@@ -142,8 +142,9 @@ def main() -> None:
     require_file(Path(args.corpus), "corpus")
     texts = corpus_texts(CorpusConfig(files=[args.corpus], max_length=args.max_length))[1][: args.texts]
     require(bool(texts), f"{args.corpus} has no held-out texts")
-    encoded = dict(load_tokenizer(args.teacher)(texts, truncation=True, max_length=args.max_length,
-                                                padding=True, return_tensors="pt"))
+    tokenizer = load_tokenizer(args.teacher)
+    encoded = dict(tokenizer(texts, truncation=True, max_length=args.max_length, padding=True,
+                             return_tensors="pt"))
     teacher = token_states(args.teacher, encoded)
     payload: dict[str, Any] = {
         "benchmark": "hidden_fidelity", "name": args.name, "teacher": args.teacher, "corpus": args.corpus,
@@ -151,7 +152,7 @@ def main() -> None:
         "tokens": int(encoded["attention_mask"].sum()), "max_length": args.max_length,
         "command": shlex.join(["python", "benchmarks/hidden_fidelity.py", *sys.argv[1:]]), "models": {},
     }
-    vocabulary = load_tokenizer(args.teacher).get_vocab()
+    vocabulary = tokenizer.get_vocab()
     for name, folder in models.items():
         require(load_tokenizer(folder).get_vocab() == vocabulary, f"{name}'s tokenizer is not the teacher's")
         states = token_states(folder, encoded)
